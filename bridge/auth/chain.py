@@ -1,0 +1,58 @@
+"""The enabled authenticators, tried in a fixed order: API key, JWT, mTLS headers."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from bridge.auth.api_key import ApiKeyAuthenticator
+from bridge.auth.identity import Identity
+from bridge.auth.jwt import JwtAuthenticator
+from bridge.auth.mtls import MtlsHeaderAuthenticator
+from bridge.config import Settings
+from bridge.errors import UnauthenticatedError
+
+
+class Authenticator(Protocol):
+    method: str
+
+    def authenticate(self, request: web.Request) -> Identity | None: ...
+
+
+class AuthChain:
+    def __init__(self, authenticators: list[Authenticator]) -> None:
+        self.authenticators = authenticators
+
+    @property
+    def methods(self) -> list[str]:
+        return [a.method for a in self.authenticators]
+
+    def authenticate(self, request: web.Request) -> Identity:
+        for auth in self.authenticators:
+            identity = auth.authenticate(request)  # raises on a presented, invalid credential
+            if identity is not None:
+                return identity
+        raise UnauthenticatedError(
+            "Authentication required: send an X-API-Key header, an Authorization: Bearer JWT, or a "
+            "client certificate (enabled here: " + ", ".join(self.methods or ["none"]) + ")."
+        )
+
+
+def build_auth_chain(settings: Settings) -> AuthChain:
+    chain: list[Authenticator] = []
+    if settings.auth_api_key_enabled:
+        chain.append(ApiKeyAuthenticator(settings.api_keys_json))
+    if settings.auth_jwt_enabled:
+        secret = settings.jwt_hs256_secret.get_secret_value() if settings.jwt_hs256_secret else None
+        chain.append(JwtAuthenticator(
+            hs256_secret=secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+            default_scopes=settings.jwt_default_scopes, leeway=settings.jwt_leeway_seconds,
+            max_bytes=settings.jwt_max_bytes,
+        ))
+    if settings.auth_mtls_enabled:
+        chain.append(MtlsHeaderAuthenticator(
+            identity_header=settings.mtls_identity_header, verify_header=settings.mtls_verify_header,
+            cn_prefix=settings.mtls_subject_cn_prefix, trusted=settings.mtls_trusted_proxies,
+        ))
+    return AuthChain(chain)

@@ -1,0 +1,44 @@
+"""The :class:`Identity` value and the one subject rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from bridge.config import IDENT_RE
+from bridge.errors import ForbiddenError
+
+log = structlog.get_logger("bridge.auth")
+
+AuthMethod = Literal["api_key", "jwt", "mtls"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    subject: str
+    auth_method: AuthMethod
+    scopes: frozenset[str]
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise ForbiddenError(
+                f"This operation needs the '{scope}' scope; this identity has: "
+                f"{', '.join(sorted(self.scopes)) or 'none'}.",
+                extra={"required_scope": scope},
+            )
+
+
+def normalize_subject(raw: str, method: AuthMethod) -> str:
+    """Lower-case; then it must match ``^[a-z0-9][a-z0-9_-]{0,63}$`` (it becomes a Vault path segment,
+    a policy name and part of key names)."""
+    subject = raw.strip().lower()
+    if not IDENT_RE.match(subject):
+        log.warning("auth.subject.invalid", auth_method=method, length=len(raw))
+        raise ForbiddenError(
+            "The authenticated subject is not a valid agent id: after lower-casing it must match "
+            "^[a-z0-9][a-z0-9_-]{0,63}$ (letters, digits, '_' and '-'; no '.', '@' or '/').",
+            code="invalid_subject",
+        )
+    return subject

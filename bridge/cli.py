@@ -1,0 +1,92 @@
+"""``vault-mcp-bridge``: ``serve`` (default) and ``gen-policy``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge.config import ConfigError, Settings
+
+
+def serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from bridge.app import create_app
+    from bridge.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.reload and os.environ.get("BRIDGE_RELOAD_CHILD") != "1":
+        return _reload_loop()
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+                shutdown_timeout=10.0)
+    return 0
+
+
+def _snapshot(root: Path) -> dict[Path, float]:
+    return {p: p.stat().st_mtime for p in root.rglob("*") if p.suffix in (".py", ".j2", ".html")}
+
+
+def _reload_loop() -> int:
+    """RELOAD=true: run the server in a child process and restart it when a source file changes."""
+    root = Path(__file__).parent
+    env = dict(os.environ, BRIDGE_RELOAD_CHILD="1")
+    while True:
+        before = _snapshot(root)
+        child = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env)
+        try:
+            while child.poll() is None and _snapshot(root) == before:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            child.terminate()
+            child.wait(timeout=15)
+            return 0
+        if child.poll() is not None:
+            return child.returncode
+        print("source changed; restarting", file=sys.stderr)
+        child.terminate()
+        child.wait(timeout=15)
+
+
+def gen_policy(args: argparse.Namespace) -> int:
+    from bridge.policy import render_agent_policy
+
+    try:
+        sys.stdout.write(render_agent_policy(args.agent, mount=args.mount, prefix=args.prefix,
+                                             transit=args.transit))
+    except ValueError as exc:
+        print(f"gen-policy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_policy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", required=True, help="agent id (lower-case, ^[a-z0-9][a-z0-9_-]{0,63}$)")
+    parser.add_argument("--mount", default="secret", help="KV v2 mount (default: secret)")
+    parser.add_argument("--prefix", default="mcp", help="namespace prefix (default: mcp)")
+    parser.add_argument("--transit", default="transit", help="Transit mount (default: transit)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vault-mcp-bridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the bridge (default)")
+    p_policy = sub.add_parser("gen-policy", help="print the Vault policy HCL for an agent")
+    add_policy_args(p_policy)
+    args = parser.parse_args(argv)
+    if args.command == "gen-policy":
+        return gen_policy(args)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"vault-mcp-bridge: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""REST routes: thin handlers that parse, call the service, render."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from bridge.errors import InvalidPathError, InvalidRequestError, MethodNotAllowedError, UnsupportedMediaError
+from bridge.keys import IDENTITY, KEEPER, SERVICE, SETTINGS, VAULT
+from bridge.models import DecryptBody, EncryptBody, PatchBody, VersionsBody, WriteBody, parse
+from bridge.paths import decode_raw
+from bridge.vault.errors import VaultError
+
+SECRETS_PREFIX = "/secrets/"
+SUFFIXES = (":undelete", ":destroy", ":metadata")
+REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "x-vault-token", "proxy-authorization"})
+
+
+def ok(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The JSON body: 415 unless ``application/json``, 413 past MAX_BODY_BYTES, 400 when not JSON."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaError("Send the body as JSON with 'Content-Type: application/json'.")
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidRequestError("The body is not valid JSON.") from None
+
+
+def raw_tail(request: web.Request) -> tuple[str, str]:
+    """The secret path from the raw URL (decoded exactly once here) and its ``:suffix``."""
+    raw = request.raw_path.split("?", 1)[0]
+    if not raw.startswith(SECRETS_PREFIX):
+        raise InvalidPathError("Invalid path: empty.")
+    tail = decode_raw(raw[len(SECRETS_PREFIX):])
+    for suffix in SUFFIXES:
+        if tail.endswith(suffix):
+            return tail[: -len(suffix)], suffix
+    return tail, ""
+
+
+def _version(request: web.Request) -> int | None:
+    raw = request.query.get("version")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidRequestError("'version' must be a non-negative integer (0 = latest).")
+    return int(raw) or None
+
+
+async def secret_get(request: web.Request) -> web.Response:
+    path, suffix = raw_tail(request)
+    svc, who = request.app[SERVICE], request[IDENTITY]
+    if suffix == ":metadata":
+        return ok(await svc.metadata(who, path))
+    if suffix:
+        raise MethodNotAllowedError(f"Use POST for {suffix}.")
+    return ok(await svc.read(who, path, _version(request)))
+
+
+async def secret_put(request: web.Request) -> web.Response:
+    path, suffix = raw_tail(request)
+    if suffix:
+        raise MethodNotAllowedError(f"Use POST for {suffix}.")
+    svc, who = request.app[SERVICE], request[IDENTITY]
+    svc.authorize(who, "kv_write")
+    return ok(await svc.write(who, path, parse(WriteBody, await read_json(request))))
+
+
+async def secret_patch(request: web.Request) -> web.Response:
+    path, suffix = raw_tail(request)
+    if suffix:
+        raise MethodNotAllowedError(f"Use POST for {suffix}.")
+    svc, who = request.app[SERVICE], request[IDENTITY]
+    svc.authorize(who, "kv_patch")
+    return ok(await svc.patch(who, path, parse(PatchBody, await read_json(request))))
+
+
+async def secret_delete(request: web.Request) -> web.Response:
+    path, suffix = raw_tail(request)
+    if suffix:
+        raise MethodNotAllowedError(f"Use POST for {suffix}.")
+    await request.app[SERVICE].delete(request[IDENTITY], path)
+    return web.Response(status=204)
+
+
+async def secret_post(request: web.Request) -> web.Response:
+    path, suffix = raw_tail(request)
+    svc, who = request.app[SERVICE], request[IDENTITY]
+    if suffix == ":undelete":
+        svc.authorize(who, "kv_undelete")
+        return ok(await svc.undelete(who, path, parse(VersionsBody, await read_json(request))))
+    if suffix == ":destroy":
+        svc.authorize(who, "kv_destroy")
+        return ok(await svc.destroy(who, path, parse(VersionsBody, await read_json(request))))
+    raise MethodNotAllowedError("POST is only for '{path}:undelete' and '{path}:destroy'; use PUT to write.")
+
+
+async def secrets_list(request: web.Request) -> web.Response:
+    return ok(await request.app[SERVICE].list(request[IDENTITY], request.query.get("prefix")))
+
+
+async def transit_encrypt(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], request[IDENTITY]
+    svc.authorize(who, "transit_encrypt")
+    return ok(await svc.encrypt(who, parse(EncryptBody, await read_json(request))))
+
+
+async def transit_decrypt(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], request[IDENTITY]
+    svc.authorize(who, "transit_decrypt")
+    return ok(await svc.decrypt(who, parse(DecryptBody, await read_json(request))))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return ok(request.app[SERVICE].whoami(request[IDENTITY]))
+
+
+async def echo_headers(request: web.Request) -> web.Response:
+    headers = {k: ("[redacted]" if k.lower() in REDACTED_HEADERS else v) for k, v in request.headers.items()}
+    return web.json_response({"headers": headers})
+
+
+async def vault_health(request: web.Request) -> dict[str, Any]:
+    try:
+        health = await request.app[VAULT].sys.health()
+    except VaultError:
+        return {"reachable": False, "sealed": None, "version": None}
+    return {"reachable": True, "sealed": bool(health.get("sealed")), "version": health.get("version"),
+            "initialized": bool(health.get("initialized", True))}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    vault = await vault_health(request)
+    good = vault["reachable"] and not vault["sealed"]
+    return web.json_response({"status": "ok" if good else "degraded", "vault": vault})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    vault = await vault_health(request)
+    keeper = request.app[KEEPER]
+    token_ok = False
+    if vault["reachable"] and not vault["sealed"]:
+        token_ok = keeper.valid or await keeper.verify()
+    ready = bool(vault["reachable"] and not vault["sealed"] and token_ok)
+    body = {"ready": ready, "vault": vault, "token_valid": token_ok}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+def setup_routes(app: web.Application) -> set[str]:
+    """Add the REST routes; returns the names of the public (unauthenticated) ones."""
+    r = app.router
+    r.add_get("/healthz", healthz, name="healthz")
+    r.add_get("/readyz", readyz, name="readyz")
+    r.add_get("/whoami", whoami, name="whoami")
+    r.add_get("/echo-headers", echo_headers, name="echo_headers")
+    r.add_get("/secrets", secrets_list, name="secrets_list")
+    r.add_get("/secrets/", secrets_list, name="secrets_list_slash")
+    r.add_get("/secrets/{tail:.+}", secret_get, name="secret_get")
+    r.add_put("/secrets/{tail:.+}", secret_put, name="secret_put")
+    r.add_patch("/secrets/{tail:.+}", secret_patch, name="secret_patch")
+    r.add_delete("/secrets/{tail:.+}", secret_delete, name="secret_delete")
+    r.add_post("/secrets/{tail:.+}", secret_post, name="secret_post")
+    r.add_post("/transit/encrypt", transit_encrypt, name="transit_encrypt")
+    r.add_post("/transit/decrypt", transit_decrypt, name="transit_decrypt")
+    return {"healthz", "readyz"}

@@ -1,0 +1,116 @@
+"""Exceptions raised by the Vault client.
+
+::
+
+    VaultError                      root of everything the client raises
+    ├── VaultTransportError         no HTTP answer at all
+    │   ├── VaultConnectionError    connection refused / reset / DNS / TLS
+    │   └── VaultTimeoutError       VAULT_TIMEOUT elapsed
+    └── VaultHTTPError              Vault answered with an error status (status, errors[])
+        ├── VaultInvalidRequestError     400
+        ├── VaultPermissionDeniedError   403
+        ├── VaultNotFoundError           404 (``body`` keeps KV v2's envelope for deleted versions)
+        ├── VaultUnsupportedMediaError   415
+        ├── VaultRateLimitedError        429 (``retry_after``)
+        ├── VaultServerError             500, other 5xx
+        ├── VaultSealedError             503 "Vault is sealed"
+        └── VaultUnavailableError        502/503/504 otherwise (standby, down behind a proxy)
+
+Messages carry Vault's own error strings and the request path template, never a token or body value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VaultError(Exception):
+    """Root of the Vault client's exceptions."""
+
+
+class VaultTransportError(VaultError):
+    """No HTTP answer from Vault."""
+
+
+class VaultConnectionError(VaultTransportError):
+    """Vault could not be reached (refused, reset, DNS, TLS)."""
+
+
+class VaultTimeoutError(VaultTransportError):
+    """Vault did not answer within the configured timeout."""
+
+
+class VaultHTTPError(VaultError):
+    """Vault answered with an error status."""
+
+    def __init__(self, status: int, errors: list[str], *, body: dict[str, Any] | None = None,
+                 retry_after: float | None = None) -> None:
+        self.status = status
+        self.errors = errors
+        self.body = body
+        self.retry_after = retry_after
+        detail = "; ".join(e.strip().replace("\n\t* ", " ").replace("\n", " ") for e in errors) or "no detail"
+        super().__init__(f"vault answered {status}: {detail}")
+
+    @property
+    def detail(self) -> str:
+        return "; ".join(" ".join(e.replace("*", " ").split()) for e in self.errors)
+
+
+class VaultInvalidRequestError(VaultHTTPError):
+    """400."""
+
+
+class VaultPermissionDeniedError(VaultHTTPError):
+    """403."""
+
+
+class VaultNotFoundError(VaultHTTPError):
+    """404."""
+
+
+class VaultUnsupportedMediaError(VaultHTTPError):
+    """415."""
+
+
+class VaultRateLimitedError(VaultHTTPError):
+    """429: a Vault rate-limit quota."""
+
+
+class VaultServerError(VaultHTTPError):
+    """500 and unexpected 5xx."""
+
+
+class VaultSealedError(VaultHTTPError):
+    """503 while Vault is sealed."""
+
+
+class VaultUnavailableError(VaultHTTPError):
+    """503/502/504 for other reasons (standby, maintenance, proxy)."""
+
+
+_BY_STATUS: dict[int, type[VaultHTTPError]] = {
+    400: VaultInvalidRequestError,
+    403: VaultPermissionDeniedError,
+    404: VaultNotFoundError,
+    415: VaultUnsupportedMediaError,
+    429: VaultRateLimitedError,
+    500: VaultServerError,
+    502: VaultUnavailableError,
+    503: VaultUnavailableError,
+    504: VaultUnavailableError,
+}
+
+
+def error_for_status(status: int, errors: list[str], *, body: dict[str, Any] | None = None,
+                     retry_after: float | None = None) -> VaultHTTPError:
+    """The one status → exception table."""
+    if status == 503 and any("sealed" in e.lower() for e in errors):
+        cls: type[VaultHTTPError] = VaultSealedError
+    elif status in _BY_STATUS:
+        cls = _BY_STATUS[status]
+    elif status >= 500:
+        cls = VaultServerError
+    else:
+        cls = VaultInvalidRequestError
+    return cls(status, errors, body=body, retry_after=retry_after)

@@ -1,0 +1,28 @@
+"""Token auth method: the bridge's own token (lookup, renew, revoke)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.vault.client import VaultResponse
+
+if TYPE_CHECKING:
+    from bridge.vault.client import VaultClient
+
+
+class TokenAPI:
+    def __init__(self, client: VaultClient) -> None:
+        self._c = client
+
+    async def lookup_self(self, *, token: str | None = None) -> VaultResponse:
+        # GET: POST on lookup-self needs update capability, GET only read.
+        return await self._c.request("GET", "auth/token/lookup-self", operation="token.lookup_self", token=token)
+
+    async def renew_self(self, increment: int | None = None, *, token: str | None = None) -> VaultResponse:
+        body = {"increment": f"{increment}s"} if increment else {}
+        return await self._c.request("POST", "auth/token/renew-self", operation="token.renew_self",
+                                     token=token, json_body=body)
+
+    async def revoke_self(self, *, token: str | None = None) -> None:
+        await self._c.request("POST", "auth/token/revoke-self", operation="token.revoke_self", token=token,
+                              json_body={})
