@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit lint fmt clean
+.PHONY: install run test unit lint fmt clean sysdeps bench
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,26 @@ run: $(STAMP)
 	$(BIN)/python scripts/dev_run.py
 
 ## make test: lint, then the whole suite (unit + integration against a real OpenBao it starts itself)
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+## make sysdeps: Debian packages some tests need (commands in SYSDEPS); installed only as root, only when missing.
+## Without them those tests are skipped.
+SYSDEPS ?= redis-server chromium nginx
+sysdeps:
+	@missing=""; for c in $(SYSDEPS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "sysdeps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "sysdeps: missing$$missing (not root: the tests that need them are skipped)"; fi
+
+## make bench: benchmark OpenBao direct vs the bridge with wrk (not part of make test); see docs/scale.md
+bench: $(STAMP)
+	$(MAKE) sysdeps SYSDEPS=wrk
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

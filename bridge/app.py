@@ -6,27 +6,43 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from bridge.auth import build_auth_chain
 from bridge.config import Settings
-from bridge.keys import AUTH, KEEPER, LIMITER, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
+from bridge.keys import AUDIT, AUTH, KEEPER, LIMITER, METRICS, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
 from bridge.mcp.metadata import setup_metadata_routes
+from bridge.mcp.origin import origin_middleware
+from bridge.mcp.server import setup_mcp_routes
+from bridge.metrics import metrics_middleware
 from bridge.middlewares import error_renderer, identity_middleware, rate_limit_middleware, request_context
 from bridge.ratelimit import MemoryRateLimiter
+from bridge.ratelimit_redis import redis_limiter_ctx
 from bridge.rest import setup_routes
 from bridge.service import SecretService
+from bridge.status import ops_vault_observer, setup_operations
 from bridge.vault import TokenKeeper, VaultClient
+from bridge.vault.breaker import CircuitBreaker
+from bridge.vault.childtokens import ChildTokenBroker
+from bridge.vault.lifetime import SecretIdSource, secret_id_from_file, secret_id_from_wrapping_token
 
 log = structlog.get_logger("bridge.app")
+
+
+def _log_breaker(old: str, new: str) -> None:
+    log.warning("vault.breaker.changed", old=old, new=new)
 
 
 async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Vault client, the token keeper's background task and the service layer."""
     settings = app[SETTINGS]
+    breaker = CircuitBreaker(settings.vault_breaker_threshold, settings.vault_breaker_cooldown,
+                             on_change=_log_breaker)
     client = VaultClient(settings.vault_addr, namespace=settings.vault_namespace, timeout=settings.vault_timeout,
-                         cacert=settings.vault_cacert, pool_size=settings.vault_pool_size)
+                         cacert=settings.vault_cacert, pool_size=settings.vault_pool_size, breaker=breaker,
+                         observer=ops_vault_observer(app))
     await client.start()
     keeper = TokenKeeper(
         client,
@@ -34,10 +50,19 @@ async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         role_id=settings.vault_role_id,
         secret_id=settings.vault_secret_id.get_secret_value() if settings.vault_secret_id else None,
         approle_mount=settings.vault_approle_mount,
+        on_event=app[METRICS].token_event,
+        secret_id_source=_secret_id_source(settings, client),
     )
+    children = None
+    if settings.child_token_enabled:
+        children = ChildTokenBroker(
+            client, keeper, role=settings.child_role, token_type=settings.child_token_type,
+            ttl=settings.child_token_ttl, policy_prefix=settings.child_token_policy_prefix,
+            reuse_seconds=settings.child_reuse_seconds, cache_size=settings.child_token_cache_size)
+        app[METRICS].watch_child_tokens(children.stats)
     app[VAULT] = client
     app[KEEPER] = keeper
-    app[SERVICE] = SecretService(settings, client, keeper)
+    app[SERVICE] = SecretService(settings, client, keeper, audit_log=app[AUDIT], children=children)
     task = asyncio.create_task(keeper.run(), name="vault-token-keeper")
     log.info("bridge.started", vault_addr=settings.vault_addr, auth_methods=app[AUTH].methods)
     try:
@@ -46,18 +71,53 @@ async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if children is not None:
+            await children.close()  # revokes the cached service child tokens
         await client.close()
+
+
+async def jwks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The JWK Set's HTTP session (URL source) and its first load; a failed load is retried on demand."""
+    jwks = app[AUTH].jwks
+    if jwks is None:
+        yield
+        return
+    session = None
+    if jwks.url:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=jwks.timeout),
+                                        headers={"User-Agent": "vault-mcp-bridge"})
+        jwks.bind(session)
+    try:
+        await jwks.refresh(reason="startup")
+        yield
+    finally:
+        jwks.bind(None)
+        if session is not None:
+            await session.close()
+
+
+def _secret_id_source(settings: Settings, client: VaultClient) -> SecretIdSource | None:
+    if settings.vault_secret_id_file:
+        return secret_id_from_file(settings.vault_secret_id_file)
+    if settings.vault_wrapped_secret_id is not None:
+        return secret_id_from_wrapping_token(client, settings.vault_wrapped_secret_id.get_secret_value())
+    return None
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_context, error_renderer, identity_middleware, rate_limit_middleware],
+        middlewares=[request_context, error_renderer, metrics_middleware, origin_middleware, identity_middleware,
+                     rate_limit_middleware],
     )
     app[SETTINGS] = settings
     app[AUTH] = build_auth_chain(settings)
-    app[LIMITER] = MemoryRateLimiter(settings.rate_limit_requests, settings.rate_limit_window_seconds)
-    public = setup_routes(app) | setup_metadata_routes(app)
+    app.cleanup_ctx.append(jwks_ctx)
+    if settings.rate_limit_backend == "redis":
+        app.cleanup_ctx.append(redis_limiter_ctx)  # sets app[LIMITER] at startup
+    else:
+        app[LIMITER] = MemoryRateLimiter(settings.rate_limit_requests, settings.rate_limit_window_seconds)
+    public = setup_routes(app) | setup_metadata_routes(app) | setup_operations(app) | setup_mcp_routes(app)
     app[PUBLIC_ROUTES] = public
     app.cleanup_ctx.append(vault_ctx)
     return app

@@ -22,8 +22,23 @@ def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if settings.reload and os.environ.get("BRIDGE_RELOAD_CHILD") != "1":
         return _reload_loop()
+    from bridge.serving import is_worker, new_event_loop, run_workers
+
+    if settings.workers > 1 and not is_worker():
+        return run_workers(settings)
+    # SIGTERM: stop accepting, let in-flight requests finish for up to SHUTDOWN_GRACE_SECONDS, then run the
+    # cleanup contexts (revoke cached child tokens, close the Vault pool).
+    from bridge.tls import ssl_context_from_settings
+
+    try:
+        ssl_context = ssl_context_from_settings(settings)  # HTTPS, and client certificates with TLS_CLIENT_CA_FILE
+    except ConfigError as exc:
+        print(f"vault-mcp-bridge: {exc}", file=sys.stderr)
+        return 2
     web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
-                shutdown_timeout=10.0)
+                ssl_context=ssl_context,
+                shutdown_timeout=settings.shutdown_grace_seconds, reuse_port=settings.workers > 1 or None,
+                loop=new_event_loop(settings.event_loop))
     return 0
 
 
@@ -57,10 +72,24 @@ def gen_policy(args: argparse.Namespace) -> int:
 
     try:
         sys.stdout.write(render_agent_policy(args.agent, mount=args.mount, prefix=args.prefix,
-                                             transit=args.transit))
+                                             transit=args.transit, transit_scope=args.transit_key_scope))
     except ValueError as exc:
         print(f"gen-policy: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def hash_key() -> int:
+    """``hash-key``: the key comes from stdin (a prompt on a terminal), never from argv or the shell history."""
+    import getpass
+
+    from bridge.auth.api_key import hashed_form
+
+    key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    if len(key) < 8:
+        print("hash-key: an API key has at least 8 characters", file=sys.stderr)
+        return 2
+    print(hashed_form(key))
     return 0
 
 
@@ -69,6 +98,8 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mount", default="secret", help="KV v2 mount (default: secret)")
     parser.add_argument("--prefix", default="mcp", help="namespace prefix (default: mcp)")
     parser.add_argument("--transit", default="transit", help="Transit mount (default: transit)")
+    parser.add_argument("--transit-key-scope", choices=("agent", "shared"), default="agent",
+                        help="= TRANSIT_KEY_SCOPE: the agent's own keys (default) or every key of the mount")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,9 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("serve", help="run the bridge (default)")
     p_policy = sub.add_parser("gen-policy", help="print the Vault policy HCL for an agent")
     add_policy_args(p_policy)
+    from bridge.provision import add_provision_args, provision_main
+
+    p_provision = sub.add_parser("provision", help="prepare a Vault for the bridge (admin VAULT_TOKEN); idempotent")
+    add_provision_args(p_provision)
+    sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key read from stdin, for API_KEYS_JSON")
     args = parser.parse_args(argv)
     if args.command == "gen-policy":
         return gen_policy(args)
+    if args.command == "provision":
+        return provision_main(args)
+    if args.command == "hash-key":
+        return hash_key()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -7,7 +7,6 @@ and starts unsealed with a known root token: never use it for real secrets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import socket
@@ -18,11 +17,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from bridge.policy import policy_name, render_agent_policy
-from bridge.vault.client import VaultClient
-from bridge.vault.errors import VaultInvalidRequestError
+from bridge.provision import ProvisionOptions, ProvisionResult, provision
 
 
 def find_bao() -> str:
@@ -104,23 +101,14 @@ def start_dev_vault(*, port: int | None = None, root_token: str | None = None, l
 
 
 async def provision_demo(addr: str, root_token: str, agents: list[str], *, mount: str = "secret",
-                         prefix: str = "mcp", transit: str = "transit") -> None:
-    """Enable kv-v2 and transit when missing and write one policy per agent (idempotent)."""
-    async with VaultClient(addr, timeout=10) as client:
-        client.token = root_token
-        mounts = (await client.request("GET", "sys/mounts", operation="sys.mounts")).data or {}
-        if f"{mount}/" not in mounts:
-            await client.request("POST", f"sys/mounts/{mount}", operation="sys.mount",
-                                 json_body={"type": "kv", "options": {"version": "2"}})
-        if f"{transit}/" not in mounts:
-            with contextlib.suppress(VaultInvalidRequestError):  # raced with another provisioner
-                await client.request("POST", f"sys/mounts/{transit}", operation="sys.mount",
-                                     json_body={"type": "transit"})
-        for agent in agents:
-            hcl = render_agent_policy(agent, mount=mount, prefix=prefix, transit=transit)
-            await client.request("PUT", f"sys/policies/acl/{policy_name(agent)}", operation="sys.policy",
-                                 json_body={"policy": hcl})
+                         prefix: str = "mcp", transit: str = "transit",
+                         new_secret_id: bool = False) -> ProvisionResult:
+    """Provision the dev Vault with ``bridge.provision`` (mounts, agent policies, token roles, the bridge's
+    policy and AppRole role); idempotent. The result carries the bridge's role id (and a secret id on the
+    first run or with ``new_secret_id``)."""
+    return await provision(addr, root_token, ProvisionOptions(agents=agents, mount=mount, prefix=prefix,
+                                                              transit=transit), new_secret_id=new_secret_id)
 
 
-def provision_demo_sync(addr: str, root_token: str, agents: list[str], **kw: str) -> None:
-    asyncio.run(provision_demo(addr, root_token, agents, **kw))
+def provision_demo_sync(addr: str, root_token: str, agents: list[str], **kw: Any) -> ProvisionResult:
+    return asyncio.run(provision_demo(addr, root_token, agents, **kw))

@@ -11,6 +11,7 @@
     ├── PayloadTooLargeError    413
     ├── UnsupportedMediaError   415
     ├── RateLimitedError        429 rate_limited / vault_rate_limited
+    ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
     └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error
 
 Rendering happens in one place per protocol: ``bridge.middlewares`` (REST JSON) and ``bridge.mcp`` (JSON-RPC
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.vault import errors as v
+from bridge.vault.breaker import CircuitOpenError, retry_after_header
 
 
 class BridgeError(Exception):
@@ -97,11 +99,22 @@ class VaultUnavailableBridgeError(BridgeError):
     code = "vault_unavailable"
 
 
+class RateLimiterUnavailableError(BridgeError):
+    """The shared rate limiter (Redis) cannot be reached and ``RATE_LIMIT_FAIL_MODE=closed``."""
+
+    status = 503
+    code = "rate_limiter_unavailable"
+
+
 def from_vault_error(exc: v.VaultError, *, what: str = "the request") -> BridgeError:
     """The one translation of Vault client errors into bridge errors. Never a 500."""
     if isinstance(exc, v.VaultTimeoutError):
         return VaultUnavailableBridgeError(
             "Vault did not answer in time; retry later.", code="vault_timeout", status=504)
+    if isinstance(exc, CircuitOpenError):
+        return VaultUnavailableBridgeError(
+            "Vault is unreachable (failing fast until it answers again); retry later.",
+            headers={"Retry-After": retry_after_header(exc.retry_after)})
     if isinstance(exc, v.VaultTransportError):
         return VaultUnavailableBridgeError(
             "Vault is unreachable; retry in a few seconds.", headers={"Retry-After": "5"})

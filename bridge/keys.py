@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from bridge.audit import AuditLog
 from bridge.auth import AuthChain, Identity
 from bridge.config import Settings
+from bridge.mcp.session import SessionCodec
+from bridge.metrics import Metrics, OpsStats
 from bridge.ratelimit import Decision, RateLimiter
 from bridge.service import SecretService
+from bridge.tracing import Tracing
 from bridge.vault import TokenKeeper, VaultClient
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,6 +21,11 @@ VAULT = web.AppKey("vault", VaultClient)
 KEEPER = web.AppKey("keeper", TokenKeeper)
 SERVICE = web.AppKey("service", SecretService)
 PUBLIC_ROUTES = web.AppKey("public_routes", set[str])
+METRICS = web.AppKey("metrics", Metrics)
+OPS_STATS = web.AppKey("ops_stats", OpsStats)
+AUDIT = web.AppKey("audit", AuditLog)
+TRACING = web.AppKey("tracing", Tracing)
+MCP_SESSIONS = web.AppKey("mcp_sessions", SessionCodec)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)

@@ -122,7 +122,7 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     if route.name in request.app[PUBLIC_ROUTES] or route.resource is None:
         return await handler(request)
     try:
-        request[IDENTITY] = request.app[AUTH].authenticate(request)
+        request[IDENTITY] = await request.app[AUTH].resolve(request)
     except UnauthenticatedError as err:
         presented = any(h in request.headers for h in ("Authorization", "X-API-Key"))
         err.headers["WWW-Authenticate"] = www_authenticate(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.config import IDENT_RE
 from bridge.errors import InvalidRequestError
@@ -14,6 +14,9 @@ from bridge.errors import InvalidRequestError
 M = TypeVar("M", bound=BaseModel)
 
 MAX_VERSIONS = 100
+# JSON-schema hints for the OpenAPI document (validation itself is done by the validators below)
+KEY_PATTERN = IDENT_RE.pattern.replace("\\Z", "$")  # ECMA-262 has no \Z
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 class _Strict(BaseModel):
@@ -32,7 +35,8 @@ class PatchBody(_Strict):
 
 
 class VersionsBody(_Strict):
-    versions: list[int] = Field(min_length=1, max_length=MAX_VERSIONS, description="Version numbers (>= 1).")
+    versions: list[int] = Field(min_length=1, max_length=MAX_VERSIONS, description="Version numbers (>= 1).",
+                                json_schema_extra={"items": {"type": "integer", "minimum": 1}})
 
     @field_validator("versions")
     @classmethod
@@ -48,26 +52,196 @@ def _key_name(value: str) -> str:
     return value
 
 
+# -- Transit ----------------------------------------------------------------------------------------------
+# Field names are Vault's own. Every operation takes either its single-item fields or ``batch_input`` (a list
+# of items, answered per item in ``batch_results``: a failed item carries ``error``, the others succeed).
+
+MAX_BATCH = 1000
+KEY_TYPES = ("aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384",
+             "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096")
+KeyType = Literal["aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384",
+                  "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096"]
+HashAlgorithm = Literal["sha1", "sha2-224", "sha2-256", "sha2-384", "sha2-512", "sha3-224", "sha3-256",
+                        "sha3-384", "sha3-512", "none"]
+_MAX_B64 = 4 * 1024 * 1024
+_MAX_CIPHERTEXT = 8 * 1024 * 1024
+
+
+def _b64(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64") from None
+    return value
+
+
+def _one_of(body: BaseModel, single: str) -> None:
+    has_single = getattr(body, single) is not None
+    has_batch = getattr(body, "batch_input", None) is not None
+    if has_single == has_batch:
+        raise ValueError(f"give either '{single}' or 'batch_input'")
+
+
+KEY_DESCRIPTION = ("Your Transit key name (lower-case letters, digits, '_' and '-'); it is yours alone: "
+                   "other agents' keys cannot be named.")
+def _reference() -> Any:
+    return Field(default=None, max_length=128, description="Echoed back in this item's result.")
+
+
+def _context() -> Any:
+    return Field(default=None, max_length=4096, description="Base64 key-derivation context (derived keys only).")
+
+
+class _Item(_Strict):
+    reference: str | None = _reference()
+
+
+class PlaintextItem(_Item):
+    plaintext: str = Field(description="Base64 of the bytes to encrypt.", max_length=_MAX_B64)
+    context: str | None = _context()
+
+    _p = field_validator("plaintext")(_b64)
+    _c = field_validator("context")(_b64)
+
+
+class CiphertextItem(_Item):
+    ciphertext: str = Field(min_length=1, max_length=_MAX_CIPHERTEXT, description="A vault:vN:… ciphertext.")
+    context: str | None = _context()
+
+    _c = field_validator("context")(_b64)
+
+
+class InputItem(_Item):
+    input: str = Field(description="Base64 of the data.", max_length=_MAX_B64)
+    context: str | None = _context()
+
+    _i = field_validator("input")(_b64)
+    _c = field_validator("context")(_b64)
+
+
+class VerifyItem(InputItem):
+    signature: str | None = Field(default=None, max_length=16384, description="vault:vN:… signature to check.")
+    hmac: str | None = Field(default=None, max_length=16384, description="vault:vN:… HMAC to check.")
+
+    @model_validator(mode="after")
+    def _either(self) -> VerifyItem:
+        if (self.signature is None) == (self.hmac is None):
+            raise ValueError("give either 'signature' or 'hmac'")
+        return self
+
+
 class EncryptBody(_Strict):
-    key: str = Field(description="Your Transit key name (created on first use).")
-    plaintext: str = Field(description="Base64 of the bytes to encrypt.", max_length=4 * 1024 * 1024)
+    key: str = Field(description=KEY_DESCRIPTION + " Created (aes256-gcm96) on first use.")
+    plaintext: str | None = Field(default=None, description="Base64 of the bytes to encrypt.",
+                                  max_length=_MAX_B64)
+    context: str | None = _context()
+    key_version: int | None = Field(default=None, ge=1, description="Encrypt with this key version.")
+    batch_input: list[PlaintextItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
 
     _k = field_validator("key")(_key_name)
+    _p = field_validator("plaintext")(_b64)
+    _c = field_validator("context")(_b64)
 
-    @field_validator("plaintext")
-    @classmethod
-    def _b64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("plaintext must be base64") from None
-        return value
+    @model_validator(mode="after")
+    def _shape(self) -> EncryptBody:
+        _one_of(self, "plaintext")
+        return self
 
 
 class DecryptBody(_Strict):
     key: str = Field(description="The Transit key name used to encrypt.")
-    ciphertext: str = Field(description="Ciphertext as returned by encrypt (vault:vN:…).", min_length=1,
-                            max_length=8 * 1024 * 1024)
+    ciphertext: str | None = Field(default=None, description="Ciphertext as returned by encrypt (vault:vN:…).",
+                                   min_length=1, max_length=_MAX_CIPHERTEXT)
+    context: str | None = _context()
+    batch_input: list[CiphertextItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+
+    _k = field_validator("key")(_key_name)
+    _c = field_validator("context")(_b64)
+
+    @model_validator(mode="after")
+    def _shape(self) -> DecryptBody:
+        _one_of(self, "ciphertext")
+        return self
+
+
+class RewrapBody(DecryptBody):
+    key_version: int | None = Field(default=None, ge=1, description="Rewrap to this key version (default latest).")
+
+
+class SignBody(_Strict):
+    key: str = Field(description=KEY_DESCRIPTION + " Must be a signing key (ed25519, ecdsa-*, rsa-*).")
+    input: str | None = Field(default=None, description="Base64 of the data to sign.", max_length=_MAX_B64)
+    context: str | None = _context()
+    hash_algorithm: HashAlgorithm | None = Field(default=None, description="Default sha2-256 (ignored by ed25519).")
+    signature_algorithm: Literal["pss", "pkcs1v15"] | None = Field(default=None, description="RSA keys only.")
+    marshaling_algorithm: Literal["asn1", "jws"] | None = Field(default=None, description="ECDSA keys only.")
+    prehashed: bool | None = Field(default=None, description="'input' is already a hash.")
+    key_version: int | None = Field(default=None, ge=1, description="Sign with this key version.")
+    batch_input: list[InputItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+
+    _k = field_validator("key")(_key_name)
+    _i = field_validator("input")(_b64)
+    _c = field_validator("context")(_b64)
+
+    @model_validator(mode="after")
+    def _shape(self) -> SignBody:
+        _one_of(self, "input")
+        return self
+
+
+class VerifyBody(_Strict):
+    key: str = Field(description=KEY_DESCRIPTION)
+    input: str | None = Field(default=None, description="Base64 of the signed data.", max_length=_MAX_B64)
+    signature: str | None = Field(default=None, max_length=16384, description="vault:vN:… signature to check.")
+    hmac: str | None = Field(default=None, max_length=16384, description="vault:vN:… HMAC to check.")
+    context: str | None = _context()
+    hash_algorithm: HashAlgorithm | None = Field(default=None, description="As used to sign or HMAC.")
+    signature_algorithm: Literal["pss", "pkcs1v15"] | None = None
+    marshaling_algorithm: Literal["asn1", "jws"] | None = None
+    prehashed: bool | None = None
+    batch_input: list[VerifyItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+
+    _k = field_validator("key")(_key_name)
+    _i = field_validator("input")(_b64)
+    _c = field_validator("context")(_b64)
+
+    @model_validator(mode="after")
+    def _shape(self) -> VerifyBody:
+        _one_of(self, "input")
+        if self.batch_input is None and (self.signature is None) == (self.hmac is None):
+            raise ValueError("give either 'signature' or 'hmac'")
+        if self.batch_input is not None and (self.signature is not None or self.hmac is not None):
+            raise ValueError("with 'batch_input', put 'signature'/'hmac' in each item")
+        return self
+
+
+class HmacBody(_Strict):
+    key: str = Field(description=KEY_DESCRIPTION + " Any key type that supports HMAC (aes*, chacha20, hmac).")
+    input: str | None = Field(default=None, description="Base64 of the data.", max_length=_MAX_B64)
+    hash_algorithm: HashAlgorithm | None = Field(default=None, description="Default sha2-256.")
+    key_version: int | None = Field(default=None, ge=1)
+    batch_input: list[InputItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+
+    _k = field_validator("key")(_key_name)
+    _i = field_validator("input")(_b64)
+
+    @model_validator(mode="after")
+    def _shape(self) -> HmacBody:
+        _one_of(self, "input")
+        return self
+
+
+class RandomBody(_Strict):
+    bytes: int = Field(default=32, ge=1, le=4096, description="How many random bytes.")
+    format: Literal["base64", "hex"] = Field(default="base64")
+
+
+class CreateKeyBody(_Strict):
+    key: str = Field(description=KEY_DESCRIPTION)
+    type: KeyType = Field(default="aes256-gcm96", description="Key type: aes256-gcm96 (default) to encrypt; "
+                          "ed25519, ecdsa-p256 or rsa-2048 … to sign.")
 
     _k = field_validator("key")(_key_name)
 
@@ -111,13 +285,58 @@ class MetadataOut(BaseModel):
     custom_metadata: dict[str, str] | None = None
 
 
+def _batch_results() -> Any:
+    return Field(default=None, description=(
+        "With batch_input: one result per item, in order; a failed item has 'error' (and its 'reference'), "
+        "the others the single-item fields."))
+
+
 class EncryptOut(BaseModel):
-    ciphertext: str
-    key_version: int
+    ciphertext: str | None = None
+    key_version: int | None = None
+    batch_results: list[dict[str, Any]] | None = _batch_results()
 
 
 class DecryptOut(BaseModel):
-    plaintext: str
+    plaintext: str | None = None
+    batch_results: list[dict[str, Any]] | None = _batch_results()
+
+
+class RewrapOut(BaseModel):
+    ciphertext: str | None = None
+    key_version: int | None = None
+    batch_results: list[dict[str, Any]] | None = _batch_results()
+
+
+class SignOut(BaseModel):
+    signature: str | None = None
+    key_version: int | None = None
+    batch_results: list[dict[str, Any]] | None = _batch_results()
+
+
+class VerifyOut(BaseModel):
+    valid: bool | None = None
+    batch_results: list[dict[str, Any]] | None = _batch_results()
+
+
+class HmacOut(BaseModel):
+    hmac: str | None = None
+    batch_results: list[dict[str, Any]] | None = _batch_results()
+
+
+class RandomOut(BaseModel):
+    random_bytes: str
+    format: str
+
+
+class KeyOut(BaseModel):
+    key: str
+    type: str
+    latest_version: int
+    supports_encryption: bool
+    supports_decryption: bool
+    supports_signing: bool
+    public_keys: dict[str, str] | None = Field(default=None, description="Version -> public key (signing keys).")
 
 
 class WhoamiOut(BaseModel):

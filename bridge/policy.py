@@ -17,7 +17,8 @@ def _env() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def render_agent_policy(agent: str, *, mount: str = "secret", prefix: str = "mcp", transit: str = "transit") -> str:
+def render_agent_policy(agent: str, *, mount: str = "secret", prefix: str = "mcp", transit: str = "transit",
+                        transit_scope: str = "agent") -> str:
     """HCL for ``agent``. Names are validated first: nothing reaches the template that could break out of a
     quoted HCL string or widen a glob."""
     agent = agent.lower()
@@ -28,8 +29,18 @@ def render_agent_policy(agent: str, *, mount: str = "secret", prefix: str = "mcp
     for name, value in (("mount", mount), ("transit", transit)):
         if not value or not set(value) <= _MOUNT_CHARS or value.startswith("/") or "//" in value:
             raise ValueError(f"{name} must be a mount path like 'secret'")
+    if transit_scope not in ("agent", "shared"):
+        raise ValueError("transit_scope is 'agent' or 'shared'")
     return _env().get_template("agent-policy.hcl.j2").render(
-        agent=agent, mount=mount.strip("/"), prefix=prefix, transit=transit.strip("/"))
+        agent=agent, mount=mount.strip("/"), prefix=prefix, transit=transit.strip("/"), transit_scope=transit_scope)
+
+
+def render_bridge_policy(roles: list[str], *, policy_prefix: str = "mcp-agent-") -> str:
+    """HCL of the bridge's own minimal policy: mint through ``roles``, keep its own token alive."""
+    for role in roles:
+        if not IDENT_RE.match(role):
+            raise ValueError("token role names match ^[a-z0-9][a-z0-9_-]{0,63}$")
+    return _env().get_template("bridge-policy.hcl.j2").render(roles=roles, policy_prefix=policy_prefix)
 
 
 def policy_name(agent: str, policy_prefix: str = "mcp-agent-") -> str:

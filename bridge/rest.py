@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +11,20 @@ from pydantic import BaseModel
 
 from bridge.errors import InvalidPathError, InvalidRequestError, MethodNotAllowedError, UnsupportedMediaError
 from bridge.keys import IDENTITY, KEEPER, SERVICE, SETTINGS, VAULT
-from bridge.models import DecryptBody, EncryptBody, PatchBody, VersionsBody, WriteBody, parse
+from bridge.models import (
+    CreateKeyBody,
+    DecryptBody,
+    EncryptBody,
+    HmacBody,
+    PatchBody,
+    RandomBody,
+    RewrapBody,
+    SignBody,
+    VerifyBody,
+    VersionsBody,
+    WriteBody,
+    parse,
+)
 from bridge.paths import decode_raw
 from bridge.vault.errors import VaultError
 
@@ -110,16 +124,41 @@ async def secrets_list(request: web.Request) -> web.Response:
     return ok(await request.app[SERVICE].list(request[IDENTITY], request.query.get("prefix")))
 
 
+TRANSIT_OPS: dict[str, tuple[type[BaseModel], str]] = {
+    # route suffix -> (body model, SecretService method); the operation (scope) is "transit_<op>"
+    "encrypt": (EncryptBody, "encrypt"),
+    "decrypt": (DecryptBody, "decrypt"),
+    "rewrap": (RewrapBody, "rewrap"),
+    "sign": (SignBody, "sign"),
+    "verify": (VerifyBody, "verify"),
+    "hmac": (HmacBody, "hmac"),
+    "random": (RandomBody, "random"),
+    "keys": (CreateKeyBody, "create_key"),
+}
+
+
+def transit_handler(op: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``POST /transit/<op>``: scope check before the body is read, Vault's field names, no nulls in the
+    answer."""
+    model, method = TRANSIT_OPS[op]
+    operation = "transit_create_key" if op == "keys" else f"transit_{op}"
+
+    async def handler(request: web.Request) -> web.Response:
+        svc, who = request.app[SERVICE], request[IDENTITY]
+        svc.authorize(who, operation)
+        body = parse(model, await read_json(request))
+        out: BaseModel = await getattr(svc, method)(who, body)
+        return web.json_response(out.model_dump(mode="json", exclude_none=True))
+
+    return handler
+
+
 async def transit_encrypt(request: web.Request) -> web.Response:
-    svc, who = request.app[SERVICE], request[IDENTITY]
-    svc.authorize(who, "transit_encrypt")
-    return ok(await svc.encrypt(who, parse(EncryptBody, await read_json(request))))
+    return await transit_handler("encrypt")(request)
 
 
 async def transit_decrypt(request: web.Request) -> web.Response:
-    svc, who = request.app[SERVICE], request[IDENTITY]
-    svc.authorize(who, "transit_decrypt")
-    return ok(await svc.decrypt(who, parse(DecryptBody, await read_json(request))))
+    return await transit_handler("decrypt")(request)
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -166,11 +205,14 @@ def setup_routes(app: web.Application) -> set[str]:
     r.add_get("/echo-headers", echo_headers, name="echo_headers")
     r.add_get("/secrets", secrets_list, name="secrets_list")
     r.add_get("/secrets/", secrets_list, name="secrets_list_slash")
-    r.add_get("/secrets/{tail:.+}", secret_get, name="secret_get")
-    r.add_put("/secrets/{tail:.+}", secret_put, name="secret_put")
-    r.add_patch("/secrets/{tail:.+}", secret_patch, name="secret_patch")
-    r.add_delete("/secrets/{tail:.+}", secret_delete, name="secret_delete")
-    r.add_post("/secrets/{tail:.+}", secret_post, name="secret_post")
-    r.add_post("/transit/encrypt", transit_encrypt, name="transit_encrypt")
-    r.add_post("/transit/decrypt", transit_decrypt, name="transit_decrypt")
+    # The tail matches any characters, newlines and the empty path included, so that every bad path reaches
+    # the path check (400 invalid_path) instead of falling out of the router as a 404/405.
+    r.add_get(r"/secrets/{tail:[\s\S]*}", secret_get, name="secret_get")
+    r.add_put(r"/secrets/{tail:[\s\S]*}", secret_put, name="secret_put")
+    r.add_patch(r"/secrets/{tail:[\s\S]*}", secret_patch, name="secret_patch")
+    r.add_delete(r"/secrets/{tail:[\s\S]*}", secret_delete, name="secret_delete")
+    r.add_post(r"/secrets/{tail:[\s\S]*}", secret_post, name="secret_post")
+    for op in TRANSIT_OPS:
+        r.add_post(f"/transit/{op}", transit_handler(op),
+                   name="transit_create_key" if op == "keys" else f"transit_{op}")
     return {"healthz", "readyz"}

@@ -9,26 +9,48 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from bridge.audit import AuditLog, audited
 from bridge.auth.identity import Identity
 from bridge.config import Settings
-from bridge.errors import BridgeError, NotFoundError, from_vault_error
+from bridge.errors import (
+    BridgeError,
+    ConflictError,
+    NotFoundError,
+    VaultUnavailableBridgeError,
+    from_vault_error,
+)
 from bridge.models import (
+    CreateKeyBody,
     DecryptBody,
     DecryptOut,
     EncryptBody,
     EncryptOut,
+    HmacBody,
+    HmacOut,
+    KeyOut,
     ListOut,
     MetadataOut,
     OkOut,
     PatchBody,
     PatchOut,
+    RandomBody,
+    RandomOut,
+    RewrapBody,
+    RewrapOut,
     SecretOut,
+    SignBody,
+    SignOut,
+    VerifyBody,
+    VerifyOut,
     VersionsBody,
     WhoamiOut,
     WriteBody,
     WriteOut,
 )
 from bridge.paths import agent_path, validate_path, validate_prefix
+from bridge.vault.childtokens import ChildTokenBroker, ChildTokenError
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultError, VaultNotFoundError, VaultPermissionDeniedError
 from bridge.vault.lifetime import TokenKeeper
@@ -47,8 +69,32 @@ OPERATION_SCOPES: dict[str, str | None] = {
     "kv_metadata": "read",
     "transit_encrypt": "write",
     "transit_decrypt": "read",
+    "transit_rewrap": "write",
+    "transit_sign": "write",
+    "transit_verify": "read",
+    "transit_hmac": "write",
+    "transit_random": "read",
+    "transit_create_key": "write",
     "whoami": None,
 }
+
+
+def batch_results(raw: Any, expected: int) -> list[dict[str, Any]]:
+    """Vault's ``batch_results``, one per item: a failed item is ``{"error", "reference"?}``, a good one keeps
+    its non-empty fields. Vault answers in input order; a short answer marks the missing items failed."""
+    items = raw if isinstance(raw, list) else []
+    out: list[dict[str, Any]] = []
+    for item in items[:expected]:
+        item = item if isinstance(item, dict) else {}
+        if item.get("error"):
+            cleaned: dict[str, Any] = {"error": str(item["error"])}
+        else:
+            cleaned = {k: v for k, v in item.items() if k not in ("error", "reference") and v not in (None, "")}
+        if item.get("reference"):
+            cleaned["reference"] = item["reference"]
+        out.append(cleaned)
+    out.extend({"error": "Vault returned no result for this item"} for _ in range(expected - len(out)))
+    return out
 
 
 def _token_rejected(exc: VaultPermissionDeniedError) -> bool:
@@ -57,7 +103,10 @@ def _token_rejected(exc: VaultPermissionDeniedError) -> bool:
 
 
 class SecretService:
-    def __init__(self, settings: Settings, vault: VaultClient, keeper: TokenKeeper) -> None:
+    def __init__(self, settings: Settings, vault: VaultClient, keeper: TokenKeeper, *,
+                 audit_log: AuditLog | None = None, children: ChildTokenBroker | None = None) -> None:
+        self.children = children  # per-agent child tokens when CHILD_TOKEN_ENABLED (bridge/vault/childtokens.py)
+        self.audit_log = audit_log  # one audit record per public operation (see bridge/audit.py)
         self._s = settings
         self._vault = vault
         self._keeper = keeper
@@ -76,11 +125,17 @@ class SecretService:
         return agent_path(self._prefix, identity.subject, path)
 
     def transit_key(self, identity: Identity, key: str) -> str:
+        """The Vault key name: ``{prefix}.{agent}.{key}`` (TRANSIT_KEY_SCOPE=agent) or ``key`` (shared)."""
+        if self._s.transit_key_scope == "shared":
+            return key
         return f"{self._prefix}.{identity.subject}.{key}"
 
     async def _call(self, identity: Identity, what: str, fn: Callable[[str], Awaitable[T]]) -> T:
-        """Run ``fn(token)`` with the right Vault token; retry once after a re-login if the token was gone."""
+        """Run ``fn(token)`` with the right Vault token (the agent's child token when enabled, else the
+        bridge's); retry once with a new token if Vault says the token was gone."""
         try:
+            if self.children is not None:
+                return await self.children.run(identity.subject, identity.auth_method, fn)
             token = await self._keeper.ensure()
             try:
                 return await fn(token)
@@ -91,11 +146,17 @@ class SecretService:
                 if fresh is None:
                     raise
                 return await fn(fresh)
+        except ChildTokenError:
+            raise VaultUnavailableBridgeError(
+                "The bridge could not obtain a Vault token for this agent; an operator must check the token "
+                "role and the bridge's policy (see the bridge log).", code="child_token_unavailable",
+                status=502) from None
         except VaultError as exc:
             raise from_vault_error(exc, what=what) from None
 
     # -- KV v2 ---------------------------------------------------------------------------------------
 
+    @audited("kv_read")
     async def read(self, identity: Identity, path: str, version: int | None = None) -> SecretOut:
         self.authorize(identity, "kv_read")
         path = validate_path(path)
@@ -130,6 +191,7 @@ class SecretService:
                     extra={"version": version, "deletion_time": meta.get("deletion_time")})
         return NotFoundError(f"No secret at '{path}'.")
 
+    @audited("kv_write")
     async def write(self, identity: Identity, path: str, body: WriteBody) -> WriteOut:
         self.authorize(identity, "kv_write")
         path = validate_path(path)
@@ -142,6 +204,7 @@ class SecretService:
         return WriteOut(path=path, data=body.data, version=int(meta.get("version") or 0),
                         created_time=str(meta.get("created_time") or ""))
 
+    @audited("kv_patch")
     async def patch(self, identity: Identity, path: str, body: PatchBody) -> PatchOut:
         self.authorize(identity, "kv_patch")
         path = validate_path(path)
@@ -158,6 +221,7 @@ class SecretService:
         return PatchOut(path=path, version=int(meta.get("version") or 0),
                         created_time=str(meta.get("created_time") or ""))
 
+    @audited("kv_delete")
     async def delete(self, identity: Identity, path: str) -> None:
         self.authorize(identity, "kv_delete")
         path = validate_path(path)
@@ -168,6 +232,7 @@ class SecretService:
 
         await self._call(identity, "the delete", go)
 
+    @audited("kv_undelete")
     async def undelete(self, identity: Identity, path: str, body: VersionsBody) -> OkOut:
         self.authorize(identity, "kv_undelete")
         path = validate_path(path)
@@ -179,6 +244,7 @@ class SecretService:
         await self._call(identity, "the undelete", go)
         return OkOut(ok=True)
 
+    @audited("kv_destroy")
     async def destroy(self, identity: Identity, path: str, body: VersionsBody) -> OkOut:
         self.authorize(identity, "kv_destroy")
         path = validate_path(path)
@@ -190,6 +256,7 @@ class SecretService:
         await self._call(identity, "the destroy", go)
         return OkOut(ok=True)
 
+    @audited("kv_list")
     async def list(self, identity: Identity, prefix: str | None) -> ListOut:
         self.authorize(identity, "kv_list")
         prefix = validate_prefix(prefix)
@@ -201,6 +268,7 @@ class SecretService:
         keys = await self._call(identity, "the list", go)
         return ListOut(prefix=prefix, keys=keys)
 
+    @audited("kv_metadata")
     async def metadata(self, identity: Identity, path: str) -> MetadataOut:
         self.authorize(identity, "kv_metadata")
         path = validate_path(path)
@@ -224,25 +292,94 @@ class SecretService:
 
     # -- Transit -------------------------------------------------------------------------------------
 
-    async def encrypt(self, identity: Identity, body: EncryptBody) -> EncryptOut:
-        self.authorize(identity, "transit_encrypt")
-        key = self.transit_key(identity, body.key)
+    async def _transit_op(self, identity: Identity, op: str, what: str, body: BaseModel, *,
+                       algorithm: str | None = None) -> dict[str, Any]:
+        """One Transit operation on the caller's key, with Vault's field names; batch results cleaned up."""
+        self.authorize(identity, f"transit_{op}")
+        key = self.transit_key(identity, str(getattr(body, "key")))  # noqa: B009 - every transit body has it
+        payload = body.model_dump(exclude_none=True, exclude={"key", "hash_algorithm"})
 
         async def go(token: str) -> dict[str, Any]:
-            return await self._vault.transit.encrypt(self._transit, key, body.plaintext, token=token)
+            return await self._vault.transit.call(self._transit, op, key, payload, algorithm=algorithm, token=token)
 
-        out = await self._call(identity, "the encryption", go)
+        out = await self._call(identity, what, go)
+        if "batch_input" in payload:
+            return {"batch_results": batch_results(out.get("batch_results"), len(payload["batch_input"]))}
+        return out
+
+    @audited("transit_encrypt")
+    async def encrypt(self, identity: Identity, body: EncryptBody) -> EncryptOut:
+        out = await self._transit_op(identity, "encrypt", "the encryption", body)
+        if "batch_results" in out:
+            return EncryptOut(batch_results=out["batch_results"])
         return EncryptOut(ciphertext=str(out.get("ciphertext") or ""), key_version=int(out.get("key_version") or 0))
 
+    @audited("transit_decrypt")
     async def decrypt(self, identity: Identity, body: DecryptBody) -> DecryptOut:
-        self.authorize(identity, "transit_decrypt")
+        out = await self._transit_op(identity, "decrypt", "the decryption", body)
+        if "batch_results" in out:
+            return DecryptOut(batch_results=out["batch_results"])
+        return DecryptOut(plaintext=str(out.get("plaintext") or ""))
+
+    @audited("transit_rewrap")
+    async def rewrap(self, identity: Identity, body: RewrapBody) -> RewrapOut:
+        out = await self._transit_op(identity, "rewrap", "the rewrap", body)
+        if "batch_results" in out:
+            return RewrapOut(batch_results=out["batch_results"])
+        return RewrapOut(ciphertext=str(out.get("ciphertext") or ""), key_version=int(out.get("key_version") or 0))
+
+    @audited("transit_sign")
+    async def sign(self, identity: Identity, body: SignBody) -> SignOut:
+        out = await self._transit_op(identity, "sign", "the signing", body, algorithm=body.hash_algorithm)
+        if "batch_results" in out:
+            return SignOut(batch_results=out["batch_results"])
+        return SignOut(signature=str(out.get("signature") or ""), key_version=int(out.get("key_version") or 0))
+
+    @audited("transit_verify")
+    async def verify(self, identity: Identity, body: VerifyBody) -> VerifyOut:
+        out = await self._transit_op(identity, "verify", "the verification", body, algorithm=body.hash_algorithm)
+        if "batch_results" in out:
+            return VerifyOut(batch_results=out["batch_results"])
+        return VerifyOut(valid=bool(out.get("valid")))
+
+    @audited("transit_hmac")
+    async def hmac(self, identity: Identity, body: HmacBody) -> HmacOut:
+        out = await self._transit_op(identity, "hmac", "the HMAC", body, algorithm=body.hash_algorithm)
+        if "batch_results" in out:
+            return HmacOut(batch_results=out["batch_results"])
+        return HmacOut(hmac=str(out.get("hmac") or ""))
+
+    @audited("transit_random")
+    async def random(self, identity: Identity, body: RandomBody) -> RandomOut:
+        self.authorize(identity, "transit_random")
+
+        async def go(token: str) -> dict[str, Any]:
+            return await self._vault.transit.random(self._transit, nbytes=body.bytes, fmt=body.format, token=token)
+
+        out = await self._call(identity, "the random bytes", go)
+        return RandomOut(random_bytes=str(out.get("random_bytes") or ""), format=body.format)
+
+    @audited("transit_create_key")
+    async def create_key(self, identity: Identity, body: CreateKeyBody) -> KeyOut:
+        """Create the caller's key ``body.key`` of ``body.type``; an existing key of that type is returned
+        unchanged (idempotent), one of another type is a 409."""
+        self.authorize(identity, "transit_create_key")
         key = self.transit_key(identity, body.key)
 
         async def go(token: str) -> dict[str, Any]:
-            return await self._vault.transit.decrypt(self._transit, key, body.ciphertext, token=token)
+            return await self._vault.transit.create_key(self._transit, key, body.type, token=token)
 
-        out = await self._call(identity, "the decryption", go)
-        return DecryptOut(plaintext=str(out.get("plaintext") or ""))
+        info = await self._call(identity, "the key creation", go)
+        if str(info.get("type") or "") != body.type:
+            raise ConflictError(f"Key '{body.key}' already exists with type {info.get('type')}; pick another name.",
+                                code="key_type_mismatch", extra={"type": info.get("type")})
+        versions = info.get("keys") or {}
+        public = {str(v): str(k["public_key"]) for v, k in versions.items()
+                  if isinstance(k, dict) and k.get("public_key")}
+        return KeyOut(key=body.key, type=str(info.get("type")), latest_version=int(info.get("latest_version") or 0),
+                      supports_encryption=bool(info.get("supports_encryption")),
+                      supports_decryption=bool(info.get("supports_decryption")),
+                      supports_signing=bool(info.get("supports_signing")), public_keys=public or None)
 
     # -- identity ------------------------------------------------------------------------------------
 

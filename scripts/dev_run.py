@@ -45,16 +45,21 @@ def main() -> int:
             vault = start_dev_vault(log_path=run_dir / "openbao.log")  # 8200 busy: any free port
         print(f"embedded OpenBao dev server at {vault.addr} (log: .run/openbao.log)")
     try:
-        provision_demo_sync(vault.addr, vault.root_token, AGENTS)
+        # `vault-mcp-bridge provision` for the demo agents; the bridge then logs in with its own AppRole (a
+        # policy that can only mint child tokens) and every agent operation runs under that agent's child token.
+        provisioned = provision_demo_sync(vault.addr, vault.root_token, AGENTS, new_secret_id=True)
         api_key = os.environ.get("DEMO_API_KEY") or "demo-" + secrets.token_urlsafe(18)
         jwt_secret = os.environ.get("JWT_HS256_SECRET") or secrets.token_urlsafe(32)
         demo_jwt = jwt.encode({"alg": "HS256"},
                               {"sub": "agent_jwt", "scope": "read write delete list", "iat": int(time.time()),
                                "exp": int(time.time()) + 8 * 3600}, OctKey.import_key(jwt_secret))
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("VAULT_TOKEN", "VAULT_SECRET_ID_FILE",
+                                                                 "VAULT_WRAPPED_SECRET_ID")}
         env.update({
             "VAULT_ADDR": vault.addr,
-            "VAULT_TOKEN": vault.root_token,
+            "VAULT_ROLE_ID": provisioned.role_id,
+            "VAULT_SECRET_ID": provisioned.secret_id or "",
+            "CHILD_TOKEN_ENABLED": env.get("CHILD_TOKEN_ENABLED", "true"),
             "API_KEYS_JSON": env.get("API_KEYS_JSON") or f'{{"{api_key}": "agent_api"}}',
             "JWT_HS256_SECRET": jwt_secret,
             "AUTH_MTLS_ENABLED": env.get("AUTH_MTLS_ENABLED", "true"),

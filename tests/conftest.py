@@ -19,6 +19,8 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault, provision_demo_sync, start_dev_vault
 
+pytest_plugins = ("tests.fakevault",)  # the ``fake_vault`` fixture (in-process fake Vault)
+
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20
 API_KEY_BOB = "bob-key-" + "b" * 22

@@ -1,4 +1,5 @@
-"""``X-API-Key`` authentication. Keys are indexed by their SHA-256 and confirmed in constant time."""
+"""``X-API-Key`` authentication. The SHA-256 of the presented key is compared with every configured key's
+digest in constant time (``hmac.compare_digest``, no early exit)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,19 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def hashed_form(key: str) -> str:
+    """``sha256:<hex>``: how a key may sit in ``API_KEYS_JSON`` instead of the plaintext key."""
+    return "sha256:" + key_digest(key).hex()
+
+
 class ApiKeyAuthenticator:
     method = "api_key"
 
     def __init__(self, keys: Mapping[str, ApiKeyEntry]) -> None:
-        self._by_digest: dict[bytes, ApiKeyEntry] = {}
+        self._entries: list[tuple[bytes, ApiKeyEntry]] = []
         for key, entry in keys.items():
             digest = bytes.fromhex(key.removeprefix("sha256:")) if key.startswith("sha256:") else key_digest(key)
-            self._by_digest[digest] = entry
+            self._entries.append((digest, entry))
 
     def present(self, request: web.Request) -> bool:
         return HEADER in request.headers
@@ -36,9 +42,12 @@ class ApiKeyAuthenticator:
         if presented is None:
             return None
         digest = key_digest(presented)
-        entry = self._by_digest.get(digest)
-        # Compare even on a miss so hit and miss cost the same.
-        ok = hmac.compare_digest(digest, digest if entry is not None else b"\0" * 32)
-        if entry is None or not ok:
+        entry: ApiKeyEntry | None = None
+        # Compare against every configured key in constant time, without stopping at a match: the time
+        # taken does not depend on which key (if any) matched, nor on how much of it did.
+        for known, candidate in self._entries:
+            if hmac.compare_digest(digest, known):
+                entry = candidate
+        if entry is None:
             raise UnauthenticatedError("The API key is not valid.")
         return Identity(normalize_subject(entry.agent, "api_key"), "api_key", frozenset(entry.scopes))

@@ -8,8 +8,11 @@ from aiohttp import web
 
 from bridge.auth.api_key import ApiKeyAuthenticator
 from bridge.auth.identity import Identity
+from bridge.auth.jwks import JwksCache
 from bridge.auth.jwt import JwtAuthenticator
+from bridge.auth.jwtcache import VerifiedTokenCache
 from bridge.auth.mtls import MtlsHeaderAuthenticator
+from bridge.auth.peercert import PeerCertAuthenticator
 from bridge.config import Settings
 from bridge.errors import UnauthenticatedError
 
@@ -28,6 +31,23 @@ class AuthChain:
     def methods(self) -> list[str]:
         return [a.method for a in self.authenticators]
 
+    @property
+    def jwks(self) -> JwksCache | None:
+        """The JWT authenticator's key set, if it has one (started by ``bridge.app.jwks_ctx``)."""
+        for auth in self.authenticators:
+            if isinstance(auth, JwtAuthenticator) and auth.jwks is not None:
+                return auth.jwks
+        return None
+
+    async def resolve(self, request: web.Request) -> Identity:
+        """:meth:`authenticate`, after the authenticators that need I/O first (a JWKS refresh for an unknown
+        ``kid``) have prepared. The identity middleware calls this one."""
+        for auth in self.authenticators:
+            prepare = getattr(auth, "prepare", None)
+            if prepare is not None:
+                await prepare(request)
+        return self.authenticate(request)
+
     def authenticate(self, request: web.Request) -> Identity:
         for auth in self.authenticators:
             identity = auth.authenticate(request)  # raises on a presented, invalid credential
@@ -45,11 +65,20 @@ def build_auth_chain(settings: Settings) -> AuthChain:
         chain.append(ApiKeyAuthenticator(settings.api_keys_json))
     if settings.auth_jwt_enabled:
         secret = settings.jwt_hs256_secret.get_secret_value() if settings.jwt_hs256_secret else None
+        jwks = None
+        if settings.jwt_jwks_url or settings.jwt_jwks_file:
+            jwks = JwksCache(url=settings.jwt_jwks_url, file=settings.jwt_jwks_file,
+                             max_age=settings.jwt_jwks_cache_seconds,
+                             min_refresh=settings.jwt_jwks_min_refresh_seconds, timeout=settings.jwt_jwks_timeout)
         chain.append(JwtAuthenticator(
             hs256_secret=secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
             default_scopes=settings.jwt_default_scopes, leeway=settings.jwt_leeway_seconds,
-            max_bytes=settings.jwt_max_bytes,
+            max_bytes=settings.jwt_max_bytes, algorithms=settings.jwt_allowed_algorithms, jwks=jwks,
+            cache=VerifiedTokenCache(settings.jwt_cache_seconds, settings.jwt_cache_size),
         ))
+    if settings.tls_client_ca_file:
+        # The bridge verified the client certificate itself (bridge.tls): its CN or SPIFFE ID is the agent.
+        chain.append(PeerCertAuthenticator(spiffe_trust_domain=settings.mtls_spiffe_trust_domain))
     if settings.auth_mtls_enabled:
         chain.append(MtlsHeaderAuthenticator(
             identity_header=settings.mtls_identity_header, verify_header=settings.mtls_verify_header,

@@ -33,7 +33,9 @@ class Identity:
 def normalize_subject(raw: str, method: AuthMethod) -> str:
     """Lower-case; then it must match ``^[a-z0-9][a-z0-9_-]{0,63}$`` (it becomes a Vault path segment,
     a policy name and part of key names)."""
-    subject = raw.strip().lower()
+    # No strip() and ASCII only before lower(): " alice" or "\u212aate" (Kelvin sign) would otherwise
+    # collide with the agents "alice" and "kate".
+    subject = raw.lower() if raw.isascii() else ""
     if not IDENT_RE.match(subject):
         log.warning("auth.subject.invalid", auth_method=method, length=len(raw))
         raise ForbiddenError(

@@ -1,22 +1,34 @@
 """``Authorization: Bearer`` JWT authentication (joserfc, from authlib's authors).
 
-Only the configured algorithms are accepted (never ``none``). ``sub`` is required; ``exp``/``nbf`` are
-checked with a small leeway; ``iss``/``aud`` when configured. Scopes come from ``scopes`` (a list) or
-``scope`` (space-separated), else ``JWT_DEFAULT_SCOPES``.
+Keys: HS256/384/512 with ``JWT_HS256_SECRET``; RS*/PS*/ES*/EdDSA (and its RFC 9864 name Ed25519) with the
+public keys of a JWK Set (``JWT_JWKS_URL`` or ``JWT_JWKS_FILE``, see :mod:`bridge.auth.jwks`). Only the
+algorithms of ``JWT_ALGORITHMS`` are accepted (never ``none``), and the key is chosen by the algorithm
+family first: an HMAC algorithm is only ever checked with the configured secret and an asymmetric one only
+with a JWKS key of the matching type and curve, so a token "signed" with a public key as HMAC secret
+(algorithm confusion) fails. The ``kid`` header selects the JWKS key; ``jku``, ``x5u``, ``jwk`` and ``x5c``
+headers are ignored, never fetched.
+
+``sub`` is required; ``exp``/``nbf`` are checked with a small leeway; ``iss``/``aud`` when configured. Scopes
+come from ``scopes`` (a list) or ``scope`` (space-separated), else ``JWT_DEFAULT_SCOPES``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from aiohttp import web
-from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc import jws, jwt
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import OctKey
 
 from bridge.auth.identity import Identity, normalize_subject
+from bridge.auth.jwks import JwksCache
+from bridge.auth.jwtcache import VerifiedTokenCache
 from bridge.config import SCOPES
 from bridge.errors import UnauthenticatedError
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -29,13 +41,27 @@ def bearer_token(request: web.Request) -> str | None:
     return value.strip()
 
 
+def _header(token: str) -> dict[str, Any] | None:
+    """The protected header, unverified (to pick the key); ``None`` when the token is not a compact JWS."""
+    try:
+        return dict(jws.extract_compact(token.encode()).headers())
+    except (JoseError, ValueError, TypeError, UnicodeError):
+        return None
+
+
 class JwtAuthenticator:
     method = "jwt"
 
     def __init__(self, *, hs256_secret: str | None, issuer: str, audience: str,
-                 default_scopes: list[str], leeway: float, max_bytes: int) -> None:
+                 default_scopes: list[str], leeway: float, max_bytes: int,
+                 algorithms: list[str] | None = None, jwks: JwksCache | None = None,
+                 cache: VerifiedTokenCache | None = None) -> None:
+        self.cache = cache  # verified tokens, until their exp (bridge/auth/jwtcache.py)
         self._key = OctKey.import_key(hs256_secret) if hs256_secret else None
-        self._algorithms = ["HS256"]
+        self._algorithms = frozenset(algorithms) if algorithms else frozenset({"HS256"})
+        if "EdDSA" in self._algorithms:
+            self._algorithms |= {"Ed25519"}  # RFC 9864's name for the same signatures
+        self.jwks = jwks
         claims: dict[str, Any] = {"sub": {"essential": True}, "exp": {"essential": False}}
         if issuer:
             claims["iss"] = {"essential": True, "value": issuer}
@@ -48,16 +74,54 @@ class JwtAuthenticator:
     def present(self, request: web.Request) -> bool:
         return bearer_token(request) is not None
 
+    async def prepare(self, request: web.Request) -> None:
+        """Before :meth:`authenticate`: refresh the JWK Set when the token names an unknown ``kid`` or the
+        set is stale (rate-limited in :class:`JwksCache`). Never raises; a bad token fails afterwards."""
+        token = bearer_token(request)
+        if token is None or self.jwks is None or len(token) > self._max_bytes:
+            return
+        if self.cache is not None and self.cache.get(token) is not None:
+            return
+        header = _header(token)
+        if header is None or header.get("alg") not in self._algorithms or header.get("alg") in HMAC_ALGORITHMS:
+            return
+        kid = header.get("kid")
+        if not isinstance(kid, str | None):
+            return
+        if not self.jwks.knows(kid):
+            await self.jwks.refresh(reason="unknown_kid")
+        elif self.jwks.stale:
+            await self.jwks.refresh(reason="stale")
+
     def authenticate(self, request: web.Request) -> Identity | None:
         token = bearer_token(request)
         if token is None:
             return None
-        if self._key is None:
-            raise UnauthenticatedError("JWT authentication has no verification key configured.")
         if len(token) > self._max_bytes:
             raise UnauthenticatedError("The bearer token is too large.")
+        if self.cache is not None and (cached := self.cache.get(token)) is not None:
+            return cached
+        header = _header(token)
+        if header is None:
+            raise UnauthenticatedError("The bearer token is not valid (malformed).")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise UnauthenticatedError("The bearer token is not valid (algorithm not allowed).")
+        key: Any
+        if alg in HMAC_ALGORITHMS:
+            if self._key is None:
+                raise UnauthenticatedError("JWT authentication has no verification key configured.")
+            key = self._key
+        else:
+            kid = header.get("kid")
+            found = self.jwks.find(kid, alg) if self.jwks is not None and isinstance(kid, str | None) else None
+            if found is None:
+                raise UnauthenticatedError("The bearer token is not valid (unknown signing key).")
+            key = found
         try:
-            decoded = jwt.decode(token, self._key, algorithms=self._algorithms)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SecurityWarning)  # "EdDSA" is deprecated by name, not broken
+                decoded = jwt.decode(token, key, algorithms=[alg])
             self._registry.validate(decoded.claims)
         except (JoseError, ValueError, TypeError) as exc:
             raise UnauthenticatedError(f"The bearer token is not valid ({_reason(exc)}).") from None
@@ -65,7 +129,10 @@ class JwtAuthenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise UnauthenticatedError("The bearer token has no 'sub' claim.")
-        return Identity(normalize_subject(sub, "jwt"), "jwt", self._scopes(claims))
+        identity = Identity(normalize_subject(sub, "jwt"), "jwt", self._scopes(claims))
+        if self.cache is not None:
+            self.cache.put(token, identity, claims)
+        return identity
 
     def _scopes(self, claims: dict[str, Any]) -> frozenset[str]:
         raw = claims.get("scopes")

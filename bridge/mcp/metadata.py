@@ -1,8 +1,17 @@
-"""OAuth 2.0 Protected Resource Metadata (RFC 9728) for the MCP endpoint."""
+"""OAuth 2.0 Protected Resource Metadata (RFC 9728) for the MCP endpoint.
+
+Served when JWT auth is on and ``JWT_ISSUER`` is set (the issuer is the authorization server a client goes to
+for a token), at ``/.well-known/oauth-protected-resource/mcp`` (RFC 9728 §3.1: the well-known segment goes
+between the host and the resource's path) and, for clients that only try the root, at
+``/.well-known/oauth-protected-resource``. ``resource`` is ``MCP_RESOURCE_URL`` (set it behind a proxy), else
+this server's ``/mcp`` URL as the client reached it. 401 and insufficient-scope 403 challenges point here with
+``resource_metadata`` (``bridge.middlewares.www_authenticate``).
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
+from yarl import URL
 
 from bridge.config import SCOPES
 from bridge.keys import SETTINGS
@@ -22,20 +31,26 @@ def resource_url(request: web.Request) -> str:
 
 
 def resource_metadata_url(request: web.Request) -> str:
-    return base_url(request) + WELL_KNOWN + MCP_PATH
+    """RFC 9728 §3.1: ``https://host/.well-known/oauth-protected-resource`` + the resource's path."""
+    resource = URL(resource_url(request))
+    path = resource.path.rstrip("/")
+    return str(resource.origin()) + WELL_KNOWN + path
 
 
 async def protected_resource(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if not (settings.auth_jwt_enabled and settings.jwt_issuer):
         raise web.HTTPNotFound()
-    return web.json_response({
+    resp = web.json_response({
         "resource": resource_url(request),
         "authorization_servers": [settings.jwt_issuer],
         "scopes_supported": list(SCOPES),
         "bearer_methods_supported": ["header"],
         "resource_name": "Vault MCP Bridge",
     })
+    # Public, credential-free metadata: browser-based MCP clients read it cross-origin.
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    return resp
 
 
 def setup_metadata_routes(app: web.Application) -> set[str]:

@@ -19,7 +19,9 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
+from yarl import URL
 
+from bridge.vault.breaker import CircuitBreaker
 from bridge.vault.errors import (
     VaultConnectionError,
     VaultError,
@@ -76,6 +78,7 @@ class CallStats:
     operation: str
     duration: float
     outcome: str
+    request_id: str = ""  # Vault's request id (successful calls), for the audit trail
 
 
 class VaultClient:
@@ -97,8 +100,11 @@ class VaultClient:
         session: aiohttp.ClientSession | None = None,
         retry_backoff: float = 0.05,
         observer: Callable[[CallStats], None] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.addr = addr.rstrip("/")
+        # fail fast while Vault is down (see bridge/vault/breaker.py)
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.namespace = namespace
         self.timeout = timeout
         self._cacert = cacert
@@ -131,6 +137,7 @@ class VaultClient:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # Vault sets no cookies: skip the jar on every call
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 json_serialize=json.dumps,
                 skip_auto_headers=("User-Agent",),
@@ -178,19 +185,27 @@ class VaultClient:
         if json_body is not None:
             data = json.dumps(json_body, separators=(",", ":")).encode()
             hdrs["Content-Type"] = content_type or "application/json"
-        url = f"{self.addr}/v1/{path}"
+        # ``path`` is quoted already: build the URL once, without yarl re-quoting it on every call
+        url = URL(f"{self.addr}/v1/{path}", encoded=True)
         attempts = 2 if method in _IDEMPOTENT else 1
         started = time.perf_counter()
         outcome = "ok"
+        vault_request_id = ""
         try:
             for attempt in range(attempts):
+                probe = self.breaker.before_call()  # raises CircuitOpenError while Vault is known down
                 try:
-                    return await self._once(method, url, hdrs, data, params, path)
-                except VaultConnectionError:
-                    if attempt + 1 >= attempts:
+                    resp = await self._once(method, url, hdrs, data, params, path)
+                except BaseException as exc:
+                    self.breaker.record(exc, probe)
+                    if not isinstance(exc, VaultConnectionError) or attempt + 1 >= attempts:
                         raise
-                    # Idempotent reads get one retry after a short jittered pause; writes never.
-                    await asyncio.sleep(self._retry_backoff * (0.5 + random.random()))  # noqa: S311
+                else:
+                    self.breaker.on_success(probe)
+                    vault_request_id = resp.request_id
+                    return resp
+                # Idempotent reads get one retry after a short jittered pause; writes never.
+                await asyncio.sleep(self._retry_backoff * (0.5 + random.random()))  # noqa: S311
             raise AssertionError("unreachable")
         except VaultHTTPError as exc:
             outcome = type(exc).__name__
@@ -200,12 +215,12 @@ class VaultClient:
             raise
         finally:
             if self._observer is not None:
-                self._observer(CallStats(operation, time.perf_counter() - started, outcome))
+                self._observer(CallStats(operation, time.perf_counter() - started, outcome, vault_request_id))
 
     async def _once(
         self,
         method: str,
-        url: str,
+        url: URL,
         headers: dict[str, str],
         data: bytes | None,
         params: Mapping[str, str] | None,

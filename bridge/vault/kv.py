@@ -62,8 +62,11 @@ class KvV2:
     async def list(self, mount: str, prefix: str, *, token: str | None = None) -> list[str]:
         """Keys below ``prefix``; an empty or missing prefix is ``[]``."""
         try:
+            # GET ?list=true is Vault's documented twin of the LIST verb, and passes proxies and HTTP
+            # parsers that refuse non-standard methods (llhttp, hence aiohttp servers, answer LIST with 400).
             resp: VaultResponse = await self._c.request(
-                "LIST", f"{mount}/metadata/{quote_path(prefix)}", operation="kv.list", token=token
+                "GET", f"{mount}/metadata/{quote_path(prefix)}", operation="kv.list", token=token,
+                params={"list": "true"},
             )
         except VaultNotFoundError:
             return []

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -38,6 +39,47 @@ JITTER_FRACTION = 0.1
 MIN_DELAY = 0.5
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
+
+
+SecretIdSource = Callable[[], Awaitable[str]]
+"""Where an AppRole secret id comes from when it is not in the environment."""
+
+
+def secret_id_from_file(path: str) -> SecretIdSource:
+    """``VAULT_SECRET_ID_FILE``: read at every login, so rewriting the file rotates the secret id."""
+
+    async def read() -> str:
+        try:
+            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+        except OSError as exc:
+            raise VaultInvalidRequestError(400, [f"cannot read VAULT_SECRET_ID_FILE ({exc.strerror})"]) from None
+        secret = text.strip()
+        if not secret:
+            raise VaultInvalidRequestError(400, ["VAULT_SECRET_ID_FILE is empty"])
+        return secret
+
+    return read
+
+
+def secret_id_from_wrapping_token(client: VaultClient, wrapping_token: str) -> SecretIdSource:
+    """``VAULT_WRAPPED_SECRET_ID``: unwrapped once (``sys/wrapping/unwrap`` with the wrapping token as the
+    request token), then kept in memory; a wrapping token works only once."""
+    unwrapped: list[str] = []
+    lock = asyncio.Lock()
+
+    async def unwrap() -> str:
+        async with lock:
+            if not unwrapped:
+                resp = await client.request("POST", "sys/wrapping/unwrap", operation="sys.wrapping.unwrap",
+                                            token=wrapping_token)
+                secret = str((resp.data or {}).get("secret_id") or "")
+                if not secret:
+                    raise VaultInvalidRequestError(400, ["the wrapping token did not wrap an AppRole secret id"])
+                unwrapped.append(secret)
+                log.info("vault.secret_id.unwrapped")
+            return unwrapped[0]
+
+    return unwrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +143,13 @@ class TokenKeeper:
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_event: Callable[[str], None] | None = None,
+        secret_id_source: SecretIdSource | None = None,
     ) -> None:
         self._client = client
         self._static = static_token
         self._role_id = role_id
         self._secret_id = secret_id
+        self._secret_id_source = secret_id_source  # VAULT_SECRET_ID_FILE / VAULT_WRAPPED_SECRET_ID
         self._mount = approle_mount
         self._clock = clock
         self._rng = rng
@@ -119,7 +163,7 @@ class TokenKeeper:
 
     @property
     def can_login(self) -> bool:
-        return bool(self._role_id and self._secret_id)
+        return bool(self._role_id and (self._secret_id or self._secret_id_source is not None))
 
     @property
     def token(self) -> str | None:
@@ -156,8 +200,11 @@ class TokenKeeper:
 
     async def login(self) -> str:
         """AppRole login; sets the new token."""
-        assert self._secret_id is not None
-        resp = await self._client.approle.login(self._role_id, self._secret_id, mount=self._mount)
+        secret_id = self._secret_id
+        if secret_id is None:
+            assert self._secret_id_source is not None
+            secret_id = await self._secret_id_source()
+        resp = await self._client.approle.login(self._role_id, secret_id, mount=self._mount)
         auth = resp.auth or {}
         token = str(auth.get("client_token") or "")
         if not token:

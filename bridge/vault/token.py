@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bridge.vault.client import VaultResponse
+from bridge.vault.client import VaultResponse, quote_path
 
 if TYPE_CHECKING:
     from bridge.vault.client import VaultClient
@@ -21,6 +21,12 @@ class TokenAPI:
     async def renew_self(self, increment: int | None = None, *, token: str | None = None) -> VaultResponse:
         body = {"increment": f"{increment}s"} if increment else {}
         return await self._c.request("POST", "auth/token/renew-self", operation="token.renew_self",
+                                     token=token, json_body=body)
+
+    async def create_with_role(self, role: str, body: dict[str, Any], *,
+                               token: str | None = None) -> VaultResponse:
+        """Mint a token through a token role (``auth/token/create/<role>``); the result is in ``auth``."""
+        return await self._c.request("POST", f"auth/token/create/{quote_path(role)}", operation="token.create_role",
                                      token=token, json_body=body)
 
     async def revoke_self(self, *, token: str | None = None) -> None:

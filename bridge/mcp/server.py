@@ -1,0 +1,386 @@
+"""``POST /mcp``: our own JSON-RPC 2.0 handler for MCP over Streamable HTTP, both eras on one endpoint.
+
+Before this handler runs, the middlewares have answered a bad ``Origin`` (403), a missing or bad credential
+(401) and an exhausted rate limit (429) as plain HTTP statuses. Then, in order:
+
+1. transport: ``Accept`` must list ``application/json`` and ``text/event-stream`` (406), the body must be JSON
+   (415 / -32700), one message, not a batch (-32600);
+2. era: an ``initialize`` selects the handshake era (2025-11-25, 2025-06-18, 2025-03-26: signed
+   ``Mcp-Session-Id``, ``MCP-Protocol-Version`` header); per-request ``_meta`` (or ``server/discover``, or an
+   ``MCP-Protocol-Version`` of the stateless era) selects 2026-07-28 (header/body checks -32020, version
+   -32022, ``resultType``, ``ttlMs``/``cacheScope``);
+3. method: ``tools/list`` (paginated, filtered by the caller's scopes) and ``tools/call`` (a tool outside the
+   caller's scopes is HTTP 403 ``insufficient_scope``; a failing tool is an ``isError`` result carrying the
+   REST error code).
+
+``GET``/``DELETE /mcp`` answer 405: we push no server-initiated stream and sessions are stateless.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bridge.auth.identity import Identity
+from bridge.errors import BridgeError
+from bridge.keys import IDENTITY, MCP_SESSIONS, METRICS, SERVICE, SETTINGS
+from bridge.mcp.metadata import MCP_PATH
+from bridge.mcp.protocol import (
+    DEFAULT_HEADERLESS_VERSION,
+    FORBIDDEN,
+    HANDSHAKE_VERSIONS,
+    HEADER_METHOD,
+    HEADER_MISMATCH,
+    HEADER_NAME,
+    HEADER_PROTOCOL_VERSION,
+    HEADER_SESSION_ID,
+    INSTRUCTIONS,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_HANDSHAKE,
+    META_CLIENT_CAPABILITIES,
+    META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
+    METHOD_NOT_FOUND,
+    MODERN_VERSIONS,
+    PARSE_ERROR,
+    SERVER_INFO,
+    SUPPORTED_VERSIONS,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    RpcError,
+    rpc_error,
+    rpc_result,
+)
+from bridge.mcp.session import SessionCodec
+from bridge.mcp.tools import result_content, tools_by_name, visible_tools
+from bridge.middlewares import www_authenticate
+from bridge.models import parse
+
+log = structlog.get_logger("bridge.mcp")
+
+TOOLS_LIST_TTL_MS = 60_000
+"""``tools/list`` may be cached for a minute; it is ``private`` because it depends on the caller's scopes."""
+DISCOVER_TTL_MS = 3_600_000
+SERVER_CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": False}}
+MODERN_METHODS = frozenset({"server/discover", "tools/list", "tools/call"})
+MAX_ECHO = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One JSON-RPC message: a request (``id`` set), a notification, or a response (``method`` is None)."""
+
+    id: str | int | None
+    method: str | None
+    params: dict[str, Any]
+    is_request: bool
+
+
+def _bad_request(message: str, code: int = INVALID_REQUEST) -> RpcError:
+    return RpcError(code, message, http_status=400)
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + "…"
+
+
+# -- transport --------------------------------------------------------------------------------------------
+
+def _media_ranges(header: str) -> dict[str, float]:
+    ranges: dict[str, float] = {}
+    for part in header.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if not media:
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        ranges[media.lower()] = quality
+    return ranges
+
+
+def accepts_both(header: str | None) -> bool:
+    """Whether ``Accept`` lists both ``application/json`` and ``text/event-stream`` (wildcards count)."""
+    if not header:
+        return False
+    ranges = _media_ranges(header)
+
+    def ok(media: str) -> bool:
+        kind = media.split("/")[0]
+        for candidate in (media, f"{kind}/*", "*/*"):
+            if candidate in ranges:
+                return ranges[candidate] > 0
+        return False
+
+    return ok("application/json") and ok("text/event-stream")
+
+
+async def read_message(request: web.Request) -> Message:
+    if not accepts_both(request.headers.get("Accept")):
+        raise RpcError(INVALID_REQUEST, "Not Acceptable: the Accept header must list both application/json and "
+                                        "text/event-stream.", http_status=406)
+    if request.content_type != "application/json":
+        raise RpcError(INVALID_REQUEST, "Send the JSON-RPC message with 'Content-Type: application/json'.",
+                       http_status=415)
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _bad_request("Parse error: the body is not valid JSON.", PARSE_ERROR) from None
+    if isinstance(body, list):
+        raise _bad_request("Batches are not supported: send one JSON-RPC message per POST.")
+    if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
+        raise _bad_request("Invalid Request: expected a JSON-RPC 2.0 object with \"jsonrpc\": \"2.0\".")
+    has_id = "id" in body
+    msg_id = body.get("id")
+    if has_id and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
+        raise _bad_request("Invalid Request: 'id' must be a string or an integer.")
+    method = body.get("method")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if method is None:
+        if has_id and (("result" in body) != ("error" in body)):
+            return Message(msg_id, None, {}, is_request=False)
+        raise _bad_request("Invalid Request: a message needs 'method' (request or notification) or "
+                           "'id' with 'result' or 'error' (response).")
+    if not isinstance(method, str) or not method:
+        raise _bad_request("Invalid Request: 'method' must be a non-empty string.")
+    if not isinstance(params, dict):
+        err = _bad_request("Invalid params: 'params' must be an object.", INVALID_PARAMS)
+        err.request_id = msg_id if has_id else None
+        raise err
+    return Message(msg_id if has_id else None, method, params, is_request=has_id)
+
+
+def _is_modern(request: web.Request, msg: Message) -> bool:
+    if msg.method == "initialize":
+        return False
+    meta = msg.params.get("_meta")
+    if isinstance(meta, dict) and META_PROTOCOL_VERSION in meta:
+        return True
+    if msg.method in ("server/discover",):
+        return True
+    return request.headers.get(HEADER_PROTOCOL_VERSION) in MODERN_VERSIONS
+
+
+def decode_header_value(value: str) -> str | None:
+    """A ``Mcp-Name``/``Mcp-Param-*`` value, with the ``=?base64?…?=`` form decoded; ``None`` when invalid."""
+    if value.startswith("=?base64?") and value.endswith("?=") and len(value) >= 11:
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return value
+
+
+# -- the endpoint -----------------------------------------------------------------------------------------
+
+async def mcp_post(request: web.Request) -> web.Response:
+    msg_id: str | int | None = None
+    try:
+        msg = await read_message(request)
+        msg_id = msg.id
+        if _is_modern(request, msg):
+            return await _modern(request, msg)
+        return await _legacy(request, msg)
+    except RpcError as err:
+        return rpc_error(msg_id if msg_id is not None else err.request_id, err)
+    except (web.HTTPException, BridgeError):
+        raise  # HTTP-level answers (413 ...) rendered by error_renderer
+    except Exception:
+        log.exception("mcp.unhandled_error")
+        return rpc_error(msg_id, RpcError(INTERNAL_ERROR, "Internal error; the request id identifies it in the logs.",
+                                          http_status=500))
+
+
+async def _modern(request: web.Request, msg: Message) -> web.Response:
+    """2026-07-28: stateless; every request carries its version and capabilities in ``_meta``."""
+    if msg.method is None:
+        raise _bad_request("Invalid Request: clients of protocol 2026-07-28 must not send responses.")
+    if not msg.is_request:
+        return web.Response(status=202)  # 2026-07-28 defines no client notifications over HTTP; accept them
+    meta = msg.params.get("_meta")
+    version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(version, str):
+        raise _bad_request(f"Invalid params: params._meta must carry '{META_PROTOCOL_VERSION}' and "
+                           f"'{META_CLIENT_CAPABILITIES}'.", INVALID_PARAMS)
+    header_version = request.headers.get(HEADER_PROTOCOL_VERSION)
+    if header_version is None:
+        raise _bad_request(f"Header mismatch: the {HEADER_PROTOCOL_VERSION} header is required.", HEADER_MISMATCH)
+    if header_version != version:
+        raise _bad_request(f"Header mismatch: {HEADER_PROTOCOL_VERSION} header '{_short(header_version)}' does "
+                           f"not match _meta protocolVersion '{_short(version)}'.", HEADER_MISMATCH)
+    if version not in MODERN_VERSIONS:
+        raise RpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
+                       data={"supported": list(SUPPORTED_VERSIONS), "requested": version}, http_status=400)
+    if not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict):
+        raise _bad_request(f"Invalid params: params._meta must carry '{META_CLIENT_CAPABILITIES}' (an object).",
+                           INVALID_PARAMS)
+    header_method = request.headers.get(HEADER_METHOD)
+    if header_method != msg.method:
+        what = "is required" if header_method is None else f"'{_short(header_method)}' does not match the body"
+        raise _bad_request(f"Header mismatch: the {HEADER_METHOD} header {what} (method '{_short(msg.method)}').",
+                           HEADER_MISMATCH)
+    if msg.method not in MODERN_METHODS:
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.", http_status=404)
+    assert msg.id is not None
+    if msg.method == "server/discover":
+        result: dict[str, Any] = {
+            "supportedVersions": list(SUPPORTED_VERSIONS),
+            "capabilities": SERVER_CAPABILITIES,
+            "instructions": INSTRUCTIONS,
+            "ttlMs": DISCOVER_TTL_MS,
+            "cacheScope": "public",
+        }
+    elif msg.method == "tools/list":
+        result = _tools_list(request, msg.params)
+        result.update({"ttlMs": TOOLS_LIST_TTL_MS, "cacheScope": "private"})
+    else:
+        name = msg.params.get("name")
+        header_name = request.headers.get(HEADER_NAME)
+        decoded = decode_header_value(header_name) if header_name is not None else None
+        if isinstance(name, str) and decoded != name:
+            what = "is required" if header_name is None else "does not match params.name"
+            raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH)
+        result = await _tools_call(request, msg.params)
+    result["resultType"] = "complete"
+    result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
+    return rpc_result(msg.id, result)
+
+
+async def _legacy(request: web.Request, msg: Message) -> web.Response:
+    """2025-03-26 … 2025-11-25: ``initialize`` first, then the signed session id on every POST."""
+    identity = request[IDENTITY]
+    codec = request.app[MCP_SESSIONS]
+    if msg.method == "initialize":
+        if msg.id is None:
+            raise _bad_request("Invalid Request: 'initialize' is a request and needs an 'id'.")
+        return _initialize(msg, identity, codec)
+    session_id = request.headers.get(HEADER_SESSION_ID)
+    if not session_id:
+        raise _bad_request(f"Bad Request: the {HEADER_SESSION_ID} header is required; send 'initialize' first "
+                           "(or use protocol 2026-07-28 with per-request _meta).")
+    if codec.verify(session_id, identity.subject) is None:
+        raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is not "
+                                        "one of ours. Send 'initialize' again.", http_status=404)
+    header_version = request.headers.get(HEADER_PROTOCOL_VERSION, DEFAULT_HEADERLESS_VERSION)
+    if header_version not in HANDSHAKE_VERSIONS:
+        raise RpcError(INVALID_REQUEST, f"Bad Request: unsupported {HEADER_PROTOCOL_VERSION} "
+                                        f"'{_short(header_version)}'.",
+                       data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version}, http_status=400)
+    if not msg.is_request or msg.method is None:
+        return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
+    assert msg.id is not None
+    if msg.method == "ping":
+        return rpc_result(msg.id, {})
+    if msg.method == "tools/list":
+        return rpc_result(msg.id, _tools_list(request, msg.params))
+    if msg.method == "tools/call":
+        return rpc_result(msg.id, await _tools_call(request, msg.params))
+    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.")
+
+
+def _initialize(msg: Message, identity: Identity, codec: SessionCodec) -> web.Response:
+    requested = msg.params.get("protocolVersion")
+    if not isinstance(requested, str):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'protocolVersion' (a string) is required.")
+    version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+    result = {
+        "protocolVersion": version,
+        "capabilities": SERVER_CAPABILITIES,
+        "serverInfo": SERVER_INFO,
+        "instructions": INSTRUCTIONS,
+    }
+    log.info("mcp.session.started", agent=identity.subject, protocol_version=version)
+    assert msg.id is not None
+    return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: codec.issue(identity.subject, version)})
+
+
+# -- methods ------------------------------------------------------------------------------------------------
+
+def encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+
+
+def decode_cursor(cursor: Any) -> int:
+    if cursor is None:
+        return 0
+    try:
+        value = json.loads(base64.urlsafe_b64decode(str(cursor).encode()))["o"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        value = None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'cursor' is not a cursor this server issued.")
+    return value
+
+
+def _tools_list(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
+    visible = visible_tools(request[IDENTITY])
+    start = decode_cursor(params.get("cursor"))
+    size = request.app[SETTINGS].mcp_page_size
+    page = visible[start:start + size]
+    result: dict[str, Any] = {"tools": [spec.definition for spec in page]}
+    if start + size < len(visible):
+        result["nextCursor"] = encode_cursor(start + size)
+    return result
+
+
+async def _tools_call(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
+    identity = request[IDENTITY]
+    name = params.get("name")
+    if not isinstance(name, str):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'name' (the tool name, a string) is required.")
+    spec = tools_by_name().get(name)
+    if spec is None:
+        raise RpcError(INVALID_PARAMS, f"Unknown tool: '{_short(name)}'. Call tools/list for the tools available.")
+    if not spec.allowed(identity):
+        assert spec.scope is not None
+        log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=spec.scope)
+        request.app[METRICS].mcp_call(name, "insufficient_scope")
+        raise RpcError(
+            FORBIDDEN, f"The tool '{name}' needs the '{spec.scope}' scope; this identity has: "
+                       f"{', '.join(sorted(identity.scopes)) or 'none'}.",
+            data={"code": "insufficient_scope", "required_scope": spec.scope}, http_status=403,
+            headers={"WWW-Authenticate": www_authenticate(request, error="insufficient_scope", scope=spec.scope)})
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
+    try:
+        args = parse(spec.input_model, arguments)
+        out = await spec.call(request.app[SERVICE], identity, args)
+    except BridgeError as err:
+        log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=True, code=err.code)
+        request.app[METRICS].mcp_call(name, err.code)
+        return result_content(err.to_dict(), is_error=True)
+    log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
+    request.app[METRICS].mcp_call(name, "ok")
+    return result_content(out.model_dump(mode="json"), is_error=False)
+
+
+def setup_mcp_routes(app: web.Application) -> set[str]:
+    """``POST /mcp`` (GET/DELETE fall to the router's 405) and the session codec. No public routes."""
+    settings = app[SETTINGS]
+    secret = settings.mcp_session_secret.get_secret_value() if settings.mcp_session_secret else None
+    app[MCP_SESSIONS] = SessionCodec.from_secret(secret, settings.mcp_session_ttl)
+    if secret is None:
+        log.info("mcp.session.ephemeral_key", hint="set MCP_SESSION_SECRET so every replica accepts the ids")
+    if settings.auth_jwt_enabled and settings.jwt_issuer and not settings.jwt_audience:
+        log.warning("mcp.jwt.audience_unset",
+                    hint="set JWT_AUDIENCE to this server's MCP resource URL so tokens for other services fail")
+    app.router.add_post(MCP_PATH, mcp_post, name="mcp")
+    return set()

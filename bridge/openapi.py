@@ -1,0 +1,293 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document of every REST route, built from one route table.
+
+:data:`OPERATIONS` lists each documented operation with the aiohttp route name it describes and the
+pydantic models of its body and response (from :mod:`bridge.models`, the one source of truth); the JSON
+schemas come from pydantic (JSON Schema 2020-12, which OpenAPI 3.1 uses as is). To document a new route, add
+an :class:`Op` row. ``tests/ops/test_openapi.py`` fails when a named route has no row, and runs schemathesis
+against a live bridge and a real OpenBao to check every response against this document.
+
+The MCP endpoint (JSON-RPC over Streamable HTTP) is not a REST route and is described in docs/mcp.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_type_hints
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from bridge import models as m
+
+REF = "#/components/schemas/{model}"
+PATH_PATTERN = r"^[A-Za-z0-9_.=+@,-]{1,128}(/[A-Za-z0-9_.=+@,-]{1,128}){0,15}$"
+PREFIX_PATTERN = r"^$|^[A-Za-z0-9_.=+@,-]{1,128}(/[A-Za-z0-9_.=+@,-]{1,128}){0,15}/?$"
+EXCLUDED_ROUTES = frozenset({"mcp", "mcp_get", "mcp_post", "mcp_delete", "mcp_options"})
+"""Route names that are not REST (MCP's JSON-RPC endpoint)."""
+
+
+# -- response shapes of routes that answer with plain dicts (kept here, checked against the live bridge) --
+
+class VaultHealthOut(BaseModel):
+    reachable: bool
+    sealed: bool | None
+    version: str | None
+    initialized: bool | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    vault: VaultHealthOut
+
+
+class ReadyOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ready: bool
+    vault: VaultHealthOut
+    token_valid: bool
+
+
+class EchoHeadersOut(BaseModel):
+    headers: dict[str, str] = Field(description="The request headers; credentials are shown as [redacted].")
+
+
+class ResourceMetadataOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    resource: str
+    authorization_servers: list[str] = Field(default_factory=list)
+    scopes_supported: list[str] = Field(default_factory=list)
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(description="Stable machine-readable error code, e.g. not_found, rate_limited.")
+    message: str = Field(description="What went wrong and what to do; never contains a secret.")
+
+
+class Error(BaseModel):
+    error: ErrorDetail
+
+
+# -- the route table -----------------------------------------------------------------------------------
+
+AUTH_ERRORS = (400, 401, 403, 405, 429, 502, 503, 504)
+BODY_ERRORS = (413, 415)
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    where: Literal["path", "query", "header"]
+    schema: dict[str, Any]
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One documented operation. ``route`` is the aiohttp route name it describes."""
+
+    method: str
+    path: str
+    route: str
+    summary: str
+    tag: str
+    response: type[BaseModel] | None = None
+    status: int = 200
+    body: type[BaseModel] | None = None
+    public: bool = False
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = AUTH_ERRORS
+    media: str = "application/json"
+    extra_responses: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def operation_id(self) -> str:
+        suffix = self.path.rsplit(":", 1)[1] if ":" in self.path.rsplit("/", 1)[-1] else ""
+        return f"{self.route}_{suffix}" if suffix else self.route
+
+
+SECRET_PATH = Param("path", "path", {"type": "string", "pattern": PATH_PATTERN, "maxLength": 512},
+                    "The secret's path relative to your namespace (segments of letters, digits and _.=+@,- "
+                    "separated by '/'; percent-encode '/' or send it literally).", required=True)
+VERSION = Param("version", "query", {"type": "integer", "minimum": 0, "maximum": 999_999_999},
+                "A specific version (0 or absent = latest).")
+PREFIX = Param("prefix", "query", {"type": "string", "maxLength": 512, "pattern": PREFIX_PATTERN},
+               "List below this relative prefix (empty = your root).")
+SECRET_ERRORS = (*AUTH_ERRORS, 404)
+
+REST_OPERATIONS: tuple[Op, ...] = (
+    Op("GET", "/healthz", "healthz", "Liveness, with Vault's reachability and seal state.", "operations",
+       HealthOut, public=True, errors=(405,)),
+    Op("GET", "/readyz", "readyz", "Readiness: Vault reachable, unsealed, and the bridge token valid.",
+       "operations", ReadyOut, public=True, errors=(405,), extra_responses={503: "ReadyOut"}),
+    Op("GET", "/openapi.json", "openapi", "This document.", "operations", public=True, errors=(405,),
+       extra_responses={}),
+    Op("GET", "/metrics", "metrics", "Prometheus metrics (text exposition format).", "operations",
+       public=True, media="text/plain", errors=(405,)),
+    Op("GET", "/status", "status", "Operator status page (HTML). Loopback / STATUS_ALLOWED_NETWORKS or an "
+       "admin X-API-Key only.", "operations", public=True, media="text/html", errors=(403, 405)),
+    Op("GET", "/.well-known/oauth-protected-resource", "oauth_protected_resource",
+       "OAuth 2.0 protected resource metadata (RFC 9728) for the MCP endpoint.", "mcp", ResourceMetadataOut,
+       public=True, errors=(404, 405)),
+    Op("GET", "/.well-known/oauth-protected-resource/mcp", "oauth_protected_resource_mcp",
+       "The same metadata at the path-suffixed location (RFC 9728 section 3.1).", "mcp", ResourceMetadataOut,
+       public=True, errors=(404, 405)),
+    Op("GET", "/whoami", "whoami", "The caller's identity, scopes and Vault path prefix.", "identity",
+       m.WhoamiOut),
+    Op("GET", "/echo-headers", "echo_headers", "The request headers as the bridge saw them (credentials "
+       "redacted); for checking proxies.", "identity", EchoHeadersOut),
+    Op("GET", "/secrets", "secrets_list", "List keys below a prefix.", "secrets", m.ListOut,
+       params=(PREFIX,), errors=SECRET_ERRORS),
+    Op("GET", "/secrets/", "secrets_list_slash", "List keys below a prefix (same as /secrets).", "secrets",
+       m.ListOut, params=(PREFIX,), errors=SECRET_ERRORS),
+    Op("GET", "/secrets/{path}", "secret_get", "Read a secret (latest or ?version=N).", "secrets",
+       m.SecretOut, params=(SECRET_PATH, VERSION), errors=SECRET_ERRORS),
+    Op("GET", "/secrets/{path}:metadata", "secret_get", "Read a secret's metadata and version history.",
+       "secrets", m.MetadataOut, params=(SECRET_PATH,), errors=SECRET_ERRORS),
+    Op("PUT", "/secrets/{path}", "secret_put", "Write a new version (optionally check-and-set).", "secrets",
+       m.WriteOut, body=m.WriteBody, params=(SECRET_PATH,), errors=(*AUTH_ERRORS, 409, *BODY_ERRORS)),
+    Op("PATCH", "/secrets/{path}", "secret_patch", "Merge-patch the latest version into a new one.",
+       "secrets", m.PatchOut, body=m.PatchBody, params=(SECRET_PATH,),
+       errors=(*SECRET_ERRORS, 409, *BODY_ERRORS)),
+    Op("DELETE", "/secrets/{path}", "secret_delete", "Soft-delete the latest version.", "secrets",
+       status=204, params=(SECRET_PATH,), errors=SECRET_ERRORS),
+    Op("POST", "/secrets/{path}:undelete", "secret_post", "Restore soft-deleted versions.", "secrets",
+       m.OkOut, body=m.VersionsBody, params=(SECRET_PATH,), errors=(*SECRET_ERRORS, *BODY_ERRORS)),
+    Op("POST", "/secrets/{path}:destroy", "secret_post", "Permanently destroy versions.", "secrets",
+       m.OkOut, body=m.VersionsBody, params=(SECRET_PATH,), errors=(*SECRET_ERRORS, *BODY_ERRORS)),
+)
+
+
+TRANSIT_SUMMARY = {
+    "encrypt": "Encrypt with your Transit key (created on first use); single item or batch.",
+    "decrypt": "Decrypt ciphertexts made with your Transit key; single item or batch.",
+    "rewrap": "Re-encrypt ciphertexts with the key's latest version, without revealing the plaintext.",
+    "sign": "Sign data with your asymmetric Transit key.",
+    "verify": "Verify a signature or HMAC made with your Transit key.",
+    "hmac": "HMAC of data with your Transit key.",
+    "random": "Random bytes from Vault.",
+    "keys": "Create one of your Transit keys (idempotent for the same type; another type is a 409).",
+}
+
+
+def transit_operations() -> tuple[Op, ...]:
+    """One row per ``POST /transit/<op>`` route, from the REST transit table (body model) and the service
+    method's return annotation (response model)."""
+    from bridge.rest import TRANSIT_OPS
+    from bridge.service import SecretService
+
+    rows = []
+    for op, (body, method) in TRANSIT_OPS.items():
+        fn = getattr(SecretService, method)
+        response = get_type_hints(fn)["return"]
+        doc = TRANSIT_SUMMARY.get(op) or (inspect.getdoc(fn) or f"Transit {op}.").split("\n\n")[0].replace("\n", " ")
+        rows.append(Op("POST", f"/transit/{op}", "transit_create_key" if op == "keys" else f"transit_{op}",
+                       doc, "transit", response, body=body, errors=(*SECRET_ERRORS, 409, *BODY_ERRORS)))
+    return tuple(rows)
+
+
+OPERATIONS: tuple[Op, ...] = (*REST_OPERATIONS, *transit_operations())
+
+ERROR_TEXT = {
+    400: "Invalid request (bad JSON, path, parameter or body field).",
+    401: "No or bad credential.",
+    403: "Authenticated, but not allowed (scope, subject, Vault policy or network).",
+    404: "Not found (no such secret, deleted or destroyed version, or route).",
+    405: "Method not allowed here.",
+    409: "Check-and-set mismatch.",
+    413: "Body larger than MAX_BODY_BYTES.",
+    415: "Body is not application/json.",
+    429: "Rate limited (the bridge's or Vault's); see Retry-After.",
+    502: "Vault failed to serve the request.",
+    503: "Vault unavailable or sealed, or the audit trail cannot be written.",
+    504: "Vault did not answer in time.",
+}
+
+
+def _schemas(ops: tuple[Op, ...]) -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
+    pairs: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [(Error, "serialization")]
+    for op in ops:
+        if op.body is not None:
+            pairs.append((op.body, "validation"))
+        if op.response is not None:
+            pairs.append((op.response, "serialization"))
+    unique = list(dict.fromkeys(pairs))
+    refs, defs = models_json_schema(unique, ref_template=REF)
+    out: dict[Any, dict[str, Any]] = dict(refs)
+    return out, defs.get("$defs", {})
+
+
+def build_openapi(ops: tuple[Op, ...] = OPERATIONS, *, title: str = "Vault MCP Bridge",
+                  version: str = "0.1.0") -> dict[str, Any]:
+    refs, components = _schemas(ops)
+    error_ref = refs[(Error, "serialization")]
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        responses: dict[str, Any] = {}
+        if op.status == 204:
+            responses["204"] = {"description": "Done; no body."}
+        elif op.response is not None:
+            ref = refs[(op.response, "serialization")]
+            responses[str(op.status)] = {"description": "Success.", "content": {op.media: {"schema": ref}}}
+            for code in op.extra_responses:
+                responses[str(code)] = {"description": "See the body.", "content": {op.media: {"schema": ref}}}
+        elif op.media == "application/json":
+            responses[str(op.status)] = {"description": "Success.",
+                                         "content": {op.media: {"schema": {"type": "object"}}}}
+        else:
+            responses[str(op.status)] = {"description": "Success.",
+                                         "content": {op.media: {"schema": {"type": "string"}}}}
+        for code in sorted(set(op.errors)):
+            responses.setdefault(str(code), {
+                "description": ERROR_TEXT[code],
+                "content": {"application/json": {"schema": error_ref}},
+            })
+        operation: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "responses": responses,
+        }
+        if op.params:
+            operation["parameters"] = [
+                {"name": p.name, "in": p.where, "required": p.required or p.where == "path",
+                 "description": p.description, "schema": p.schema} for p in op.params]
+        if op.body is not None:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": refs[(op.body, "validation")]}}}
+        if op.public:
+            operation["security"] = []
+        paths.setdefault(op.path, {})[op.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Agents use Vault / OpenBao secrets without holding a Vault token. Every error "
+                           "body is {\"error\": {\"code\", \"message\", ...}}. Paths are confined to the "
+                           "caller's namespace.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                           "description": "A key from API_KEYS_JSON."},
+                "bearerJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "A JWT whose subject is the agent id."},
+            },
+        },
+        "security": [{"apiKey": []}, {"bearerJWT": []}],
+        "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in ops)],
+    }
+
+
+def documented_routes(ops: tuple[Op, ...] = OPERATIONS) -> set[str]:
+    return {op.route for op in ops}
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi())

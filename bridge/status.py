@@ -1,0 +1,219 @@
+"""Operations wiring and the operator status page (``GET /status``, aiohttp-jinja2).
+
+:func:`setup_operations` gives the app its :class:`~bridge.metrics.Metrics`, :class:`~bridge.metrics.OpsStats`
+and :class:`~bridge.audit.AuditLog`, and adds ``/metrics``, ``/status`` and ``/openapi.json``.
+
+The status page shows Vault's address (without credentials), reachability, seal state and version; the
+bridge token's TTL and next renewal; the enabled auth methods; the rate-limit settings; per-agent request
+counts, rejections and last-seen times over the recent minutes; the recent errors (status, code, route
+template and request id only); and an inline-SVG chart of requests per minute. No secret, key, path or token
+is ever put into its context. It is served only to clients in ``STATUS_ALLOWED_NETWORKS`` (loopback by
+default) or presenting an ``X-API-Key`` listed in ``ADMIN_API_KEYS``; everyone else gets 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from yarl import URL
+
+from bridge.audit import AuditLog
+from bridge.errors import ForbiddenError
+from bridge.keys import AUDIT, AUTH, KEEPER, METRICS, OPS_STATS, SETTINGS, VAULT
+from bridge.metrics import Metrics, MinuteRow, OpsStats, fan_out, metrics_handler
+from bridge.openapi import openapi_handler
+from bridge.tracing import tracing_ctx, tracing_middleware, vault_observers
+from bridge.vault.client import CallStats
+from bridge.vault.errors import VaultError
+
+CHART_WIDTH = 600
+CHART_HEIGHT = 120
+
+
+async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the audit target at startup (an unwritable AUDIT_LOG stops the bridge), close it at shutdown."""
+    audit = app[AUDIT]
+    audit.open()
+    try:
+        yield
+    finally:
+        audit.close()
+
+
+def setup_operations(app: web.Application) -> set[str]:
+    """Metrics, request stats, audit log, and the operations routes; returns the public route names."""
+    settings = app[SETTINGS]
+    metrics = Metrics(agent_labels=settings.metrics_agent_labels)
+    app[METRICS] = metrics
+    app[OPS_STATS] = OpsStats()
+    app[AUDIT] = AuditLog(settings.audit_log, fsync=settings.audit_fsync, on_failure=metrics.audit_failures.inc)
+    app.cleanup_ctx.append(audit_ctx)
+    if settings.otel_exporter_otlp_endpoint:
+        app.middlewares.insert(0, tracing_middleware)  # outermost: the access log line carries trace_id
+        app.cleanup_ctx.append(tracing_ctx)
+    if aiohttp_jinja2.APP_KEY not in app:
+        aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bridge", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+    r = app.router
+    r.add_get("/metrics", metrics_handler, name="metrics")
+    r.add_get("/status", status_handler, name="status")
+    r.add_get("/openapi.json", openapi_handler, name="openapi")
+    return {"metrics", "status", "openapi"}
+
+
+def ops_vault_observer(app: web.Application) -> Callable[[CallStats], None]:
+    """The ``VaultClient`` observer: metrics, the audit trail's Vault request ids, and tracing when on."""
+    return fan_out(app[METRICS].observe_vault, app[AUDIT].note_vault_call, *vault_observers(app))
+
+
+# -- access --------------------------------------------------------------------------------------------
+
+def status_allowed(request: web.Request) -> bool:
+    """From an allowed network, or with an admin API key (compared in constant time)."""
+    settings = request.app[SETTINGS]
+    try:
+        remote = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        remote = None
+    if remote is not None and any(remote in net for net in settings.status_allowed_networks):
+        return True
+    presented = request.headers.get("X-API-Key", "")
+    if presented and settings.admin_api_keys:
+        matches = [hmac.compare_digest(presented.encode(), k.get_secret_value().encode())
+                   for k in settings.admin_api_keys]
+        return any(matches)
+    return False
+
+
+# -- the page --------------------------------------------------------------------------------------------
+
+def display_addr(addr: str) -> str:
+    """Vault's address without any user info."""
+    url = URL(addr)
+    return str(url.with_user(None)) if url.user or url.password else addr
+
+
+def chart(rows: list[MinuteRow]) -> dict[str, Any]:
+    """Bar geometry for the requests-per-minute chart (errors overlaid), computed here, drawn as SVG."""
+    peak = max((r.requests for r in rows), default=0)
+    scale = max(peak, 1)
+    n = max(len(rows), 1)
+    slot = CHART_WIDTH / n
+    bars = []
+    for i, r in enumerate(rows):
+        h = round(r.requests / scale * (CHART_HEIGHT - 10), 1)
+        eh = round(r.errors / scale * (CHART_HEIGHT - 10), 1)
+        label = datetime.fromtimestamp(r.minute_start, UTC).strftime("%H:%M")
+        bars.append({"x": round(i * slot + 1, 1), "w": round(max(slot - 2, 1), 1), "h": h,
+                     "y": round(CHART_HEIGHT - h, 1), "eh": eh, "ey": round(CHART_HEIGHT - eh, 1),
+                     "title": f"{label} UTC: {r.requests} requests, {r.errors} errors, "
+                              f"{r.rejections} rate-limited"})
+    first = datetime.fromtimestamp(rows[0].minute_start, UTC).strftime("%H:%M") if rows else ""
+    last = datetime.fromtimestamp(rows[-1].minute_start, UTC).strftime("%H:%M") if rows else ""
+    return {"width": CHART_WIDTH, "height": CHART_HEIGHT, "bars": bars, "peak": peak, "first": first,
+            "last": last, "total": sum(r.requests for r in rows)}
+
+
+def _ago(ts: float, now: float) -> str:
+    if ts <= 0:
+        return "never"
+    secs = max(0, int(now - ts))
+    if secs < 60:
+        return f"{secs}s ago"
+    if secs < 3600:
+        return f"{secs // 60}m {secs % 60}s ago"
+    return f"{secs // 3600}h {secs % 3600 // 60}m ago"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or math.isinf(seconds):
+        return "never expires" if seconds is None else "—"
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    mins, s = divmod(rem, 60)
+    return f"{h}h {mins}m {s}s" if h else (f"{mins}m {s}s" if mins else f"{s}s")
+
+
+async def vault_status(request: web.Request) -> dict[str, Any]:
+    try:
+        health = await request.app[VAULT].sys.health()
+    except VaultError as exc:
+        return {"reachable": False, "sealed": None, "version": None, "initialized": None,
+                "error": type(exc).__name__}
+    return {"reachable": True, "sealed": bool(health.get("sealed")), "version": health.get("version"),
+            "initialized": bool(health.get("initialized", True)), "error": ""}
+
+
+def token_status(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    keeper = request.app[KEEPER]
+    state = keeper.state
+    remaining = keeper.remaining()
+    next_in = None if math.isinf(state.next_at) else state.next_at - time.monotonic()
+    return {
+        "method": "approle" if settings.uses_approle else ("static token" if settings.vault_token else "none"),
+        "valid": keeper.valid,
+        "ttl": _duration(remaining) if state.token else "no token",
+        "renewable": state.renewable,
+        "root": state.is_root,
+        "next_action": state.next_action,
+        "next_in": _duration(next_in) if next_in is not None else "—",
+        "renewals": state.renewals,
+        "logins": state.logins,
+        "last_error": state.last_error,
+    }
+
+
+async def status_context(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    stats: OpsStats = request.app[OPS_STATS]
+    now = time.time()
+    rows = stats.per_minute()
+    return {
+        "generated": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "vault_addr": display_addr(settings.vault_addr),
+        "vault_namespace": settings.vault_namespace,
+        "vault": await vault_status(request),
+        "token": token_status(request),
+        "auth_methods": list(request.app[AUTH].methods),
+        "rate_limit": {
+            "enabled": settings.rate_limit_enabled,
+            "requests": settings.rate_limit_requests,
+            "window": f"{settings.rate_limit_window_seconds:g}s",
+            "backend": getattr(settings, "rate_limit_backend", "memory"),
+        },
+        "audit": "off" if not settings.audit_log else ("stdout" if settings.audit_log == "stdout" else "file"),
+        "minutes": stats.minutes,
+        "agents": [{"agent": a.agent, "requests": a.requests, "rejections": a.rejections, "errors": a.errors,
+                    "last_seen": _ago(a.last_seen, now)} for a in stats.agents()],
+        "errors": [{"at": datetime.fromtimestamp(e.at, UTC).strftime("%H:%M:%S"), "status": e.status,
+                    "code": e.code, "route": e.route, "request_id": e.request_id}
+                   for e in stats.recent_errors()],
+        "chart": chart(rows),
+        "total_requests": stats.total,
+    }
+
+
+async def status_handler(request: web.Request) -> web.Response:
+    if not status_allowed(request):
+        raise ForbiddenError("The status page is only served to STATUS_ALLOWED_NETWORKS or with an admin "
+                             "X-API-Key (ADMIN_API_KEYS).", code="status_forbidden")
+    response = aiohttp_jinja2.render_template("status.html", request, await status_context(request))
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+__all__ = ["Metrics", "audit_ctx", "setup_operations", "status_allowed", "status_handler"]

@@ -1,0 +1,137 @@
+"""The audit trail against a real OpenBao: one line per operation, written before the response, no secrets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.app import create_app
+from bridge.audit import AuditLog
+from bridge.config import Settings
+from bridge.devvault import DevVault
+from bridge.keys import METRICS
+from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
+from tests.ops.conftest import OpsClient
+
+pytestmark = pytest.mark.integration
+
+ALICE = {"X-API-Key": API_KEY_ALICE}
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_canary_never_reaches_the_audit_file(ops_client: OpsClient, tmp_path: Path,
+                                                   bao: DevVault) -> None:
+    audit = tmp_path / "audit.jsonl"
+    client = await ops_client(audit_log=str(audit))
+    canary = "CANARY-" + secrets.token_hex(12)
+    canary_b64 = base64.b64encode(canary.encode()).decode()
+    base = f"audit-{secrets.token_hex(4)}"
+
+    resp = await client.put(f"/secrets/{base}/db", json={"data": {"password": canary}}, headers=ALICE)
+    assert resp.status == 200
+    # The acknowledged write is in the file the moment the response is here (flushed before sending).
+    lines = records(audit)
+    assert lines[-1]["operation"] == "kv_write"
+    assert lines[-1]["outcome"] == "ok"
+    assert lines[-1]["request_id"] == resp.headers["X-Request-Id"]
+    assert lines[-1]["version"] == (await resp.json())["version"]
+
+    await client.patch(f"/secrets/{base}/db", json={"data": {"extra": canary}}, headers=ALICE)
+    await client.get(f"/secrets/{base}/db", headers=ALICE)
+    await client.get(f"/secrets/{base}/db?version=1", headers=ALICE)
+    await client.get(f"/secrets/{base}/db:metadata", headers=ALICE)
+    await client.get("/secrets", params={"prefix": f"{base}/"}, headers=ALICE)
+    enc = await client.post("/transit/encrypt", json={"key": "audit-key", "plaintext": canary_b64}, headers=ALICE)
+    ciphertext = (await enc.json())["ciphertext"]
+    dec = await client.post("/transit/decrypt", json={"key": "audit-key", "ciphertext": ciphertext}, headers=ALICE)
+    assert (await dec.json())["plaintext"] == canary_b64
+    await client.delete(f"/secrets/{base}/db", headers=ALICE)
+    await client.post(f"/secrets/{base}/db:undelete", json={"versions": [2]}, headers=ALICE)
+    await client.post(f"/secrets/{base}/db:destroy", json={"versions": [1]}, headers=ALICE)
+    await client.get(f"/secrets/{base}/missing", headers=ALICE)
+    denied = await client.delete(f"/secrets/{base}/db", headers={"X-API-Key": API_KEY_READONLY})
+    assert denied.status == 403
+
+    text = audit.read_text()
+    for needle in (canary, canary_b64, ciphertext, ciphertext.split(":")[-1], API_KEY_ALICE, API_KEY_READONLY,
+                   bao.root_token):
+        assert needle not in text
+    lines = records(audit)
+    ops = [(r["operation"], r["outcome"]) for r in lines]
+    assert ops == [
+        ("kv_write", "ok"), ("kv_patch", "ok"), ("kv_read", "ok"), ("kv_read", "ok"), ("kv_metadata", "ok"),
+        ("kv_list", "ok"), ("transit_encrypt", "ok"), ("transit_decrypt", "ok"), ("kv_delete", "ok"),
+        ("kv_undelete", "ok"), ("kv_destroy", "ok"), ("kv_read", "not_found"), ("kv_delete", "forbidden"),
+    ]
+    by_op = {r["operation"]: r for r in lines}
+    for r in lines:
+        assert set(r) <= {"time", "type", "request_id", "agent", "auth_method", "operation", "path", "prefix",
+                          "key", "version", "versions", "cas", "outcome", "status", "vault_request_id",
+                          "duration_ms"}
+        assert r["agent"] == "alice"
+        assert r["auth_method"] == "api_key"
+        assert r["request_id"]
+    assert by_op["kv_write"]["path"] == f"{base}/db"
+    assert by_op["kv_write"]["vault_request_id"]
+    assert by_op["kv_patch"]["version"] == 2
+    assert lines[3]["version"] == 1  # the read of ?version=1
+    assert by_op["kv_list"]["prefix"] == f"{base}/"
+    assert by_op["transit_encrypt"]["key"] == "audit-key"
+    assert by_op["transit_encrypt"]["version"] == 1
+    assert by_op["kv_undelete"]["versions"] == [2]
+    assert by_op["kv_destroy"]["versions"] == [1]
+    assert lines[-2]["status"] == 404
+    assert lines[-2]["vault_request_id"] is None
+    assert lines[-1]["status"] == 403
+
+
+async def test_audit_to_stdout(ops_client: OpsClient, capsys: pytest.CaptureFixture[str]) -> None:
+    client = await ops_client(audit_log="stdout")
+    resp = await client.put("/secrets/audit-stdout/x", json={"data": {"k": "stdout-canary"}}, headers=ALICE)
+    assert resp.status == 200
+    out = capsys.readouterr().out
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{") and '"type":"audit"' in x]
+    assert [(r["operation"], r["path"]) for r in lines] == [("kv_write", "audit-stdout/x")]
+    assert "stdout-canary" not in "".join(x for x in out.splitlines() if '"type":"audit"' in x)
+
+
+async def test_off_by_default_writes_nothing(ops_client: OpsClient, capsys: pytest.CaptureFixture[str]) -> None:
+    client = await ops_client()
+    assert (await client.put("/secrets/audit-off/x", json={"data": {"k": "v"}}, headers=ALICE)).status == 200
+    assert '"type":"audit"' not in capsys.readouterr().out
+
+
+async def test_unwritable_audit_fails_closed(ops_client: OpsClient) -> None:
+    client = await ops_client(audit_log="/dev/full")  # every write fails with ENOSPC
+    resp = await client.put("/secrets/audit-full/x", json={"data": {"k": "v"}}, headers=ALICE)
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "audit_unavailable"
+    metrics = client.app[METRICS].render().decode()
+    assert "bridge_audit_write_failures_total 1.0" in metrics
+
+
+async def test_bad_audit_path_stops_startup(make_settings: Any, tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestServer
+
+    settings: Settings = make_settings(audit_log=str(tmp_path / "missing-dir" / "audit.jsonl"))
+    server = TestServer(create_app(settings))
+    with pytest.raises(FileNotFoundError):
+        await server.start_server()
+    await server.close()
+
+
+async def test_fsync_mode_writes_and_syncs(tmp_path: Path) -> None:
+    log = AuditLog(str(tmp_path / "a.jsonl"), fsync=True)
+    log.open()
+    await log.write({"operation": "kv_write", "outcome": "ok"})
+    log.close()
+    assert records(tmp_path / "a.jsonl") == [{"operation": "kv_write", "outcome": "ok"}]
+    assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o600

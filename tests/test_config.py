@@ -1,0 +1,192 @@
+"""Settings: every issue-2 variable, its default, its parsing, and one clear line naming a bad variable."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import Any
+
+import pytest
+
+from bridge.config import ConfigError, Settings, parse_api_keys, parse_duration, parse_list
+
+# Issue 2's variables and their documented defaults (the names existing users already have).
+DEFAULTS: dict[str, Any] = {
+    "VAULT_ADDR": "http://127.0.0.1:8200",
+    "VAULT_NAMESPACE": "",
+    "VAULT_TOKEN": None,
+    "VAULT_ROLE_ID": "",
+    "VAULT_SECRET_ID": None,
+    "VAULT_CACERT": "",
+    "VAULT_TIMEOUT": 10.0,
+    "KV_MOUNT": "secret",
+    "DEFAULT_PREFIX": "mcp",
+    "AUTH_API_KEY_ENABLED": True,
+    "AUTH_JWT_ENABLED": True,
+    "AUTH_MTLS_ENABLED": False,
+    "API_KEYS_JSON": {},
+    "JWT_HS256_SECRET": None,
+    "JWT_ISSUER": "",
+    "JWT_AUDIENCE": "",
+    "JWT_DEFAULT_SCOPES": ["read", "list"],
+    "MTLS_IDENTITY_HEADER": "x-ssl-client-s-dn",
+    "MTLS_VERIFY_HEADER": "x-ssl-client-verify",
+    "MTLS_SUBJECT_CN_PREFIX": "CN=",
+    "MTLS_TRUSTED_PROXIES": [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")],
+    "RATE_LIMIT_ENABLED": True,
+    "RATE_LIMIT_REQUESTS": 60,
+    "RATE_LIMIT_WINDOW_SECONDS": 60.0,
+    "HOST": "127.0.0.1",
+    "PORT": 8089,
+    "LOG_LEVEL": "info",
+    "LOG_FORMAT": "json",
+    "RELOAD": False,
+    "MAX_BODY_BYTES": 1024 * 1024,
+}
+
+
+@pytest.mark.parametrize(("var", "default"), list(DEFAULTS.items()))
+def test_default(var: str, default: Any) -> None:
+    assert getattr(Settings.from_env({}), var.lower()) == default
+
+
+def test_every_variable_is_read_from_its_upper_case_name(tmp_path: Any) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    env = {
+        "VAULT_ADDR": "https://vault.example:8200/", "VAULT_NAMESPACE": "team1", "VAULT_TOKEN": "s.tok",
+        "VAULT_CACERT": str(ca), "VAULT_TIMEOUT": "2m", "KV_MOUNT": "/kv/", "DEFAULT_PREFIX": "agents",
+        "AUTH_API_KEY_ENABLED": "false", "AUTH_JWT_ENABLED": "0", "AUTH_MTLS_ENABLED": "yes",
+        "API_KEYS_JSON": '{"k-12345678": "alice"}', "JWT_HS256_SECRET": "sekrit", "JWT_ISSUER": "https://iss",
+        "JWT_AUDIENCE": "bridge", "JWT_DEFAULT_SCOPES": "read, write ,", "MTLS_IDENTITY_HEADER": "x-dn",
+        "MTLS_VERIFY_HEADER": "x-verify", "MTLS_SUBJECT_CN_PREFIX": "cn=", "MTLS_TRUSTED_PROXIES": "10.0.0.0/8,::1",
+        "RATE_LIMIT_ENABLED": "off", "RATE_LIMIT_REQUESTS": "5", "RATE_LIMIT_WINDOW_SECONDS": "90s",
+        "HOST": "0.0.0.0", "PORT": "9000", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "Console", "RELOAD": "true",
+        "MAX_BODY_BYTES": "2048",
+    }
+    s = Settings.from_env(env)
+    assert s.vault_addr == "https://vault.example:8200"
+    assert s.vault_namespace == "team1"
+    assert s.vault_token is not None
+    assert s.vault_token.get_secret_value() == "s.tok"
+    assert s.vault_cacert == str(ca)
+    assert s.vault_timeout == 120.0
+    assert s.kv_mount == "kv"
+    assert s.default_prefix == "agents"
+    assert (s.auth_api_key_enabled, s.auth_jwt_enabled, s.auth_mtls_enabled) == (False, False, True)
+    assert s.api_keys_json["k-12345678"].agent == "alice"
+    assert s.jwt_hs256_secret is not None
+    assert s.jwt_hs256_secret.get_secret_value() == "sekrit"
+    assert (s.jwt_issuer, s.jwt_audience) == ("https://iss", "bridge")
+    assert s.jwt_default_scopes == ["read", "write"]
+    assert (s.mtls_identity_header, s.mtls_verify_header, s.mtls_subject_cn_prefix) == ("x-dn", "x-verify", "cn=")
+    assert s.mtls_trusted_proxies == [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    assert (s.rate_limit_enabled, s.rate_limit_requests, s.rate_limit_window_seconds) == (False, 5, 90.0)
+    assert (s.host, s.port, s.log_level, s.log_format, s.reload) == ("0.0.0.0", 9000, "debug", "console", True)
+    assert s.max_body_bytes == 2048
+
+
+def test_approle_settings() -> None:
+    s = Settings.from_env({"VAULT_ROLE_ID": "rid", "VAULT_SECRET_ID": "sid"})
+    assert s.uses_approle
+    assert s.vault_secret_id is not None
+    assert s.vault_secret_id.get_secret_value() == "sid"
+    assert not Settings.from_env({"VAULT_TOKEN": "t"}).uses_approle
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = Settings.from_env({"VAULT_TOKEN": "s.very-secret-token", "VAULT_SECRET_ID": "sid-secret",
+                           "VAULT_ROLE_ID": "r", "JWT_HS256_SECRET": "jwt-secret-value",
+                           "API_KEYS_JSON": '{"api-key-secret-1": "alice"}'})
+    text = repr(s) + str(s)
+    for secret in ("s.very-secret-token", "sid-secret", "jwt-secret-value", "api-key-secret-1"):
+        assert secret not in text
+
+
+def test_empty_variable_means_default() -> None:
+    assert Settings.from_env({"PORT": "", "KV_MOUNT": ""}).port == 8089
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [
+    ("90s", 90.0), ("2m", 120.0), ("30", 30.0), (" 1h ", 3600.0), ("500ms", 0.5), ("1.5", 1.5), ("1d", 86400.0),
+    (7, 7.0), (2.5, 2.5),
+])
+def test_parse_duration(raw: Any, seconds: float) -> None:
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["abc", "10x", "-5", "", "1 2", True, "5s5"])
+def test_parse_duration_rejects(raw: Any) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(raw)
+
+
+def test_parse_list() -> None:
+    assert parse_list("a, b,,c ,") == ["a", "b", "c"]
+    assert parse_list("") == []
+    assert parse_list(["x", " ", "y "]) == ["x", "y"]
+
+
+def test_api_keys_both_forms() -> None:
+    keys = parse_api_keys('{"key-aaaaaaaa": "alice", "key-bbbbbbbb": {"agent": "bob", "scopes": ["read"]}}')
+    assert keys["key-aaaaaaaa"].agent == "alice"
+    assert keys["key-aaaaaaaa"].scopes == ("read", "write", "delete", "list")
+    assert keys["key-bbbbbbbb"].agent == "bob"
+    assert keys["key-bbbbbbbb"].scopes == ("read",)
+    assert parse_api_keys("  ") == {}
+    digest = hashlib.sha256(b"k").hexdigest()
+    assert parse_api_keys(f'{{"sha256:{digest}": "carol"}}')[f"sha256:{digest}"].agent == "carol"
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("PORT", "abc"),
+    ("PORT", "70000"),
+    ("VAULT_TIMEOUT", "soon"),
+    ("VAULT_ADDR", "ftp://vault:8200"),
+    ("VAULT_ADDR", "http://vault:8200/v1/secret"),
+    ("VAULT_ADDR", "http://vault:8200\n"),
+    ("VAULT_CACERT", "/nonexistent/ca.pem"),
+    ("KV_MOUNT", "se cret"),
+    ("DEFAULT_PREFIX", "MCP"),
+    ("DEFAULT_PREFIX", "mcp\n"),
+    ("DEFAULT_PREFIX", "a.b"),
+    ("AUTH_JWT_ENABLED", "maybe"),
+    ("API_KEYS_JSON", "{not json"),
+    ("API_KEYS_JSON", '["k"]'),
+    ("API_KEYS_JSON", '{"short": "alice"}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa": {"agent": "a", "scopes": ["admin"]}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa": {"scopes": ["read"]}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa": 5}'),
+    ("API_KEYS_JSON", '{"sha256:nothex-nothex": "alice"}'),
+    ("JWT_DEFAULT_SCOPES", "read,admin"),
+    ("MTLS_TRUSTED_PROXIES", "10.0.0.0/8,not-a-cidr"),
+    ("RATE_LIMIT_REQUESTS", "0"),
+    ("RATE_LIMIT_WINDOW_SECONDS", "0"),
+    ("LOG_LEVEL", "loud"),
+    ("LOG_FORMAT", "xml"),
+    ("MAX_BODY_BYTES", "10"),
+    ("RELOAD", "perhaps"),
+])
+def test_bad_value_names_the_variable_in_one_line(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({var: value})
+    message = str(info.value)
+    assert message.startswith(f"invalid setting {var}: ")
+    assert "\n" not in message
+    if var in ("API_KEYS_JSON",):
+        assert "key-aaaaaaaa" not in message  # never echo an API key
+
+
+def test_secret_id_required_with_role_id() -> None:
+    with pytest.raises(ConfigError, match="VAULT_SECRET_ID"):
+        Settings.from_env({"VAULT_ROLE_ID": "rid"})
+
+
+def test_overrides_win_over_environment() -> None:
+    assert Settings.from_env({"PORT": "1"}, port=2).port == 2
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(ValueError, match="frozen"):
+        s.port = 1  # type: ignore[misc]

@@ -1,0 +1,172 @@
+"""Structured logging: the redaction processor, the JSON/console pipeline, the access line, and the canary:
+a secret written through every route at LOG_LEVEL=debug never appears in any log line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
+
+from bridge.app import create_app
+from bridge.config import Settings
+from bridge.devvault import DevVault
+from bridge.logging import REDACTED, configure_logging, redact_processor
+from tests.auth.conftest import hs256
+from tests.conftest import API_KEY_ALICE
+
+ALICE = {"X-API-Key": API_KEY_ALICE}
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def test_redaction_processor_top_level_and_nested() -> None:
+    event = {"event": "x", "token": "t", "Authorization": "Bearer b", "plaintext": "p", "ciphertext": "c",
+             "data": {"pw": "v"}, "path": "db/creds", "ctx": {"headers": {"X-API-Key": "k", "Accept": "*/*"},
+                                                               "items": [{"secret_id": "s", "ok": 1}]}}
+    out = redact_processor(None, "info", dict(event))
+    assert out["event"] == "x"
+    assert out["path"] == "db/creds"
+    for key in ("token", "Authorization", "plaintext", "ciphertext", "data"):
+        assert out[key] == REDACTED
+    assert out["ctx"]["headers"] == {"X-API-Key": REDACTED, "Accept": "*/*"}
+    assert out["ctx"]["items"] == [{"secret_id": REDACTED, "ok": 1}]
+
+
+def test_deep_nesting_is_redacted_wholesale() -> None:
+    deep: dict[str, Any] = {"v": "leaf"}
+    for _ in range(10):
+        deep = {"n": deep}
+    assert "leaf" not in json.dumps(redact_processor(None, "info", {"event": "e", "deep": deep}))
+
+
+def test_json_lines_with_redaction(capsys: pytest.CaptureFixture[str], restore_structlog: None) -> None:
+    configure_logging("debug", "json")
+    structlog.get_logger("t").debug("vault.token.renewed", ttl=5, token="s.secret", nested={"password": "pw"})
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    record = json.loads(line)
+    assert record["event"] == "vault.token.renewed"
+    assert record["level"] == "debug"
+    assert record["ttl"] == 5
+    assert record["token"] == REDACTED
+    assert record["nested"] == {"password": REDACTED}
+    assert "timestamp" in record
+    assert "s.secret" not in line
+
+
+def test_level_filter_and_console_format(capsys: pytest.CaptureFixture[str], restore_structlog: None) -> None:
+    configure_logging("warning", "console")
+    log = structlog.get_logger("t")
+    log.info("quiet.event")
+    log.warning("loud.event", api_key="k-123", n=1)
+    out = capsys.readouterr().out
+    assert "quiet.event" not in out
+    assert "loud.event" in out
+    assert "k-123" not in out
+
+
+@pytest.mark.integration
+async def test_access_line(aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings]) -> None:
+    api: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings()))
+    with capture_logs() as logs:
+        await api.put("/secrets/logs/db", json={"data": {"a": 1}}, headers={**ALICE, "X-Request-Id": "req-1"})
+    access = [e for e in logs if e["event"] == "http.request"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["agent"] == "alice"
+    assert line["method"] == "PUT"
+    assert line["status"] == 200
+    assert line["route"] == "/secrets/{tail}"  # the template, never the concrete path
+    assert isinstance(line["duration_ms"], float)
+    assert line.get("request_id", "req-1") == "req-1"
+
+
+async def _canary_scenario(api: TestClient[Any, Any], canary: str, bad_key: str, jwt: str) -> dict[str, Any]:
+    """Write, patch, read, list, delete, undelete, destroy, encrypt, decrypt with the canary, plus bad inputs
+    and bad credentials carrying it. Returns the responses' texts and the ciphertext."""
+    canary_b64 = base64.b64encode(canary.encode()).decode()
+    p = "canary/" + secrets.token_hex(4)
+    bearer = {"Authorization": f"Bearer {jwt}"}
+    seen: list[str] = []
+
+    async def call(method: str, url: str, *, expect: int, **kw: Any) -> Any:
+        resp = await api.request(method, url, **kw)
+        text = await resp.text()
+        assert resp.status == expect, (method, url, resp.status, text)
+        seen.append(text)
+        return json.loads(text) if text else None
+
+    await call("PUT", f"/secrets/{p}", json={"data": {"password": canary, "deep": {"list": [canary]}}},
+               headers=ALICE, expect=200)
+    await call("PUT", f"/secrets/{p}", json={"data": {"v": canary}, "cas": 1}, headers=bearer, expect=200)
+    await call("PUT", f"/secrets/{p}", json={"data": {"v": canary}, "cas": 1}, headers=ALICE, expect=409)
+    await call("PATCH", f"/secrets/{p}", json={"data": {"other": canary}}, headers=ALICE, expect=200)
+    await call("GET", f"/secrets/{p}", headers=ALICE, expect=200)
+    await call("GET", f"/secrets/{p}?version=1", headers=bearer, expect=200)
+    await call("GET", f"/secrets/{p}:metadata", headers=ALICE, expect=200)
+    await call("GET", "/secrets?prefix=canary/", headers=ALICE, expect=200)
+    await call("DELETE", f"/secrets/{p}", headers=ALICE, expect=204)
+    await call("GET", f"/secrets/{p}", headers=ALICE, expect=404)
+    await call("POST", f"/secrets/{p}:undelete", json={"versions": [3]}, headers=ALICE, expect=200)
+    await call("POST", f"/secrets/{p}:destroy", json={"versions": [1]}, headers=ALICE, expect=200)
+    enc = await call("POST", "/transit/encrypt", json={"key": "canary", "plaintext": canary_b64},
+                     headers=ALICE, expect=200)
+    dec = await call("POST", "/transit/decrypt", json={"key": "canary", "ciphertext": enc["ciphertext"]},
+                     headers=ALICE, expect=200)
+    assert dec["plaintext"] == canary_b64
+    await call("POST", "/transit/decrypt", json={"key": "canary", "ciphertext": "vault:v1:" + canary_b64},
+               headers=ALICE, expect=400)
+    # bad inputs carrying the canary: refused without echoing it
+    await call("PUT", f"/secrets/{p}", json={"data": canary}, headers=ALICE, expect=400)
+    await call("PUT", f"/secrets/{p}", json={"data": {}, canary: 1}, headers=ALICE, expect=400)
+    await call("PUT", f"/secrets/{p}", data=f'{{"data": "{canary}"',
+               headers={**ALICE, "Content-Type": "application/json"}, expect=400)
+    await call("POST", "/transit/encrypt", json={"key": "canary", "plaintext": canary + "!"}, headers=ALICE,
+               expect=400)
+    await call("GET", "/whoami", headers={"X-API-Key": bad_key}, expect=401)
+    await call("GET", "/whoami", headers={"Authorization": f"Bearer {canary}"}, expect=401)
+    await call("GET", "/echo-headers", headers={**ALICE, "Cookie": f"s={canary}", "X-Vault-Token": canary},
+               expect=200)
+    assert any(canary in text for text in seen)  # the canary really went through Vault and back
+    return {"seen": seen, "ciphertext": enc["ciphertext"], "canary_b64": canary_b64}
+
+
+@pytest.mark.integration
+async def test_canary_never_reaches_a_log_line(aiohttp_client: Callable[..., Any],
+                                               make_settings: Callable[..., Settings], bao: DevVault,
+                                               capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+                                               restore_structlog: None) -> None:
+    canary = "CANARY-" + secrets.token_hex(12)
+    bad_key = "CANARYKEY-" + secrets.token_hex(8)
+    jwt = hs256({"sub": "alice", "scopes": ["read", "write", "delete", "list"]})
+    caplog.set_level(logging.DEBUG)
+    configure_logging("debug", "json")  # 1) the real pipeline, redaction processor included, to stdout
+    api: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings(log_level="debug")))
+    first = await _canary_scenario(api, canary, bad_key, jwt)
+    stdout = capsys.readouterr().out
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert len([e for e in lines if e["event"] == "http.request"]) == len(first["seen"])
+
+    with capture_logs() as captured:  # 2) the raw event dicts, before any processor
+        second = await _canary_scenario(api, canary, bad_key, jwt)
+    assert len([e for e in captured if e["event"] == "http.request"]) == len(second["seen"])
+
+    leaks = [canary, first["canary_b64"], first["ciphertext"], second["ciphertext"], bad_key, API_KEY_ALICE, jwt,
+             bao.root_token]
+    for secret in leaks:
+        assert secret not in stdout, "leaked into the JSON log lines"
+        assert secret not in caplog.text, "leaked into stdlib logging"
+        for event in captured:
+            assert secret not in repr(event), event

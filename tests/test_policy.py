@@ -1,0 +1,114 @@
+"""The agent policy HCL: rendered safely, and — loaded into OpenBao — a token holding only it can do all of
+its agent's operations directly against Vault, and nothing on another agent's paths."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge.devvault import DevVault
+from bridge.policy import policy_name, render_agent_policy
+from bridge.vault.client import VaultClient
+from bridge.vault.errors import VaultPermissionDeniedError
+
+
+def test_rendered_policy() -> None:
+    hcl = render_agent_policy("alice", mount="secret", prefix="mcp")
+    expected = {
+        'path "secret/data/mcp/alice/*"': '["create", "read", "update", "patch", "delete", "list"]',
+        'path "secret/metadata/mcp/alice/*"': '["read", "list"]',
+        'path "secret/delete/mcp/alice/*"': '["update"]',
+        'path "secret/undelete/mcp/alice/*"': '["update"]',
+        'path "secret/destroy/mcp/alice/*"': '["update"]',
+        'path "transit/encrypt/mcp.alice.*"': '["create", "update"]',
+        'path "transit/decrypt/mcp.alice.*"': '["update"]',
+    }
+    for stanza, caps in expected.items():
+        start = hcl.index(stanza)
+        assert f"capabilities = {caps}" in hcl[start:hcl.index("}", start)], stanza
+    assert "bob" not in hcl
+    assert "mcp/*" not in hcl
+
+
+def test_names_are_validated_before_rendering() -> None:
+    assert 'path "kv/data/agents/bob/*"' in render_agent_policy("Bob", mount="kv", prefix="agents")
+    assert policy_name("Bob") == "mcp-agent-bob"
+    for agent in ("a.b", "a/b", "a*", 'a"b', "", "alice\n", "x" * 65, "_a"):
+        with pytest.raises(ValueError, match="agent"):
+            render_agent_policy(agent)
+    for prefix in ("MCP", "a/b", "*", "mcp\n"):
+        with pytest.raises(ValueError, match="prefix"):
+            render_agent_policy("alice", prefix=prefix)
+    for mount in ('se"cret', "/secret", "a//b", "se cret", "*", ""):
+        with pytest.raises(ValueError, match="mount"):
+            render_agent_policy("alice", mount=mount)
+
+
+@pytest.fixture
+async def root(bao: DevVault) -> AsyncIterator[VaultClient]:
+    async with VaultClient(bao.addr) as c:
+        c.token = bao.root_token
+        yield c
+
+
+async def _token_with_only(root: VaultClient, agent: str) -> str:
+    hcl = render_agent_policy(agent)
+    await root.request("PUT", f"sys/policies/acl/{policy_name(agent)}", operation="t", json_body={"policy": hcl})
+    resp = await root.request("POST", "auth/token/create", operation="t",
+                              json_body={"policies": [policy_name(agent)], "no_default_policy": True, "ttl": "5m"})
+    auth = resp.auth or {}
+    assert auth["policies"] == [policy_name(agent)]
+    return str(auth["client_token"])
+
+
+@pytest.mark.integration
+async def test_policy_allows_its_agent_and_denies_others(root: VaultClient, bao: DevVault) -> None:
+    agent, other = f"pol_{secrets.token_hex(3)}", f"pol_{secrets.token_hex(3)}"
+    token = await _token_with_only(root, agent)
+    await root.kv.write("secret", f"mcp/{other}/theirs", {"x": 1})
+    own = f"mcp/{agent}/app/db"
+    b64 = base64.b64encode(b"hello").decode()
+
+    async with VaultClient(bao.addr) as c:
+        c.token = token
+        # every operation of its own agent
+        assert (await c.kv.write("secret", own, {"a": 1}))["version"] == 1
+        assert (await c.kv.write("secret", own, {"a": 2}, cas=1))["version"] == 2
+        assert (await c.kv.patch("secret", own, {"b": 3}))["version"] == 3
+        assert (await c.kv.read("secret", own))["data"] == {"a": 2, "b": 3}
+        assert (await c.kv.read("secret", own, version=1))["data"] == {"a": 1}
+        assert await c.kv.list("secret", f"mcp/{agent}/") == ["app/"]
+        assert await c.kv.list("secret", f"mcp/{agent}/app") == ["db"]
+        assert (await c.kv.metadata("secret", own))["current_version"] == 3
+        await c.kv.delete_latest("secret", own)
+        await c.kv.undelete("secret", own, [3])
+        await c.kv.destroy("secret", own, [1])
+        enc = await c.transit.encrypt("transit", f"mcp.{agent}.k", b64)  # creates the key on first use
+        assert (await c.transit.decrypt("transit", f"mcp.{agent}.k", enc["ciphertext"]))["plaintext"] == b64
+
+        # nothing of another agent's, nor above its own namespace
+        denied = [
+            c.kv.read("secret", f"mcp/{other}/theirs"),
+            c.kv.write("secret", f"mcp/{other}/mine-now", {"x": 1}),
+            c.kv.patch("secret", f"mcp/{other}/theirs", {"x": 2}),
+            c.kv.delete_latest("secret", f"mcp/{other}/theirs"),
+            c.kv.undelete("secret", f"mcp/{other}/theirs", [1]),
+            c.kv.destroy("secret", f"mcp/{other}/theirs", [1]),
+            c.kv.metadata("secret", f"mcp/{other}/theirs"),
+            c.kv.list("secret", f"mcp/{other}/"),
+            c.kv.list("secret", "mcp/"),
+            c.kv.read("secret", f"mcp/{agent}"),
+            c.kv.write("secret", "elsewhere", {"x": 1}),
+            c.transit.encrypt("transit", f"mcp.{other}.k", b64),
+            c.transit.decrypt("transit", f"mcp.{other}.k", enc["ciphertext"]),
+            c.transit.encrypt("transit", "k", b64),
+        ]
+        for call in denied:
+            with pytest.raises(VaultPermissionDeniedError):
+                await call
+        await c.auth_token.revoke_self()  # the policy lets a token revoke itself
+    assert (await root.kv.read("secret", f"mcp/{other}/theirs"))["data"] == {"x": 1}
+    assert await root.kv.list("secret", f"mcp/{other}/") == ["theirs"]

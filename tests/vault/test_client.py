@@ -1,0 +1,157 @@
+"""The Vault client's one choke point: URL and header building, the status → exception table, the envelope,
+session ownership; against the fake Vault (to see the wire) and the real OpenBao."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bridge.devvault import DevVault
+from bridge.vault.client import VaultClient, VaultResponse, quote_path
+from bridge.vault.errors import (
+    VaultError,
+    VaultHTTPError,
+    VaultInvalidRequestError,
+    VaultNotFoundError,
+    VaultPermissionDeniedError,
+    VaultRateLimitedError,
+    VaultSealedError,
+    VaultServerError,
+    VaultUnavailableError,
+    VaultUnsupportedMediaError,
+    error_for_status,
+)
+from tests.fakevault import FakeVault
+
+
+@pytest.mark.parametrize(("status", "errors", "cls"), [
+    (400, ["bad"], VaultInvalidRequestError),
+    (403, ["permission denied"], VaultPermissionDeniedError),
+    (404, [], VaultNotFoundError),
+    (415, ["PATCH requires"], VaultUnsupportedMediaError),
+    (429, ["quota"], VaultRateLimitedError),
+    (500, ["boom"], VaultServerError),
+    (501, [], VaultServerError),
+    (599, [], VaultServerError),
+    (502, [], VaultUnavailableError),
+    (503, ["standby"], VaultUnavailableError),
+    (503, ["Vault is sealed"], VaultSealedError),
+    (504, [], VaultUnavailableError),
+    (405, ["unsupported operation"], VaultInvalidRequestError),
+    (412, [], VaultInvalidRequestError),
+])
+def test_status_table(status: int, errors: list[str], cls: type[VaultHTTPError]) -> None:
+    exc = error_for_status(status, errors, retry_after=3.0)
+    assert type(exc) is cls
+    assert isinstance(exc, VaultError)
+    assert exc.status == status
+    assert exc.errors == errors
+    assert exc.retry_after == 3.0
+    assert str(exc).startswith(f"vault answered {status}")
+
+
+def test_error_detail_flattens_vaults_multierror() -> None:
+    exc = error_for_status(403, ["1 error occurred:\n\t* permission denied\n\n"])
+    assert exc.detail == "1 error occurred: permission denied"
+    assert "\n" not in str(exc)
+
+
+def test_quote_path() -> None:
+    assert quote_path("mcp/alice/a b?c#d%e") == "mcp/alice/a%20b%3Fc%23d%25e"
+    assert quote_path("mcp.alice.k") == "mcp.alice.k"
+
+
+def test_envelope() -> None:
+    resp = VaultResponse.from_body(200, {"request_id": "r1", "data": {"a": 1}, "auth": None, "lease_duration": 5,
+                                         "renewable": True, "warnings": ["w"], "wrap_info": None})
+    assert (resp.data, resp.request_id, resp.lease_duration, resp.renewable, resp.warnings) == (
+        {"a": 1}, "r1", 5, True, ["w"])
+    empty = VaultResponse.from_body(204, None)
+    assert empty.status == 204
+    assert empty.data is None
+    assert empty.warnings == []
+
+
+@pytest.fixture
+async def fake_client(fake_vault: FakeVault) -> AsyncIterator[VaultClient]:
+    async with VaultClient(fake_vault.addr, namespace="team1", timeout=2) as c:
+        c.token = fake_vault.root_token
+        yield c
+
+
+async def test_wire_format(fake_vault: FakeVault, fake_client: VaultClient) -> None:
+    await fake_client.kv.write("secret", "mcp/alice/a b", {"pw": "x"})
+    req = fake_vault.calls("secret/")[-1]
+    assert req.method == "POST"
+    assert req.path == "secret/data/mcp/alice/a%20b"
+    assert req.headers["X-Vault-Token"] == fake_vault.root_token
+    assert req.headers["X-Vault-Namespace"] == "team1"
+    assert req.headers["X-Vault-Request"] == "true"
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["User-Agent"] == "vault-mcp-bridge"
+    assert req.json == {"data": {"pw": "x"}}
+    for r in fake_vault.requests:  # the token never travels in a URL
+        assert fake_vault.root_token not in r.path
+        assert fake_vault.root_token not in str(r.query)
+
+
+async def test_per_call_token_and_no_token(fake_vault: FakeVault, fake_client: VaultClient) -> None:
+    child = fake_vault.issue_token(policies=["x"])
+    await fake_client.auth_token.lookup_self(token=child)
+    assert fake_vault.requests[-1].token == child
+    await fake_client.sys.health()
+    assert "X-Vault-Token" not in fake_vault.requests[-1].headers
+
+
+async def test_patch_sends_merge_patch(fake_vault: FakeVault, fake_client: VaultClient) -> None:
+    await fake_client.kv.write("secret", "p", {"a": 1})
+    await fake_client.kv.patch("secret", "p", {"a": None, "b": 2})
+    req = fake_vault.calls("secret/", method="PATCH")[-1]
+    assert req.headers["Content-Type"] == "application/merge-patch+json"
+
+
+async def test_list_is_get_with_list_true(fake_vault: FakeVault, fake_client: VaultClient) -> None:
+    await fake_client.kv.write("secret", "mcp/alice/d/x", {"a": 1})
+    assert await fake_client.kv.list("secret", "mcp/alice/d/") == ["x"]
+    req = fake_vault.requests[-1]
+    assert (req.method, req.path, req.query) == ("GET", "secret/metadata/mcp/alice/d/", {"list": "true"})
+    assert await fake_client.kv.list("secret", "mcp/alice/empty/") == []
+
+
+async def test_caller_session_is_not_closed(fake_vault: FakeVault) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = VaultClient(fake_vault.addr, session=session)
+        await client.sys.health()
+        await client.close()
+        assert not session.closed
+    owned = VaultClient(fake_vault.addr)
+    await owned.start()
+    session_ref = owned._session
+    await owned.close()
+    assert session_ref is not None
+    assert session_ref.closed
+
+
+@pytest.mark.integration
+async def test_against_openbao(bao: DevVault) -> None:
+    async with VaultClient(bao.addr) as c:
+        c.token = bao.root_token
+        me = await c.auth_token.lookup_self()
+        assert me.data is not None
+        assert me.data["policies"] == ["root"]
+        health = await c.sys.health()
+        assert health["sealed"] is False
+        assert health["version"]
+        with pytest.raises(VaultNotFoundError) as nf:
+            await c.request("GET", "secret/data/does/not/exist", operation="t")
+        assert nf.value.errors == []
+        with pytest.raises(VaultNotFoundError) as nomount:
+            await c.request("GET", "nomount/foo", operation="t")
+        assert "no handler for route" in nomount.value.detail
+        c.token = "s.not-a-token-000000000000"
+        with pytest.raises(VaultPermissionDeniedError) as denied:
+            await c.auth_token.lookup_self()
+        assert denied.value.errors == ["permission denied"]
+        assert "s.not-a-token" not in str(denied.value)
