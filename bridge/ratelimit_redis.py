@@ -71,6 +71,9 @@ class RedisRateLimiter:
         self.fail_mode = fail_mode
         self._clock = clock
         self._script = client.register_script(SLIDING_WINDOW_LUA)
+        from redis.exceptions import RedisError
+
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._replica = os.urandom(6).hex()
         self._seq = itertools.count()
         self._down_since: float | None = None
@@ -78,13 +81,11 @@ class RedisRateLimiter:
         self.failures = 0
 
     async def hit(self, key: str) -> Decision:
-        from redis.exceptions import RedisError
-
         member = f"{self._replica}:{next(self._seq)}"
         try:
             allowed, count, reset_us = await self._script(
                 keys=[self._prefix + key], args=[self.limit, self._window_us, member])
-        except (RedisError, OSError) as exc:
+        except self._errors as exc:
             return self._unavailable(exc)
         if self._down_since is not None:
             log.info("ratelimit.backend.recovered", backend="redis",

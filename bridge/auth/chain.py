@@ -49,10 +49,15 @@ class AuthChain:
         return self.authenticate(request)
 
     def authenticate(self, request: web.Request) -> Identity:
+        """The first identity in order. Every presented credential is checked, so a valid API key next to a
+        forged JWT is still a 401: a presented, invalid credential is never outvoted by another one."""
+        found: Identity | None = None
         for auth in self.authenticators:
             identity = auth.authenticate(request)  # raises on a presented, invalid credential
-            if identity is not None:
-                return identity
+            if found is None:
+                found = identity
+        if found is not None:
+            return found
         raise UnauthenticatedError(
             "Authentication required: send an X-API-Key header, an Authorization: Bearer JWT, or a "
             "client certificate (enabled here: " + ", ".join(self.methods or ["none"]) + ")."

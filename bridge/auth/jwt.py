@@ -138,6 +138,8 @@ class JwtAuthenticator:
         raw = claims.get("scopes")
         if isinstance(raw, list):
             found = {str(s) for s in raw}
+        elif isinstance(raw, str):  # some issuers send the list claim as a space-separated string
+            found = set(raw.split())
         elif isinstance(claims.get("scope"), str):
             found = set(str(claims["scope"]).split())
         else:

@@ -35,6 +35,7 @@ async def test_sub_is_lower_cased(make_client: MakeClient) -> None:
     ({"scopes": ["read", "admin", "sudo"]}, ["read"]),  # unknown scopes are dropped
     ({"scopes": []}, []),
     ({"scope": "write list"}, ["list", "write"]),
+    ({"scopes": "read write"}, ["read", "write"]),  # the list claim sent as a string
     ({"scope": "read  delete admin"}, ["delete", "read"]),
     ({}, ["list", "read"]),  # JWT_DEFAULT_SCOPES
 ])
