@@ -1,4 +1,4 @@
-"""``vault-mcp-bridge``: ``serve`` (default) and ``gen-policy``."""
+"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision`` and ``hash-key``."""
 
 from __future__ import annotations
 

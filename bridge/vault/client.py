@@ -140,8 +140,8 @@ class VaultClient:
                 cookie_jar=aiohttp.DummyCookieJar(),  # Vault sets no cookies: skip the jar on every call
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 json_serialize=json.dumps,
-                skip_auto_headers=("User-Agent",),
-                headers={"User-Agent": "vault-mcp-bridge"},
+                # our headers go with each request (no per-call merge of session defaults)
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             )
 
     async def close(self) -> None:
@@ -173,7 +173,7 @@ class VaultClient:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        hdrs: dict[str, str] = {"X-Vault-Request": "true"}
+        hdrs: dict[str, str] = {"User-Agent": "vault-mcp-bridge", "X-Vault-Request": "true"}
         if self.namespace:
             hdrs["X-Vault-Namespace"] = self.namespace
         chosen = token if token is not None else (self.token if use_token else None)
@@ -191,21 +191,28 @@ class VaultClient:
         started = time.perf_counter()
         outcome = "ok"
         vault_request_id = ""
+        budget: float | None = None  # the first attempt has the session's full VAULT_TIMEOUT
         try:
             for attempt in range(attempts):
                 probe = self.breaker.before_call()  # raises CircuitOpenError while Vault is known down
                 try:
-                    resp = await self._once(method, url, hdrs, data, params, path)
+                    resp = await self._once(method, url, hdrs, data, params, path, budget)
                 except BaseException as exc:
                     self.breaker.record(exc, probe)
                     if not isinstance(exc, VaultConnectionError) or attempt + 1 >= attempts:
                         raise
+                    failed: VaultConnectionError = exc
                 else:
                     self.breaker.on_success(probe)
                     vault_request_id = resp.request_id
                     return resp
-                # Idempotent reads get one retry after a short jittered pause; writes never.
-                await asyncio.sleep(self._retry_backoff * (0.5 + random.random()))  # noqa: S311
+                # Idempotent reads get one retry after a short jittered pause; writes never. The retry gets
+                # what is left of VAULT_TIMEOUT, so the call as a whole never outlasts it.
+                pause = self._retry_backoff * (0.5 + random.random())  # noqa: S311
+                budget = self.timeout - (time.perf_counter() - started) - pause
+                if budget < 0.05:
+                    raise failed
+                await asyncio.sleep(pause)
             raise AssertionError("unreachable")
         except VaultHTTPError as exc:
             outcome = type(exc).__name__
@@ -225,10 +232,13 @@ class VaultClient:
         data: bytes | None,
         params: Mapping[str, str] | None,
         path: str,
+        budget: float | None = None,
     ) -> VaultResponse:
         assert self._session is not None
+        extra: dict[str, Any] = {} if budget is None else {"timeout": aiohttp.ClientTimeout(total=budget)}
         try:
-            async with self._session.request(method, url, data=data, headers=headers, params=params) as resp:
+            async with self._session.request(method, url, data=data, headers=headers, params=params,
+                                             **extra) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")

@@ -19,7 +19,7 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.keys import KEEPER, VAULT
 from bridge.vault.client import VaultClient
-from bridge.vault.errors import VaultConnectionError
+from bridge.vault.errors import VaultConnectionError, VaultTimeoutError
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB
 from tests.resilience.persistent_bao import PersistentBao
 
@@ -291,3 +291,36 @@ async def test_no_acknowledged_write_is_lost_through_a_vault_restart(
         status, body = live_pbao.api("GET", f"secret/data/{path}?version={version}")
         assert status == 200, (path, version, body)
         assert body["data"]["data"] == data, (path, version)
+
+
+async def test_a_retried_read_still_ends_within_vault_timeout() -> None:
+    """The retry gets only what is left of VAULT_TIMEOUT: a late disconnect plus a hang stays bounded."""
+    hits = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            await asyncio.sleep(0.35)
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.05)
+        else:
+            await asyncio.sleep(5)
+        return web.json_response({})
+
+    fake = web.Application()
+    fake.router.add_route("*", "/v1/{tail:.*}", handler)
+    server = TestServer(fake, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with VaultClient(f"http://127.0.0.1:{server.port}", timeout=0.5, retry_backoff=0.01) as vault:
+            vault.token = "t"
+            t0 = time.monotonic()
+            with pytest.raises(VaultTimeoutError):
+                await vault.kv.read("secret", "a")
+            elapsed = time.monotonic() - t0
+        assert hits == 2
+        assert elapsed < 0.6, elapsed
+    finally:
+        await server.close()
