@@ -136,7 +136,7 @@ class Bench:
             "HOST": "127.0.0.1", "PORT": str(port), "VAULT_ADDR": self.vault.addr,
             "VAULT_TOKEN": self.vault.root_token, "API_KEYS_JSON": json.dumps({API_KEY: AGENT}),
             "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": self.args.log_level,
-            "VAULT_POOL_SIZE": str(self.args.pool_size),
+            "VAULT_POOL_SIZE": str(self.args.pool_size), "VAULT_HTTP_CLIENT": self.args.http_client,
         })
         full.update(env)
         log = open(self.workdir / f"bridge-{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -442,7 +442,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"{m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, Python {m['python']}, aiohttp "
                  f"{m['aiohttp']}, uvloop {m['uvloop']}, {m['openbao']}, {m['wrk']}; "
                  f"{report['settings']['duration']:g} s per point, bridge LOG_LEVEL={report['settings']['log_level']}, "
-                 f"VAULT_POOL_SIZE={report['settings']['pool_size']}; load average at start "
+                 f"VAULT_POOL_SIZE={report['settings']['pool_size']}, "
+                 f"VAULT_HTTP_CLIENT={report['settings'].get('http_client', 'aiohttp')}; load average at start "
                  f"{m.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')} (other work on the machine "
                  "skews the numbers).")
     lines.append("")
@@ -514,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arrangements", default="pinned,unpinned")
     parser.add_argument("--log-level", default="warning", help="the bridge's LOG_LEVEL (default warning)")
     parser.add_argument("--pool-size", type=int, default=256, help="the bridge's VAULT_POOL_SIZE")
+    parser.add_argument("--http-client", default="lean", choices=["aiohttp", "lean"],
+                        help="the bridge's VAULT_HTTP_CLIENT (default lean)")
     parser.add_argument("--idle-connections", type=int, default=1000)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -558,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             "started": started,
             "machine": machine,
             "settings": {"duration": args.duration, "concurrency": concs, "log_level": args.log_level,
-                         "pool_size": args.pool_size, "arrangements": arrangements},
+                         "pool_size": args.pool_size, "arrangements": arrangements,
+                         "http_client": args.http_client},
             "scenarios": scenarios,
             "results": results,
             "memory": memory,

@@ -42,6 +42,7 @@ async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
                              on_change=_log_breaker)
     client = VaultClient(settings.vault_addr, namespace=settings.vault_namespace, timeout=settings.vault_timeout,
                          cacert=settings.vault_cacert, pool_size=settings.vault_pool_size, breaker=breaker,
+                         http_client=settings.vault_http_client,
                          observer=ops_vault_observer(app))
     await client.start()
     keeper = TokenKeeper(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import structlog
@@ -29,6 +29,7 @@ from bridge.vault.errors import (
     VaultTimeoutError,
     error_for_status,
 )
+from bridge.vault.transport import LeanTransport, TransportConnectionError, TransportTimeoutError
 
 log = structlog.get_logger("bridge.vault")
 
@@ -101,8 +102,12 @@ class VaultClient:
         retry_backoff: float = 0.05,
         observer: Callable[[CallStats], None] | None = None,
         breaker: CircuitBreaker | None = None,
+        http_client: str = "aiohttp",
     ) -> None:
         self.addr = addr.rstrip("/")
+        # "aiohttp" (default) or "lean": bridge/vault/transport.py, a minimal keep-alive HTTP/1.1 transport
+        self.http_client = http_client
+        self._lean: LeanTransport | None = None
         # fail fast while Vault is down (see bridge/vault/breaker.py)
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.namespace = namespace
@@ -143,11 +148,18 @@ class VaultClient:
                 # our headers go with each request (no per-call merge of session defaults)
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             )
+        if self.http_client == "lean" and self._lean is None:
+            ctx = ssl.create_default_context(cafile=self._cacert or None) if self.addr.startswith("https://") \
+                else None
+            self._lean = LeanTransport(self.addr, pool_size=self._pool_size, ssl_context=ctx)
 
     async def close(self) -> None:
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
+        if self._lean is not None:
+            await self._lean.close()
+            self._lean = None
 
     async def __aenter__(self) -> VaultClient:
         await self.start()
@@ -235,18 +247,24 @@ class VaultClient:
         budget: float | None = None,
     ) -> VaultResponse:
         assert self._session is not None
-        extra: dict[str, Any] = {} if budget is None else {"timeout": aiohttp.ClientTimeout(total=budget)}
         try:
-            async with self._session.request(method, url, data=data, headers=headers, params=params,
-                                             **extra) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-        except TimeoutError:
+            if self._lean is not None:
+                target = url.raw_path_qs if not params else str(url.raw_path) + "?" + urlencode(params)
+                answer = await self._lean.request(method, target, headers, data,
+                                                  self.timeout if budget is None else budget)
+                raw, status, retry_after = answer.body, answer.status, answer.retry_after
+            else:
+                extra: dict[str, Any] = {} if budget is None else {"timeout": aiohttp.ClientTimeout(total=budget)}
+                async with self._session.request(method, url, data=data, headers=headers, params=params,
+                                                 **extra) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
+        except (TimeoutError, TransportTimeoutError):
             raise VaultTimeoutError(
                 f"vault did not answer within {self.timeout:g}s ({method} {_template(path)})"
             ) from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TransportConnectionError) as exc:
             raise VaultConnectionError(
                 f"cannot reach vault at {self.addr}: {type(exc).__name__}"
             ) from None

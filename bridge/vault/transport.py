@@ -82,12 +82,15 @@ class LeanTransport:
         return _Conn(reader, writer, now)
 
     async def request(self, method: str, target: str, headers: dict[str, str], body: bytes | None,
-                      timeout: float) -> RawResponse:
-        """Send ``method target`` (``target`` = ``/v1/…?query``, already encoded); return the answer."""
+                      deadline: float) -> RawResponse:
+        """Send ``method target`` (``/v1/…?query``, encoded); the answer within ``deadline`` seconds."""
         if self._closed:
             raise TransportConnectionError("transport closed")
         head = [f"{method} {target} HTTP/1.1\r\n".encode(), self._host_line]
-        head.extend(f"{name}: {value}\r\n".encode() for name, value in headers.items())
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"header {name!r} contains a line break")  # never splice a request
+            head.append(f"{name}: {value}\r\n".encode())
         if body is not None:
             head.append(b"Content-Length: %d\r\n" % len(body))
         elif method in ("POST", "PUT", "PATCH"):
@@ -96,31 +99,31 @@ class LeanTransport:
         if body:
             head.append(body)
         payload = b"".join(head)
-        async with self._slots:
-            conn: _Conn | None = None
-            try:
-                async with asyncio.timeout(timeout):
-                    conn = await self._acquire()
-                    conn.writer.write(payload)
-                    response, reusable = await self._read(conn.reader, method)
-            except TimeoutError:
-                if conn is not None:
+        conn: _Conn | None = None
+        try:
+            # the deadline covers waiting for a free pool slot too, as aiohttp's total timeout does
+            async with asyncio.timeout(deadline), self._slots:
+                conn = await self._acquire()
+                conn.writer.write(payload)
+                response, reusable = await self._read(conn.reader, method)
+                if reusable and not self._closed:
+                    conn.last_used = time.monotonic()
+                    self._idle.append(conn)
+                else:
                     conn.close()
-                raise TransportTimeoutError() from None
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-                if conn is not None:
-                    conn.close()
-                raise TransportConnectionError(type(exc).__name__) from None
-            except BaseException:
-                if conn is not None:
-                    conn.close()  # cancelled mid-answer: the stream is in an unknown state
-                raise
-            if reusable and not self._closed:
-                conn.last_used = time.monotonic()
-                self._idle.append(conn)
-            else:
+                return response
+        except TimeoutError:
+            if conn is not None:
                 conn.close()
-            return response
+            raise TransportTimeoutError() from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            if conn is not None:
+                conn.close()
+            raise TransportConnectionError(type(exc).__name__) from None
+        except BaseException:
+            if conn is not None:
+                conn.close()  # cancelled mid-answer: the stream is in an unknown state
+            raise
 
     async def _read(self, reader: asyncio.StreamReader, method: str) -> tuple[RawResponse, bool]:
         raw_head = await reader.readuntil(b"\r\n\r\n")
