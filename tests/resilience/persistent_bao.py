@@ -104,10 +104,20 @@ class PersistentBao:
         assert status == 200, body
         assert not body.get("sealed"), body
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:  # active and serving (the KV mount answers)
-            status, _ = self.api("GET", "sys/mounts")
-            if status == 200:
-                return
+        streak = 0
+        while time.monotonic() < deadline:
+            # Active and serving: a fresh Raft node answers sys/mounts before it has won its election, then
+            # briefly "local node not active". Wait for health 200 (active), leader is_self and mounts, three
+            # times in a row.
+            health, _ = self.api("GET", "sys/health")
+            _, leader = self.api("GET", "sys/leader")
+            mounts, _ = self.api("GET", "sys/mounts")
+            if health == 200 and leader.get("is_self") and mounts == 200:
+                streak += 1
+                if streak >= 3:
+                    return
+            else:
+                streak = 0
             time.sleep(0.05)
         raise RuntimeError("bao did not become active after unseal")
 
