@@ -27,11 +27,16 @@ class Decision:
         out = {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(math.ceil(self.reset_after)),
+            "RateLimit-Reset": str(_ceil_seconds(self.reset_after)),
         }
         if not self.allowed:
-            out["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+            out["Retry-After"] = str(max(1, _ceil_seconds(self.retry_after)))
         return out
+
+
+def _ceil_seconds(value: float) -> int:
+    """Whole seconds, rounded up, ignoring float noise below a microsecond (60.0000000001 is 60)."""
+    return math.ceil(round(value, 6))
 
 
 class RateLimiter(Protocol):
@@ -65,10 +70,10 @@ class MemoryRateLimiter:
         while q and q[0] <= horizon:
             q.popleft()
         if len(q) >= self.limit:
-            wait = q[0] + self.window - now
+            wait = self.window - (now - q[0])  # not q[0] + window - now: that can round above window
             return Decision(False, self.limit, 0, wait, wait)
         q.append(now)
-        reset = q[0] + self.window - now
+        reset = self.window - (now - q[0])
         return Decision(True, self.limit, self.limit - len(q), reset, 0.0)
 
     async def hit(self, key: str) -> Decision:

@@ -127,3 +127,14 @@ async def test_hit_is_the_async_protocol_method() -> None:
     rl = MemoryRateLimiter(1, 60.0, clock=Clock())
     assert (await rl.hit("a")).allowed
     assert not (await rl.hit("a")).allowed
+
+
+def test_reset_is_never_above_the_window_from_float_noise() -> None:
+    # (a + 60) - a is not 60.0 for every a; the headers must still say 60, never 61
+    for start in (262104.06388139605, 524269.67785078095, 16333.683232993002, 476.26864894989575):
+        limiter = MemoryRateLimiter(1, 60.0, clock=lambda start=start: start)
+        first = limiter.check("alice")
+        assert first.headers()["RateLimit-Reset"] == "60"
+        second = limiter.check("alice")
+        assert not second.allowed
+        assert second.headers()["Retry-After"] == "60"
