@@ -321,6 +321,6 @@ async def test_a_retried_read_still_ends_within_vault_timeout() -> None:
                 await vault.kv.read("secret", "a")
             elapsed = time.monotonic() - t0
         assert hits == 2
-        assert elapsed < 0.6, elapsed
+        assert elapsed < 0.75, elapsed  # one budget of 0.5 s, not 0.35 + 0.5
     finally:
         await server.close()
