@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -46,7 +46,7 @@ def render_error(request: web.Request, err: BridgeError) -> web.Response:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500

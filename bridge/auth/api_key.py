@@ -11,7 +11,7 @@ from aiohttp import web
 
 from bridge.auth.identity import Identity, normalize_subject
 from bridge.config import ApiKeyEntry
-from bridge.errors import UnauthenticatedError
+from bridge.errors import ForbiddenError, UnauthenticatedError
 
 HEADER = "X-API-Key"
 
@@ -30,9 +30,18 @@ class ApiKeyAuthenticator:
 
     def __init__(self, keys: Mapping[str, ApiKeyEntry]) -> None:
         self._entries: list[tuple[bytes, ApiKeyEntry]] = []
+        # The identity of each valid entry is built once; an entry whose agent breaks the subject rule stays
+        # None and is refused (403 invalid_subject, logged) each time it is used.
+        self._identities: dict[bytes, Identity | None] = {}
         for key, entry in keys.items():
             digest = bytes.fromhex(key.removeprefix("sha256:")) if key.startswith("sha256:") else key_digest(key)
             self._entries.append((digest, entry))
+            try:
+                identity: Identity | None = Identity(normalize_subject(entry.agent, "api_key"), "api_key",
+                                                     frozenset(entry.scopes))
+            except ForbiddenError:
+                identity = None
+            self._identities[digest] = identity
 
     def present(self, request: web.Request) -> bool:
         return HEADER in request.headers
@@ -43,11 +52,16 @@ class ApiKeyAuthenticator:
             return None
         digest = key_digest(presented)
         entry: ApiKeyEntry | None = None
+        matched = b""
         # Compare against every configured key in constant time, without stopping at a match: the time
         # taken does not depend on which key (if any) matched, nor on how much of it did.
         for known, candidate in self._entries:
             if hmac.compare_digest(digest, known):
-                entry = candidate
+                entry, matched = candidate, known
         if entry is None:
             raise UnauthenticatedError("The API key is not valid.")
-        return Identity(normalize_subject(entry.agent, "api_key"), "api_key", frozenset(entry.scopes))
+        identity = self._identities[matched]
+        if identity is None:
+            normalize_subject(entry.agent, "api_key")  # raises 403 invalid_subject and logs the warning
+            raise AssertionError("unreachable: the subject was checked when the keys were loaded")
+        return identity
