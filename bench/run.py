@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.devvault import DevVault, free_port, provision_demo_sync, start_dev_vault
+from bridge.devvault import DevVault, free_port, provision_demo_sync, start_dev_vault, stop_process
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -159,13 +159,7 @@ class Bench:
 
     def stop(self) -> None:
         for bridge in self.bridges.values():
-            if bridge.proc.poll() is None:
-                bridge.proc.terminate()
-                try:
-                    bridge.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    bridge.proc.kill()
-                    bridge.proc.wait(timeout=5)
+            stop_process(bridge.proc, timeout=15)
         self.bridges.clear()
         self.targets.clear()
         if self.vault is not None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,23 +49,28 @@ def vault_reachable(addr: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, *, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Send ``sig`` to a child still running, wait up to ``timeout`` seconds, then kill it and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @dataclass
 class DevVault:
     addr: str
     root_token: str
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
     _log_file: IO[bytes] | None = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -20,7 +20,13 @@ sys.path.insert(0, str(ROOT))
 from joserfc import jwt  # noqa: E402
 from joserfc.jwk import OctKey  # noqa: E402
 
-from bridge.devvault import DevVault, provision_demo_sync, start_dev_vault, vault_reachable  # noqa: E402
+from bridge.devvault import (  # noqa: E402
+    DevVault,
+    provision_demo_sync,
+    start_dev_vault,
+    stop_process,
+    vault_reachable,
+)
 
 AGENTS = ["agent_api", "agent_jwt", "agent_mtls"]
 
@@ -81,11 +87,7 @@ Vault MCP Bridge (demo) on {base}
         try:
             return bridge.wait()
         except KeyboardInterrupt:
-            bridge.send_signal(signal.SIGINT)
-            try:
-                bridge.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                bridge.kill()
+            stop_process(bridge, sig=signal.SIGINT, timeout=15)
             return 0
     finally:
         vault.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import IO, Any
 import pytest
 
 from bridge.config import Settings
-from bridge.devvault import free_port
+from bridge.devvault import free_port, stop_process
 from tests.conftest import API_KEYS, TEST_AGENTS
 from tests.resilience.persistent_bao import PersistentBao
 
@@ -142,13 +141,7 @@ class BridgeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout=15)
         self.log.close()
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bridge.devvault import find_bao, free_port, provision_demo_sync
+from bridge.devvault import find_bao, free_port, provision_demo_sync, stop_process
 
 
 def _http(method: str, url: str, body: Any = None, token: str | None = None,
@@ -127,15 +127,7 @@ class PersistentBao:
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGTERM, or SIGKILL with ``kill``); its data stays on disk."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(self.process, sig=signal.SIGKILL if kill else signal.SIGTERM)
 
     def close(self) -> None:
         self.stop(kill=True)
