@@ -13,7 +13,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-## make run: embedded OpenBao dev server + demo agents + the bridge, in the foreground (Ctrl-C stops all)
+## make run: embedded OpenBao dev server + demo agents + the bridge, in the foreground. Ctrl-C, SIGTERM, SIGHUP
+## or the death of this make stop all of it (scripts/dev_run.py; README "make run").
 run: $(STAMP)
 	$(BIN)/python scripts/dev_run.py
 

@@ -74,6 +74,7 @@ async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
         if children is not None:
             await children.close()  # revokes the cached service child tokens
+        await keeper.revoke()  # an AppRole login token (never a static VAULT_TOKEN)
         await client.close()
 
 

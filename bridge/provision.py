@@ -5,9 +5,16 @@ With an admin token it makes sure that:
 - a KV v2 mount, a Transit mount and the AppRole auth method exist;
 - every agent has its policy ``{policy_prefix}{agent}`` (rendered from the ``gen-policy`` templates);
 - the token roles ``mcp-agent-batch`` (orphan batch tokens) and ``mcp-agent`` (service tokens with an explicit
-  max TTL) exist, both limited to ``{policy_prefix}*`` and never ``root``;
+  max TTL) exist, both limited to ``{policy_prefix}*`` and refusing ``root``, ``default`` and the bridge's own
+  policy;
+- what a child token can live is capped: the service role by its explicit max TTL; a batch role cannot carry
+  one (OpenBao 2.7.2 refuses it), so the token auth mount's ``max_lease_ttl`` is lowered to
+  ``child_max_ttl`` (never raised). It caps every token created through ``auth/token/``. OpenBao 2.7.2 applies
+  only the root namespace's value, in every namespace (a namespace's own tune is stored and ignored), so
+  provisioning into a namespace checks the effective cap and warns when it is missing instead of writing;
 - the bridge's own minimal policy (mint through those two roles, keep its own token alive; nothing on any
-  secret or key) and its AppRole role exist.
+  secret or key) and its AppRole role exist; the role's secret ids expire (``secret_id_ttl``, 30 days by
+  default) and its tokens have a ``token_max_ttl``.
 
 Each step reads first and writes only what differs, so a second run changes nothing and says so. The
 AppRole ``role_id`` is always reported; a ``secret_id`` only on the first run (no secret id exists yet) or
@@ -20,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +45,10 @@ log = structlog.get_logger("bridge.provision")
 BATCH_ROLE = "mcp-agent-batch"
 SERVICE_ROLE = "mcp-agent"
 BRIDGE_NAME = "vault-mcp-bridge"
+DEFAULT_CHILD_MAX_TTL = 3600
+DEFAULT_SECRET_ID_TTL = 30 * 86400
+SERVICE_TTL_MARGIN = 30  # the service role's explicit max TTL is the child TTL + this
+POLICY_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # as CHILD_TOKEN_POLICY_PREFIX
 
 
 class ProvisionError(Exception):
@@ -53,10 +65,11 @@ class ProvisionOptions:
     policy_prefix: str = "mcp-agent-"
     transit_scope: str = "agent"
     child_ttl: int = 90
+    child_max_ttl: int = DEFAULT_CHILD_MAX_TTL  # the token mount's max_lease_ttl; 0 leaves the mount alone
     bridge_name: str = BRIDGE_NAME
     token_ttl: int = 3600
     token_max_ttl: int = 4 * 3600
-    secret_id_ttl: int = 0  # 0: the secret id does not expire
+    secret_id_ttl: int = DEFAULT_SECRET_ID_TTL  # 0: the secret ids never expire (not recommended)
 
     def __post_init__(self) -> None:
         for agent in self.agents:
@@ -64,8 +77,18 @@ class ProvisionOptions:
                 raise ValueError(f"agent id {agent!r} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$")
         if not IDENT_RE.match(self.bridge_name):
             raise ValueError("the bridge role name must match ^[a-z0-9][a-z0-9_-]{0,63}$")
+        if not POLICY_PREFIX_RE.match(self.policy_prefix):
+            # never empty: the roles' glob "{prefix}*" would then allow every policy but the refused ones
+            raise ValueError("the policy prefix must be a policy name prefix such as mcp-agent- (never empty)")
         if self.child_ttl < 10:
             raise ValueError("the child token TTL must be at least 10 seconds")
+        if self.child_max_ttl and self.child_max_ttl < self.child_ttl + SERVICE_TTL_MARGIN:
+            raise ValueError("the child max TTL must be at least the child TTL + 30 s (or 0: leave the "
+                             "token mount alone)")
+        if not 0 < self.token_ttl <= self.token_max_ttl:
+            raise ValueError("the bridge token TTL must be positive and at most its max TTL")
+        if self.secret_id_ttl < 0:
+            raise ValueError("the secret id TTL cannot be negative")
 
 
 @dataclass
@@ -76,24 +99,34 @@ class ProvisionResult:
     secret_id_exists: bool = False
     changes: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
 
 
-def batch_role_body(policy_prefix: str) -> dict[str, Any]:
-    """Batch children: orphan (a batch role must be), no default policy, never root. A batch role cannot cap
-    the TTL, so the bridge sends ``ttl`` with every mint and checks what it got."""
-    return {"allowed_policies_glob": [f"{policy_prefix}*"], "disallowed_policies": ["root"], "orphan": True,
-            "renewable": False, "token_type": "batch", "token_no_default_policy": True}
+def refused_policies(bridge_name: str) -> list[str]:
+    """Never on a child token, even if a policy of that name matched the roles' glob: ``root``, ``default``
+    (children carry exactly their agent's policy) and the bridge's own policy (a child must not mint)."""
+    return sorted({"root", "default", bridge_name})
 
 
-def service_role_body(policy_prefix: str, child_ttl: int) -> dict[str, Any]:
+def batch_role_body(policy_prefix: str, bridge_name: str = BRIDGE_NAME) -> dict[str, Any]:
+    """Batch children: orphan (a batch role must be), no default policy, only ``{policy_prefix}*``. A batch
+    role cannot carry an explicit max TTL: the bridge sends ``ttl`` with every mint and checks what it got,
+    and the token mount's ``max_lease_ttl`` caps it on the server (:meth:`Provisioner.token_mount_cap`)."""
+    return {"allowed_policies": [], "allowed_policies_glob": [f"{policy_prefix}*"],
+            "disallowed_policies": refused_policies(bridge_name), "disallowed_policies_glob": [],
+            "orphan": True, "renewable": False, "token_type": "batch", "token_no_default_policy": True}
+
+
+def service_role_body(policy_prefix: str, child_ttl: int, bridge_name: str = BRIDGE_NAME) -> dict[str, Any]:
     """Service children: capped by an explicit max TTL a little above the child TTL; revocable."""
-    return {"allowed_policies_glob": [f"{policy_prefix}*"], "disallowed_policies": ["root"], "orphan": False,
-            "renewable": False, "token_type": "service", "token_no_default_policy": True,
-            "token_explicit_max_ttl": child_ttl + 30}
+    return {"allowed_policies": [], "allowed_policies_glob": [f"{policy_prefix}*"],
+            "disallowed_policies": refused_policies(bridge_name), "disallowed_policies_glob": [],
+            "orphan": False, "renewable": False, "token_type": "service", "token_no_default_policy": True,
+            "token_explicit_max_ttl": child_ttl + SERVICE_TTL_MARGIN}
 
 
 def _same(current: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -110,9 +143,10 @@ def _same(current: dict[str, Any], desired: dict[str, Any]) -> bool:
 class Provisioner:
     """Runs the provisioning steps with an admin token (``client.token``)."""
 
-    def __init__(self, client: VaultClient, options: ProvisionOptions) -> None:
+    def __init__(self, client: VaultClient, options: ProvisionOptions, *, namespace: str = "") -> None:
         self._c = client
         self._o = options
+        self._namespace = namespace.strip("/")
         self.result = ProvisionResult()
 
     def _note(self, what: str, changed: bool) -> None:
@@ -180,10 +214,40 @@ class Provisioner:
 
     async def token_roles(self) -> None:
         o = self._o
-        await self._role(f"auth/token/roles/{BATCH_ROLE}", batch_role_body(o.policy_prefix),
+        await self._role(f"auth/token/roles/{BATCH_ROLE}", batch_role_body(o.policy_prefix, o.bridge_name),
                          f"token role {BATCH_ROLE}", "token.role")
-        await self._role(f"auth/token/roles/{SERVICE_ROLE}", service_role_body(o.policy_prefix, o.child_ttl),
+        await self._role(f"auth/token/roles/{SERVICE_ROLE}",
+                         service_role_body(o.policy_prefix, o.child_ttl, o.bridge_name),
                          f"token role {SERVICE_ROLE}", "token.role")
+
+    async def token_mount_cap(self) -> None:
+        """Cap batch children on the server: a batch role cannot carry an explicit max TTL, but the token auth
+        mount's ``max_lease_ttl`` caps every token it issues (checked on OpenBao 2.7.2: a batch child asked for
+        10h, or for no TTL at all, got the cap). Only ever lowered, never raised.
+
+        In a namespace, OpenBao 2.7.2 accepts a tune of the namespace's token mount but ignores it (tokens there
+        are capped by the root namespace's value, which the namespace's tune read shows): writing would change
+        nothing, so a missing cap is reported as a warning for the operator of the root namespace."""
+        cap = self._o.child_max_ttl
+        if not cap:
+            return
+        tune = await self._c.request("GET", "sys/auth/token/tune", operation="sys.auth.tune.read")
+        current = int((tune.data or {}).get("max_lease_ttl") or 0)  # 0 would mean the system default
+        if 0 < current <= cap:
+            self._note(f"token lifetime cap at auth/token/ ({_human(current)})", False)
+            return
+        if self._namespace:
+            self.result.warnings.append(
+                f"batch child tokens are not capped on the server (auth/token/ max_lease_ttl is "
+                f"{_human(current) if current else 'the system default'}): in a namespace OpenBao applies the "
+                f"root namespace's value; ask its operator for `bao auth tune -max-lease-ttl={_human(cap)} token/` "
+                "(the bridge still asks for CHILD_TOKEN_TTL and checks what it gets)")
+            log.warning("provision.token_cap_missing", namespace=self._namespace)
+            return
+        await self._c.request("POST", "sys/auth/token/tune", operation="sys.auth.tune",
+                              json_body={"max_lease_ttl": cap})
+        was = f", was {_human(current)}" if current else ""
+        self._note(f"capped token lifetimes at auth/token/ to {_human(cap)} (max_lease_ttl{was})", True)
 
     async def bridge_role(self) -> None:
         o = self._o
@@ -229,7 +293,15 @@ class Provisioner:
                                                                   policy_prefix=o.policy_prefix))
             await self.bridge_role()
             await self.credentials(new_secret_id=new_secret_id, wrap_ttl=wrap_ttl)
+        await self.token_mount_cap()
         return self.result
+
+
+def _human(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 async def provision(addr: str, admin_token: str, options: ProvisionOptions, *, namespace: str = "",
@@ -238,8 +310,8 @@ async def provision(addr: str, admin_token: str, options: ProvisionOptions, *, n
     """Provision the Vault at ``addr`` (see the module docstring); returns what changed and the credentials."""
     async with VaultClient(addr, namespace=namespace, cacert=cacert, timeout=30) as client:
         client.token = admin_token
-        return await Provisioner(client, options).run(new_secret_id=new_secret_id, wrap_ttl=wrap_ttl,
-                                                      bridge=bridge)
+        return await Provisioner(client, options, namespace=namespace).run(new_secret_id=new_secret_id,
+                                                                           wrap_ttl=wrap_ttl, bridge=bridge)
 
 
 def add_provision_args(parser: argparse.ArgumentParser) -> None:
@@ -252,7 +324,15 @@ def add_provision_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transit-key-scope", choices=("agent", "shared"), default="agent",
                         help="= TRANSIT_KEY_SCOPE (default: agent)")
     parser.add_argument("--child-ttl", default="90s", help="= CHILD_TOKEN_TTL; caps the service role (default 90s)")
+    parser.add_argument("--child-max-ttl", default="1h",
+                        help="lower the token auth mount's max_lease_ttl to this (caps batch children and every "
+                             "other token of auth/token/ in this namespace; default 1h; 0 = leave it alone)")
     parser.add_argument("--role-name", default=BRIDGE_NAME, help=f"bridge policy and AppRole role ({BRIDGE_NAME})")
+    parser.add_argument("--secret-id-ttl", default="30d",
+                        help="lifetime of each AppRole secret id (default 30d; 0 = never expires)")
+    parser.add_argument("--token-ttl", default="1h", help="TTL of the bridge's AppRole token (default 1h)")
+    parser.add_argument("--token-max-ttl", default="4h",
+                        help="max TTL of the bridge's AppRole token, renewals included (default 4h)")
     parser.add_argument("--new-secret-id", action="store_true", help="issue a new secret id even if one exists")
     parser.add_argument("--wrap-ttl", default=None,
                         help="response-wrap the secret id for this long (e.g. 120s): VAULT_WRAPPED_SECRET_ID")
@@ -273,7 +353,9 @@ def provision_main(args: argparse.Namespace, environ: Mapping[str, str] | None =
             agents=[a.lower() for a in parse_list(args.agents)], mount=args.mount.strip("/"), prefix=args.prefix,
             transit=args.transit.strip("/"), approle_mount=args.approle_mount.strip("/"),
             policy_prefix=args.policy_prefix, transit_scope=args.transit_key_scope,
-            child_ttl=int(parse_duration(args.child_ttl)), bridge_name=args.role_name)
+            child_ttl=int(parse_duration(args.child_ttl)), child_max_ttl=int(parse_duration(args.child_max_ttl)),
+            bridge_name=args.role_name, secret_id_ttl=int(parse_duration(args.secret_id_ttl)),
+            token_ttl=int(parse_duration(args.token_ttl)), token_max_ttl=int(parse_duration(args.token_max_ttl)))
         if args.wrap_ttl is not None:
             parse_duration(args.wrap_ttl)
     except ValueError as exc:
@@ -288,6 +370,8 @@ def provision_main(args: argparse.Namespace, environ: Mapping[str, str] | None =
         return 1
     for change in result.changes:
         print(f"provision: {change}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"provision: warning: {warning}", file=sys.stderr)
     if not result.changed:
         print("provision: no changes; everything was already in place", file=sys.stderr)
     lines = [f"VAULT_ADDR={addr}", f"VAULT_APPROLE_MOUNT={options.approle_mount}",
@@ -299,6 +383,9 @@ def provision_main(args: argparse.Namespace, environ: Mapping[str, str] | None =
         lines.append(f"VAULT_SECRET_ID={result.secret_id}")
     elif result.wrapped_secret_id:
         lines.append(f"VAULT_WRAPPED_SECRET_ID={result.wrapped_secret_id}")
+    if (result.secret_id or result.wrapped_secret_id) and options.secret_id_ttl:
+        print(f"provision: the secret id expires in {_human(options.secret_id_ttl)}; issue the next one with "
+              "--new-secret-id before then (VAULT_SECRET_ID_FILE is re-read at every login)", file=sys.stderr)
     else:
         print("provision: a secret id already exists and is not shown again; pass --new-secret-id for "
               "another", file=sys.stderr)

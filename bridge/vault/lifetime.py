@@ -8,7 +8,9 @@ task started from ``cleanup_ctx``; its clock, random source and sleep are inject
   are left alone.
 - AppRole (``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``): logged in at start (and on demand while Vault was down),
   renewed about two thirds into its TTL, logged in again when renewal fails, when the max TTL caps renewal,
-  or when Vault says the token is gone.
+  or when Vault says the token is gone. At shutdown :meth:`TokenKeeper.revoke` revokes it (``revoke-self``),
+  so a stopped bridge leaves no live token behind (nor the service child tokens minted under it). A static
+  token belongs to the operator and is never revoked.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ JITTER_FRACTION = 0.1
 MIN_DELAY = 0.5
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
+REVOKE_TIMEOUT = 5.0
 
 
 SecretIdSource = Callable[[], Awaitable[str]]
@@ -158,6 +161,7 @@ class TokenKeeper:
         self._lock = asyncio.Lock()
         self.state = TokenState()
         self._wake = asyncio.Event()
+        self._closed = False  # revoked at shutdown: no new login
         if static_token:
             self._set(static_token, ttl=0.0, renewable=False, verified=False)
 
@@ -200,6 +204,8 @@ class TokenKeeper:
 
     async def login(self) -> str:
         """AppRole login; sets the new token."""
+        if self._closed:
+            raise VaultPermissionDeniedError(403, ["the bridge is shutting down; its token was revoked"])
         secret_id = self._secret_id
         if secret_id is None:
             assert self._secret_id_source is not None
@@ -239,6 +245,26 @@ class TokenKeeper:
         self.state.renewals += 1
         self._emit("renewal")
         log.info("vault.token.renewed", ttl=ttl)
+
+    async def revoke(self) -> bool:
+        """Shutdown: revoke the token this keeper logged in with (``auth/token/revoke-self``, which the
+        provisioned bridge policy allows), waiting at most ``REVOKE_TIMEOUT``; no login happens after it. A static
+        ``VAULT_TOKEN`` is the operator's and is left alone. True when Vault confirmed the revocation."""
+        self._closed = True
+        token = self.state.token
+        if self._static or not token or not self.state.logins:
+            return False
+        self.state.token = None
+        self.state.verified = False
+        if self._client.token == token:
+            self._client.token = None
+        try:
+            await asyncio.wait_for(self._client.auth_token.revoke_self(token=token), timeout=REVOKE_TIMEOUT)
+        except (VaultError, TimeoutError) as exc:
+            log.warning("vault.token.revoke_failed", error=type(exc).__name__)
+            return False
+        log.info("vault.token.revoked", method="approle")
+        return True
 
     async def ensure(self) -> str:
         """The current token; with AppRole and no token yet, log in now (one login for all callers)."""

@@ -293,3 +293,66 @@ async def test_bridge_with_approle_survives_an_outside_revocation(bao: DevVault,
     assert keeper.token != first
     assert keeper.state.logins == 2
     assert (await api.get("/readyz")).status == 200
+
+
+# -- shutdown: the bridge revokes the token it logged in with -----------------------------------------------
+
+
+async def _serve_and_stop(aiohttp_client: Any, **settings: Any) -> str:
+    """Run a bridge (listening on a real port) with ``settings``, make one agent request, shut it down the
+    way ``web.run_app`` does (its cleanup contexts run), and return the Vault token it had."""
+    import json
+
+    from bridge.app import create_app
+    from bridge.config import Settings
+    from bridge.keys import KEEPER
+    from tests.conftest import API_KEY_ALICE, API_KEYS
+
+    app = create_app(Settings.from_env({}, api_keys_json=json.dumps(API_KEYS), **settings))
+    api = await aiohttp_client(app)
+    resp = await api.put("/secrets/shutdown/db", json={"data": {"a": 1}}, headers={"X-API-Key": API_KEY_ALICE})
+    assert resp.status == 200, await resp.text()
+    token = app[KEEPER].token
+    assert token
+    await api.close()  # stops the server and runs cleanup_ctx
+    return str(token)
+
+
+@pytest.mark.integration
+async def test_shutdown_revokes_the_approle_login_token(bao: DevVault, client: VaultClient,
+                                                        aiohttp_client: Any) -> None:
+    """Issue 9: a stopped bridge leaves no live token behind. The provisioned AppRole (policy
+    ``vault-mcp-bridge``, no default policy) is used, so this also proves that policy allows revoke-self."""
+    from bridge.provision import ProvisionOptions, provision
+    from tests.conftest import TEST_AGENTS
+
+    creds = await provision(bao.addr, bao.root_token, ProvisionOptions(agents=TEST_AGENTS), new_secret_id=True)
+    assert creds.secret_id
+    token = await _serve_and_stop(aiohttp_client, vault_addr=bao.addr, vault_role_id=creds.role_id,
+                                  vault_secret_id=creds.secret_id, child_token_enabled=True)
+    with pytest.raises(VaultPermissionDeniedError):
+        await client.auth_token.lookup_self(token=token)
+
+
+@pytest.mark.integration
+async def test_shutdown_never_revokes_a_static_token(bao: DevVault, client: VaultClient,
+                                                     aiohttp_client: Any) -> None:
+    token = await _create_token(bao, ttl="1h")
+    used = await _serve_and_stop(aiohttp_client, vault_addr=bao.addr, vault_token=token)
+    assert used == token
+    data = (await client.auth_token.lookup_self(token=token)).data or {}
+    assert data["id"] == token
+
+
+@pytest.mark.integration
+async def test_no_login_after_revocation(bao: DevVault, client: VaultClient) -> None:
+    role = await _approle(bao, "bridge-" + secrets.token_hex(3), token_ttl="1h")
+    keeper = TokenKeeper(client, role_id=role.role_id, secret_id=role.secret_id)
+    token = await keeper.ensure()
+    assert await keeper.revoke()
+    assert keeper.token is None
+    with pytest.raises(VaultPermissionDeniedError):
+        await client.auth_token.lookup_self(token=token)
+    with pytest.raises(VaultPermissionDeniedError, match="shutting down"):
+        await keeper.ensure()
+    assert not await keeper.revoke()  # nothing left to revoke
