@@ -22,6 +22,7 @@ from joserfc.jwk import OctKey  # noqa: E402
 
 from bridge.devvault import (  # noqa: E402
     DevVault,
+    demo_mtls,
     provision_demo_sync,
     start_dev_vault,
     stop_process,
@@ -68,16 +69,22 @@ def main() -> int:
             "CHILD_TOKEN_ENABLED": env.get("CHILD_TOKEN_ENABLED", "true"),
             "API_KEYS_JSON": env.get("API_KEYS_JSON") or f'{{"{api_key}": "agent_api"}}',
             "JWT_HS256_SECRET": jwt_secret,
-            "AUTH_MTLS_ENABLED": env.get("AUTH_MTLS_ENABLED", "true"),
             "LOG_FORMAT": env.get("LOG_FORMAT", "console"),
         })
         base = f"http://{env.get('HOST', '127.0.0.1')}:{env.get('PORT', '8089')}"
+        # The demo mTLS agent as nginx relays it (deploy/nginx/): its certificate and the proxy secret.
+        mtls_line = "off (AUTH_MTLS_ENABLED=false)"
+        if env.get("AUTH_MTLS_ENABLED", "true").lower() not in ("false", "0", "no", "off"):
+            mtls = demo_mtls(run_dir / "mtls")
+            env.pop("MTLS_PROXY_SECRET", None)
+            env.update(mtls.env)
+            mtls_line = f"agent_mtls, as a TLS proxy relays it (certificate + proxy secret):\n  {mtls.curl(base)}"
         print(f"""
 Vault MCP Bridge (demo) on {base}
   agents      : {", ".join(AGENTS)}
   API key     : {api_key}   (agent_api)
   JWT         : {demo_jwt}   (agent_jwt, 8h)
-  mTLS        : from 127.0.0.1, headers X-SSL-Client-Verify: SUCCESS and X-SSL-Client-S-DN: CN=agent_mtls
+  mTLS        : {mtls_line}
 
   curl -s -X PUT {base}/secrets/demo/db -H 'X-API-Key: {api_key}' -H 'Content-Type: application/json' \\
        -d '{{"data": {{"password": "s3cr3t"}}}}'
