@@ -48,6 +48,8 @@ SECRET_FILE_FORMS: dict[str, str] = {
     "admin_api_keys": "admin_api_keys_file",
     "mtls_proxy_secret": "mtls_proxy_secret_file",
     "api_keys_json": "api_keys_file",
+    "vault_wrapped_secret_id": "vault_wrapped_secret_id_file",
+    "redis_url": "redis_url_file",
 }
 """Secret setting → its ``*_FILE`` form (Docker/Kubernetes secrets), read at start-up; ``API_KEYS_FILE`` is
 also re-read while running (:mod:`bridge.auth.keyfile`). ``VAULT_SECRET_ID_FILE`` is read at every AppRole
@@ -223,6 +225,8 @@ class Settings(BaseModel):
     mtls_proxy_secret: SecretStr | None = Field(default=None, repr=False)  # the proxy sends it in X-Proxy-Secret
     mtls_proxy_secret_file: str = ""
     auth_failure_limit: int = Field(default=30, ge=0)  # failed authentications per source address per minute
+    vault_wrapped_secret_id_file: str = ""
+    redis_url_file: str = ""  # REDIS_URL may carry a password
 
     # rate limiting
     rate_limit_enabled: bool = True

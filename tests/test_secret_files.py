@@ -14,15 +14,28 @@ from typing import Any
 
 import pytest
 
-from bridge.config import SECRET_FILE_FORMS, ConfigError, Settings
+from bridge.config import ConfigError, Settings
 from bridge.devvault import DevVault, free_port
 from tests.test_startup import ROOT, clean_env, wait_healthz
+
+SECRET_FILE_FORMS = {  # = bridge.config.SECRET_FILE_FORMS (checked below)
+    "vault_token": "vault_token_file",
+    "jwt_hs256_secret": "jwt_hs256_secret_file",
+    "mcp_session_secret": "mcp_session_secret_file",
+    "admin_api_keys": "admin_api_keys_file",
+    "mtls_proxy_secret": "mtls_proxy_secret_file",
+    "api_keys_json": "api_keys_file",
+    "vault_wrapped_secret_id": "vault_wrapped_secret_id_file",
+    "redis_url": "redis_url_file",
+}
 
 VALUES = {
     "vault_token": "s.token-from-a-file-0123456789",
     "jwt_hs256_secret": "jwt-secret-from-a-file-" + "j" * 16,
     "mcp_session_secret": "session-secret-from-a-file-" + "m" * 8,
     "mtls_proxy_secret": "proxy-secret-from-a-file-" + "p" * 16,
+    "vault_wrapped_secret_id": "s.wrapping-token-from-a-file",
+    "redis_url": "redis://:redis-password-from-a-file@127.0.0.1:6379/0",
 }
 
 
@@ -33,6 +46,14 @@ def secret_value(settings: Settings, name: str) -> Any:
     if name == "api_keys_json":
         return {k: v.agent for k, v in value.items()}
     return value.get_secret_value()
+
+
+def test_the_list_of_file_forms() -> None:
+    from bridge import config
+
+    assert config.SECRET_FILE_FORMS == SECRET_FILE_FORMS
+    secrets = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+    assert secrets - set(SECRET_FILE_FORMS) == {"vault_secret_id"}  # VAULT_SECRET_ID_FILE: read at every login
 
 
 @pytest.mark.parametrize("name", list(SECRET_FILE_FORMS))

@@ -24,7 +24,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from bridge.auth import keyfile
 from bridge.auth.api_key import ApiKeyAuthenticator
 from bridge.config import parse_api_keys
 from bridge.devvault import DevVault, free_port
@@ -63,6 +62,8 @@ async def file_client(make_client: MakeClient, path: Path, **env: str) -> TestCl
 
 
 def test_the_file_is_polled_at_least_every_two_seconds() -> None:
+    from bridge.auth import keyfile
+
     assert keyfile.POLL_SECONDS <= 2.0
 
 
@@ -124,8 +125,10 @@ async def test_every_kind_of_bad_file_is_refused(tmp_path: Path, case: str) -> N
     """The reload entry point itself (no poller running), for each kind of bad file."""
     path = tmp_path / "api-keys.json"
     write_keys(path, {KEY_A: "alice"})
+    from bridge.auth.keyfile import ApiKeyFile
+
     auth = ApiKeyAuthenticator(parse_api_keys(path.read_text()))
-    watcher = keyfile.ApiKeyFile(str(path), auth)
+    watcher = ApiKeyFile(str(path), auth)
     write_keys(path, BAD_FILES[case])
     with capture_logs() as logs:
         assert not await watcher.check()

@@ -16,7 +16,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from bridge.auth.mtls import decode_forwarded_certificate
 from bridge.config import ConfigError, Settings
 from tests.auth.conftest import MakeClient, hs256
 from tests.conftest import API_KEY_ALICE
@@ -109,6 +108,8 @@ async def test_forwarded_certificate_forms(make_client: MakeClient, certs: Certs
 
 
 def test_certificate_decoding(certs: Certs) -> None:
+    from bridge.auth.mtls import decode_forwarded_certificate
+
     cert = certs.agent_mtls.cert
     pem = escaped_pem(certs.agent_mtls)
     der = base64_der(certs.agent_mtls)

@@ -9,7 +9,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from bridge.auth.throttle import AuthFailureThrottle, source_key
 from tests.auth.conftest import MakeClient, hs256
 from tests.auth.test_mtls import MTLS_ENV
 from tests.conftest import API_KEY_ALICE
@@ -27,6 +26,8 @@ class Clock:
 
 
 def test_bucket_refills_one_failure_per_interval() -> None:
+    from bridge.auth.throttle import AuthFailureThrottle
+
     clock = Clock()
     throttle = AuthFailureThrottle(30, 60.0, clock=clock)
     for _ in range(30):
@@ -46,6 +47,8 @@ def test_bucket_refills_one_failure_per_interval() -> None:
 
 
 def test_memory_is_bounded() -> None:
+    from bridge.auth.throttle import AuthFailureThrottle
+
     throttle = AuthFailureThrottle(2, 60.0, max_sources=100, clock=Clock())
     for i in range(10_000):
         throttle.failed(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
@@ -63,6 +66,8 @@ def test_memory_is_bounded() -> None:
     ("fe80::1%eth0", "fe80::/64"),
 ])
 def test_source_key(address: str, key: str) -> None:
+    from bridge.auth.throttle import source_key
+
     assert source_key(address) == key
 
 
