@@ -74,11 +74,14 @@ class AuthChain:
         """:meth:`authenticate`, after the authenticators that need I/O first (a JWKS refresh for an unknown
         ``kid``) have prepared, inside the failed-authentication throttle. The identity middleware calls this
         one."""
-        source = self.source(request) if self.throttle is not None else ""
-        if self.throttle is not None and (wait := self.throttle.retry_after(source)) is not None:
-            raise RateLimitedError(
-                "Too many failed authentication attempts from this address; retry after the Retry-After "
-                "seconds.", code="too_many_auth_failures", headers={"Retry-After": str(wait)})
+        throttle = self.throttle
+        source: str | None = None
+        if throttle is not None and len(throttle):  # nobody failing: the hot path skips the address work
+            source = self.source(request)
+            if (wait := throttle.retry_after(source)) is not None:
+                raise RateLimitedError(
+                    "Too many failed authentication attempts from this address; retry after the Retry-After "
+                    "seconds.", code="too_many_auth_failures", headers={"Retry-After": str(wait)})
         try:
             for auth in self.authenticators:
                 prepare = getattr(auth, "prepare", None)
@@ -86,8 +89,8 @@ class AuthChain:
                     await prepare(request)
             return self.authenticate(request)
         except UnauthenticatedError:
-            if self.throttle is not None and self.presented(request):
-                self.throttle.failed(source)
+            if throttle is not None and self.presented(request):
+                throttle.failed(source if source is not None else self.source(request))
             raise
 
     def authenticate(self, request: web.Request) -> Identity:
