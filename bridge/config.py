@@ -473,13 +473,13 @@ class Settings(BaseModel):
 
     def _check_identity_sources(self) -> None:
         """Header identity needs a named proxy and its secret; a JWKS needs issuer and audience."""
+        if any(net.prefixlen == 0 for net in self.mtls_trusted_proxies):
+            raise ValueError("MTLS_TRUSTED_PROXIES: 0.0.0.0/0 and ::/0 would trust every peer; "
+                             "list the proxy's own address(es)")
         if self.auth_mtls_enabled:
             if not self.mtls_trusted_proxies:
                 raise ValueError("MTLS_TRUSTED_PROXIES: AUTH_MTLS_ENABLED needs the proxy's address(es), "
                                  "e.g. 127.0.0.1/32 (there is no default)")
-            if any(net.prefixlen == 0 for net in self.mtls_trusted_proxies):
-                raise ValueError("MTLS_TRUSTED_PROXIES: 0.0.0.0/0 and ::/0 would trust every peer; "
-                                 "list the proxy's own address(es)")
             if self.mtls_proxy_secret is None:
                 raise ValueError("MTLS_PROXY_SECRET: AUTH_MTLS_ENABLED needs MTLS_PROXY_SECRET or "
                                  "MTLS_PROXY_SECRET_FILE (32+ characters; the proxy sends it in X-Proxy-Secret)")

@@ -14,7 +14,7 @@ from bridge.auth.jwks import JwksCache
 from bridge.auth.jwt import JwtAuthenticator
 from bridge.auth.jwtcache import VerifiedTokenCache
 from bridge.auth.keyfile import ApiKeyFile
-from bridge.auth.mtls import MtlsHeaderAuthenticator, peer_address
+from bridge.auth.mtls import MtlsHeaderAuthenticator, TrustedProxy, peer_address
 from bridge.auth.peercert import PeerCertAuthenticator
 from bridge.auth.throttle import AuthFailureThrottle, source_key
 from bridge.config import Settings
@@ -30,16 +30,16 @@ class Authenticator(Protocol):
 
 class AuthChain:
     def __init__(self, authenticators: list[Authenticator], *, throttle: AuthFailureThrottle | None = None,
-                 api_keys_file: ApiKeyFile | None = None) -> None:
+                 api_keys_file: ApiKeyFile | None = None, proxy: TrustedProxy | None = None) -> None:
         self.authenticators = authenticators
         self.throttle = throttle
         self.api_keys_file = api_keys_file  # its watcher task runs in bridge.app's cleanup_ctx
         self.credential_headers: tuple[str, ...] = tuple(dict.fromkeys(
             name for auth in authenticators for name in auth.headers))
-        self._proxy = next((a for a in authenticators if isinstance(a, MtlsHeaderAuthenticator)), None)
+        self._proxy = proxy
         # What counts as "a credential was presented" for the throttle: not the headers the proxy adds to every
         # request it relays (its secret, its verify result), only a key, a token or a certificate.
-        relay = set(self._proxy.relay_headers) if self._proxy is not None else set()
+        relay = {h for a in authenticators if isinstance(a, MtlsHeaderAuthenticator) for h in a.relay_headers}
         self._evidence_headers = tuple(h for h in self.credential_headers if h not in relay)
 
     @property
@@ -57,7 +57,8 @@ class AuthChain:
     def source(self, request: web.Request) -> str:
         """Whom a failed authentication is counted against (:mod:`bridge.auth.throttle`): the direct peer, or
         the client address the configured proxy appended to ``X-Forwarded-For`` when the request provably came
-        through that proxy."""
+        through that proxy (``MTLS_TRUSTED_PROXIES`` and ``MTLS_PROXY_SECRET`` set, with or without header
+        identity)."""
         if self._proxy is not None and self._proxy.relayed(request):
             forwarded = request.headers.getall("X-Forwarded-For", [])
             last = forwarded[-1].rsplit(",", 1)[-1].strip() if forwarded else ""
@@ -139,11 +140,13 @@ def build_auth_chain(settings: Settings) -> AuthChain:
     if settings.tls_client_ca_file:
         # The bridge verified the client certificate itself (bridge.tls): its CN or SPIFFE ID is the agent.
         chain.append(PeerCertAuthenticator(spiffe_trust_domain=settings.mtls_spiffe_trust_domain))
-    if settings.auth_mtls_enabled and settings.mtls_proxy_secret is not None:  # config requires the secret
+    proxy = None
+    if settings.mtls_trusted_proxies and settings.mtls_proxy_secret is not None:
+        proxy = TrustedProxy(settings.mtls_trusted_proxies, settings.mtls_proxy_secret.get_secret_value())
+    if settings.auth_mtls_enabled and proxy is not None:  # the settings check requires both with header identity
         chain.append(MtlsHeaderAuthenticator(
-            cert_header=settings.mtls_cert_header, verify_header=settings.mtls_verify_header,
-            trusted=settings.mtls_trusted_proxies, secret=settings.mtls_proxy_secret.get_secret_value(),
+            cert_header=settings.mtls_cert_header, verify_header=settings.mtls_verify_header, proxy=proxy,
             spiffe_trust_domain=settings.mtls_spiffe_trust_domain,
         ))
     throttle = AuthFailureThrottle(settings.auth_failure_limit) if settings.auth_failure_limit > 0 else None
-    return AuthChain(chain, throttle=throttle, api_keys_file=api_keys_file)
+    return AuthChain(chain, throttle=throttle, api_keys_file=api_keys_file, proxy=proxy)

@@ -69,20 +69,16 @@ def peer_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6
         return None
 
 
-class MtlsHeaderAuthenticator:
-    method = "mtls"
+class TrustedProxy:
+    """The configured TLS-terminating proxy: a peer in ``MTLS_TRUSTED_PROXIES`` that sends ``MTLS_PROXY_SECRET``
+    in ``X-Proxy-Secret``. Used for header identity and, with or without it, to believe the client address the
+    proxy appends to ``X-Forwarded-For`` (:mod:`bridge.auth.throttle`)."""
 
-    def __init__(self, *, cert_header: str, verify_header: str, trusted: list[Network], secret: str,
-                 spiffe_trust_domain: str = "") -> None:
-        self._cert_header = cert_header
-        self._verify_header = verify_header
+    def __init__(self, trusted: list[Network], secret: str) -> None:
         self._trusted = trusted
         self._secret_digest = hashlib.sha256(secret.encode()).digest()
-        self._trust_domain = spiffe_trust_domain
-        self.headers: tuple[str, ...] = (PROXY_SECRET_HEADER, cert_header, verify_header)
-        self.relay_headers: tuple[str, ...] = (PROXY_SECRET_HEADER, verify_header)
 
-    def _peer_trusted(self, request: web.Request) -> bool:
+    def peer_trusted(self, request: web.Request) -> bool:
         addr = peer_address(request)
         if addr is None:
             return False
@@ -90,7 +86,7 @@ class MtlsHeaderAuthenticator:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self._trusted)
 
-    def _secret_matches(self, request: web.Request) -> bool:
+    def secret_matches(self, request: web.Request) -> bool:
         presented = request.headers.get(PROXY_SECRET_HEADER)
         if presented is None:
             return False
@@ -98,16 +94,29 @@ class MtlsHeaderAuthenticator:
         return hmac.compare_digest(digest, self._secret_digest)
 
     def relayed(self, request: web.Request) -> bool:
-        """Whether the request came through the configured proxy (trusted peer and matching secret)."""
-        return self._peer_trusted(request) and self._secret_matches(request)
+        """Whether the request provably came through the proxy (trusted peer and matching secret)."""
+        return self.peer_trusted(request) and self.secret_matches(request)
+
+
+class MtlsHeaderAuthenticator:
+    method = "mtls"
+
+    def __init__(self, *, cert_header: str, verify_header: str, proxy: TrustedProxy,
+                 spiffe_trust_domain: str = "") -> None:
+        self._cert_header = cert_header
+        self._verify_header = verify_header
+        self.proxy = proxy
+        self._trust_domain = spiffe_trust_domain
+        self.headers: tuple[str, ...] = (PROXY_SECRET_HEADER, cert_header, verify_header)
+        self.relay_headers: tuple[str, ...] = (PROXY_SECRET_HEADER, verify_header)
 
     def authenticate(self, request: web.Request) -> Identity | None:
         if not any(name in request.headers for name in self.headers):
             return None
-        if not self._peer_trusted(request):
+        if not self.proxy.peer_trusted(request):
             log.warning("auth.mtls.untrusted_peer", peer=request.remote)
             return None
-        if not self._secret_matches(request):
+        if not self.proxy.secret_matches(request):
             log.warning("auth.mtls.proxy_secret_mismatch", peer=request.remote,
                         presented=PROXY_SECRET_HEADER in request.headers)
             return None

@@ -110,10 +110,13 @@ async def test_zero_turns_it_off(make_client: MakeClient) -> None:
     assert {(await get(client, WRONG))[0] for _ in range(40)} == {401}
 
 
-async def test_forwarded_for_is_believed_only_from_the_proven_proxy(make_client: MakeClient) -> None:
+@pytest.mark.parametrize("header_identity", ["true", "false"])
+async def test_forwarded_for_is_believed_only_from_the_proven_proxy(make_client: MakeClient,
+                                                                    header_identity: str) -> None:
     """With the proxy secret, failures count for the client address the proxy appended to X-Forwarded-For;
-    without it X-Forwarded-For is the client's own claim and the direct peer is counted."""
-    client = await make_client(env={**MTLS_ENV, "AUTH_FAILURE_LIMIT": "2"})
+    without it X-Forwarded-For is the client's own claim and the direct peer is counted. The proxy is known by
+    MTLS_TRUSTED_PROXIES and MTLS_PROXY_SECRET, with or without header identity (a plain load balancer)."""
+    client = await make_client(env={**MTLS_ENV, "AUTH_MTLS_ENABLED": header_identity, "AUTH_FAILURE_LIMIT": "2"})
     proxy = {"X-Proxy-Secret": PROXY_SECRET}
     for _ in range(2):
         assert (await get(client, {**WRONG, **proxy, "X-Forwarded-For": "198.51.100.1, 192.0.2.10"}))[0] == 401
