@@ -286,8 +286,13 @@ class Settings(BaseModel):
     @field_validator("mtls_proxy_secret")
     @classmethod
     def _proxy_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
+        if value is None:
+            return value
+        if len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (e.g. openssl rand -hex 32)")
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", value.get_secret_value()):
+            # it travels in a header and sits in the proxy's config: no spaces, quotes, '$' or control characters
+            raise ValueError("may hold only letters, digits and . _ ~ + / = - (e.g. openssl rand -hex 32)")
         return value
 
     @field_validator("mtls_cert_header", "mtls_verify_header")
