@@ -52,6 +52,8 @@ RESULTS = HERE / "results"
 LUA = HERE / "wrk" / "request.lua"
 AGENT = "bench"
 API_KEY = "bench-key-" + "k" * 24
+BENCH_ISSUER = "https://bench.invalid"
+BENCH_AUDIENCE = "vault-mcp-bridge"
 SECRET = {"username": "svc-bench", "password": "p" * 24, "url": "postgres://db.internal:5432/app"}
 
 SCENARIOS: dict[str, str] = {
@@ -232,7 +234,9 @@ class Bench:
         self._jwk = key
         jwks = self.workdir / "jwks.json"
         jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
-        return {"JWT_JWKS_FILE": str(jwks), "JWT_ALGORITHMS": "RS256"}
+        # a key set needs its issuer and audience (issue 9)
+        return {"JWT_JWKS_FILE": str(jwks), "JWT_ALGORITHMS": "RS256", "JWT_ISSUER": BENCH_ISSUER,
+                "JWT_AUDIENCE": BENCH_AUDIENCE}
 
     def _setup_jwt(self, main: Bridge) -> None:
         if self._jwk is None:
@@ -242,7 +246,8 @@ class Bench:
 
         now = int(time.time())
         token = jwt.encode({"alg": "RS256", "kid": "bench"},
-                           {"sub": AGENT, "iat": now, "exp": now + 3600, "scope": "read list"}, self._jwk)
+                           {"sub": AGENT, "iat": now, "exp": now + 3600, "scope": "read list",
+                            "iss": BENCH_ISSUER, "aud": BENCH_AUDIENCE}, self._jwk)
         self.targets["d"] = Target("d", f"{main.url}/secrets/db", headers={"Authorization": f"Bearer {token}"},
                                    process="main")
 

@@ -98,6 +98,22 @@ async def jwks_ctx(app: web.Application) -> AsyncIterator[None]:
             await session.close()
 
 
+async def api_keys_file_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``API_KEYS_FILE``: its watcher task (re-reads the file when it changes; SIGHUP wakes it, see cli.serve)."""
+    watcher = app[AUTH].api_keys_file
+    if watcher is None:
+        yield
+        return
+    await watcher.prime()
+    task = asyncio.create_task(watcher.run(), name="api-keys-file-watcher")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _secret_id_source(settings: Settings, client: VaultClient) -> SecretIdSource | None:
     if settings.vault_secret_id_file:
         return secret_id_from_file(settings.vault_secret_id_file)
@@ -115,6 +131,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[AUTH] = build_auth_chain(settings)
     app.cleanup_ctx.append(jwks_ctx)
+    app.cleanup_ctx.append(api_keys_file_ctx)
     if settings.rate_limit_backend == "redis":
         app.cleanup_ctx.append(redis_limiter_ctx)  # sets app[LIMITER] at startup
     else:

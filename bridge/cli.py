@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bridge.config import ConfigError, Settings
+from bridge.config import MIN_API_KEY_LENGTH, ConfigError, Settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def serve(settings: Settings) -> int:
@@ -19,6 +25,10 @@ def serve(settings: Settings) -> int:
     from bridge.app import create_app
     from bridge.logging import configure_logging
 
+    problem = settings.unusable_reason()
+    if problem is not None:  # no request could ever succeed: refuse to start rather than answer 401/403 forever
+        print(f"vault-mcp-bridge: invalid configuration: {problem}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     if settings.reload and os.environ.get("BRIDGE_RELOAD_CHILD") != "1":
         return _reload_loop()
@@ -35,11 +45,23 @@ def serve(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"vault-mcp-bridge: {exc}", file=sys.stderr)
         return 2
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+    app = create_app(settings)
+    loop = new_event_loop(settings.event_loop)
+    install_reload_signal(loop, app)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
                 ssl_context=ssl_context,
                 shutdown_timeout=settings.shutdown_grace_seconds, reuse_port=settings.workers > 1 or None,
-                loop=new_event_loop(settings.event_loop))
+                loop=loop)
     return 0
+
+
+def install_reload_signal(loop: asyncio.AbstractEventLoop, app: web.Application) -> None:
+    """SIGHUP re-reads ``API_KEYS_FILE`` (only installed when it is set; otherwise SIGHUP keeps its default)."""
+    from bridge.keys import AUTH
+
+    watcher = app[AUTH].api_keys_file
+    if watcher is not None:
+        loop.add_signal_handler(signal.SIGHUP, watcher.request_reload)
 
 
 def _snapshot(root: Path) -> dict[Path, float]:
@@ -86,8 +108,8 @@ def hash_key() -> int:
     from bridge.auth.api_key import hashed_form
 
     key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
-    if len(key) < 8:
-        print("hash-key: an API key has at least 8 characters", file=sys.stderr)
+    if len(key) < MIN_API_KEY_LENGTH:
+        print(f"hash-key: an API key has at least {MIN_API_KEY_LENGTH} characters", file=sys.stderr)
         return 2
     print(hashed_form(key))
     return 0

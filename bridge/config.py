@@ -37,8 +37,53 @@ IDENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: "$" would also acce
 """Agent ids and Transit key names: they become Vault path segments, policy and key names."""
 
 
+MIN_API_KEY_LENGTH = 24
+"""API keys (``API_KEYS_JSON``/``API_KEYS_FILE``, ``ADMIN_API_KEYS``) shorter than this stop start-up; a
+``sha256:`` entry is exempt (its key is not known here)."""
+
+SECRET_FILE_FORMS: dict[str, str] = {
+    "vault_token": "vault_token_file",
+    "jwt_hs256_secret": "jwt_hs256_secret_file",
+    "mcp_session_secret": "mcp_session_secret_file",
+    "admin_api_keys": "admin_api_keys_file",
+    "mtls_proxy_secret": "mtls_proxy_secret_file",
+    "api_keys_json": "api_keys_file",
+    "vault_wrapped_secret_id": "vault_wrapped_secret_id_file",
+    "redis_url": "redis_url_file",
+}
+"""Secret setting → its ``*_FILE`` form (Docker/Kubernetes secrets), read at start-up; ``API_KEYS_FILE`` is
+also re-read while running (:mod:`bridge.auth.keyfile`). ``VAULT_SECRET_ID_FILE`` is read at every AppRole
+login instead. Setting both forms of one secret is a configuration error."""
+
+MAX_SECRET_FILE_BYTES = 16 * 1024 * 1024
+
+REMOVED_SETTINGS: dict[str, str] = {
+    "MTLS_IDENTITY_HEADER": "the subject DN is no longer an identity source: the proxy forwards the whole "
+                            "client certificate in MTLS_CERT_HEADER (see README, Upgrading)",
+    "MTLS_SUBJECT_CN_PREFIX": "the subject DN is no longer an identity source: the agent is the certificate's "
+                              "one CN, parsed from the certificate itself (see README, Upgrading)",
+}
+"""Settings that existed once and now stop start-up with a pointer, so an upgrade cannot silently change who
+is trusted."""
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed. The message names the environment variable."""
+
+
+def read_secret_file(path: str, variable: str) -> str:
+    """The content of a ``*_FILE`` secret, without its trailing line break (``echo`` and most editors add one)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path} ({exc.strerror or type(exc).__name__})") from None
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"{variable}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"{variable}: {path} is not UTF-8 text") from None
 
 
 def parse_duration(value: Any) -> float:
@@ -84,10 +129,14 @@ def parse_api_keys(raw: str) -> dict[str, ApiKeyEntry]:
         raise ValueError("must be a JSON object mapping key -> agent id or {agent, scopes}")
     out: dict[str, ApiKeyEntry] = {}
     for index, (key, value) in enumerate(loaded.items()):
-        if not isinstance(key, str) or len(key) < 8:
-            raise ValueError(f"entry #{index + 1}: keys must be strings of at least 8 characters")
-        if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[len("sha256:"):]):
-            raise ValueError(f"entry #{index + 1}: a 'sha256:' key must be followed by 64 hex digits")
+        if not isinstance(key, str):
+            raise ValueError(f"entry #{index + 1}: keys must be strings")
+        if key.startswith("sha256:"):
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", key[len("sha256:"):]):
+                raise ValueError(f"entry #{index + 1}: a 'sha256:' key must be followed by 64 hex digits")
+        elif len(key) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"entry #{index + 1}: an API key must have at least {MIN_API_KEY_LENGTH} characters "
+                             "(or be given as sha256:<hex>)")
         if isinstance(value, str):
             entry = ApiKeyEntry(agent=value)
         elif isinstance(value, dict):
@@ -115,6 +164,7 @@ class Settings(BaseModel):
     vault_addr: str = "http://127.0.0.1:8200"
     vault_namespace: str = ""
     vault_token: SecretStr | None = None
+    vault_token_file: str = ""  # read once at start-up (VAULT_TOKEN's *_FILE form)
     vault_role_id: str = ""
     vault_secret_id: SecretStr | None = None
     vault_secret_id_file: str = ""  # read at every AppRole login (rotation by rewriting the file)
@@ -164,12 +214,19 @@ class Settings(BaseModel):
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     mtls_spiffe_trust_domain: str = ""
-    mtls_identity_header: str = "x-ssl-client-s-dn"
     mtls_verify_header: str = "x-ssl-client-verify"
-    mtls_subject_cn_prefix: str = "CN="
-    mtls_trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
-        default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
-    )
+
+    # identity hardening and *_FILE forms (issues 9 and 10; README "Identities", "Security notes")
+    api_keys_file: str = ""  # API_KEYS_JSON's format; re-read on SIGHUP and when it changes
+    jwt_hs256_secret_file: str = ""
+    jwt_max_ttl: float = 86400.0  # exp at most this far from iat and from now
+    mtls_cert_header: str = "x-ssl-client-cert"  # the whole client certificate, from the proxy
+    mtls_trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    mtls_proxy_secret: SecretStr | None = Field(default=None, repr=False)  # the proxy sends it in X-Proxy-Secret
+    mtls_proxy_secret_file: str = ""
+    auth_failure_limit: int = Field(default=30, ge=0)  # failed authentications per source address per minute
+    vault_wrapped_secret_id_file: str = ""
+    redis_url_file: str = ""  # REDIS_URL may carry a password
 
     # rate limiting
     rate_limit_enabled: bool = True
@@ -200,11 +257,13 @@ class Settings(BaseModel):
         default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
     )
     admin_api_keys: list[SecretStr] = Field(default_factory=list, repr=False)
+    admin_api_keys_file: str = ""
     otel_exporter_otlp_endpoint: str = ""
     otel_service_name: str = "vault-mcp-bridge"
 
     # MCP
     mcp_session_secret: SecretStr | None = None
+    mcp_session_secret_file: str = ""
     mcp_session_ttl: float = 86400.0
     mcp_allowed_origins: list[str] = Field(default_factory=list)
     mcp_resource_url: str = ""
@@ -217,9 +276,70 @@ class Settings(BaseModel):
             raise ValueError("must be at least 16 characters (it keys the session-id HMAC)")
         return value
 
+    @field_validator("jwt_hs256_secret")
+    @classmethod
+    def _hs256_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (RFC 7518 asks for a key as long as the HS256 hash)")
+        return value
+
+    @field_validator("mtls_proxy_secret")
+    @classmethod
+    def _proxy_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. openssl rand -hex 32)")
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", value.get_secret_value()):
+            # it travels in a header and sits in the proxy's config: no spaces, quotes, '$' or control characters
+            raise ValueError("may hold only letters, digits and . _ ~ + / = - (e.g. openssl rand -hex 32)")
+        return value
+
+    @field_validator("mtls_cert_header", "mtls_verify_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
+            raise ValueError("expected an HTTP header name such as X-SSL-Client-Cert")
+        return value
+
+    @field_validator("jwt_max_ttl")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        """``X_FILE`` settings: the file's content becomes ``X`` (``API_KEYS_FILE`` is parsed here, so a bad
+        file stops start-up naming ``API_KEYS_FILE``)."""
+        if not isinstance(data, dict):
+            return data
+        values = dict(data)
+        for name, file_name in SECRET_FILE_FORMS.items():
+            path = values.get(file_name)
+            if not path:
+                continue
+            if values.get(name) not in (None, ""):
+                raise ValueError(f"{file_name.upper()}: set only one of {name.upper()} and {file_name.upper()}")
+            content = read_secret_file(str(path), file_name.upper())
+            if name == "api_keys_json":
+                try:
+                    values[name] = parse_api_keys(content)
+                except ValueError as exc:
+                    raise ValueError(f"{file_name.upper()}: {exc}") from None
+            elif name == "admin_api_keys":
+                values[name] = content.replace("\r", "").replace("\n", ",")
+            elif not content:
+                raise ValueError(f"{file_name.upper()}: {path} is empty")
+            else:
+                values[name] = content
+        return values
+
     @field_validator("vault_timeout", "jwt_leeway_seconds", "rate_limit_window_seconds", "mcp_session_ttl",
                      "vault_breaker_cooldown", "redis_timeout", "shutdown_grace_seconds", "child_token_ttl",
-                     "jwt_cache_seconds",
+                     "jwt_cache_seconds", "jwt_max_ttl",
                      "jwt_jwks_cache_seconds", "jwt_jwks_min_refresh_seconds", "jwt_jwks_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
@@ -272,8 +392,8 @@ class Settings(BaseModel):
         if isinstance(value, list) and all(isinstance(v, SecretStr) for v in value):
             return value
         keys = parse_list(value)
-        if any(len(k) < 16 for k in keys):
-            raise ValueError("admin API keys must be at least 16 characters")
+        if any(len(k) < MIN_API_KEY_LENGTH for k in keys):
+            raise ValueError(f"admin API keys must be at least {MIN_API_KEY_LENGTH} characters")
         return keys
 
     @field_validator("mtls_trusted_proxies", "status_allowed_networks", mode="before")
@@ -353,7 +473,43 @@ class Settings(BaseModel):
             raise ValueError("JWT_JWKS_URL must be an http(s) URL")
         if self.rate_limit_backend == "redis" and self.redis_url is None:
             raise ValueError("RATE_LIMIT_BACKEND=redis needs REDIS_URL (redis://host:port/0)")
+        self._check_identity_sources()
         return self
+
+    def _check_identity_sources(self) -> None:
+        """Header identity needs a named proxy and its secret; a JWKS needs issuer and audience."""
+        if any(net.prefixlen == 0 for net in self.mtls_trusted_proxies):
+            raise ValueError("MTLS_TRUSTED_PROXIES: 0.0.0.0/0 and ::/0 would trust every peer; "
+                             "list the proxy's own address(es)")
+        if self.auth_mtls_enabled:
+            if not self.mtls_trusted_proxies:
+                raise ValueError("MTLS_TRUSTED_PROXIES: AUTH_MTLS_ENABLED needs the proxy's address(es), "
+                                 "e.g. 127.0.0.1/32 (there is no default)")
+            if self.mtls_proxy_secret is None:
+                raise ValueError("MTLS_PROXY_SECRET: AUTH_MTLS_ENABLED needs MTLS_PROXY_SECRET or "
+                                 "MTLS_PROXY_SECRET_FILE (32+ characters; the proxy sends it in X-Proxy-Secret)")
+        if self.auth_jwt_enabled and (self.jwt_jwks_url or self.jwt_jwks_file):
+            for name, value in (("JWT_ISSUER", self.jwt_issuer), ("JWT_AUDIENCE", self.jwt_audience)):
+                if not value:
+                    raise ValueError(f"{name}: a JWK Set (JWT_JWKS_URL or JWT_JWKS_FILE) needs both JWT_ISSUER "
+                                     "and JWT_AUDIENCE, so a token of another issuer or service is refused")
+
+    def unusable_reason(self) -> str | None:
+        """Why no request could ever succeed with these settings, or ``None``. Checked by ``serve`` only
+        (tests and tools may build partial settings)."""
+        if self.vault_token is None and not self.vault_role_id:
+            return ("no Vault credential: set VAULT_TOKEN (or VAULT_TOKEN_FILE), or VAULT_ROLE_ID with a "
+                    "secret id")
+        api_keys = self.auth_api_key_enabled and bool(self.api_keys_json or self.api_keys_file)
+        algorithms = set(self.jwt_allowed_algorithms)
+        jwt_keys = self.auth_jwt_enabled and (
+            (self.jwt_hs256_secret is not None and bool(algorithms & {"HS256", "HS384", "HS512"}))
+            or (bool(self.jwt_jwks_url or self.jwt_jwks_file) and bool(algorithms - {"HS256", "HS384", "HS512"})))
+        certificates = bool(self.tls_client_ca_file) or self.auth_mtls_enabled
+        if not (api_keys or jwt_keys or certificates):
+            return ("no identity method has a key: set API_KEYS_JSON or API_KEYS_FILE, JWT_HS256_SECRET or "
+                    "JWT_JWKS_URL/JWT_JWKS_FILE, TLS_CLIENT_CA_FILE, or AUTH_MTLS_ENABLED with its proxy")
+        return None
 
     @property
     def uses_approle(self) -> bool:
@@ -387,6 +543,9 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win (used by tests)."""
         env = os.environ if environ is None else environ
+        for name, why in REMOVED_SETTINGS.items():
+            if env.get(name):
+                raise ConfigError(f"invalid setting {name}: removed; {why}")
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             raw = env.get(name.upper())
@@ -400,4 +559,7 @@ class Settings(BaseModel):
             err = exc.errors()[0]
             loc = err["loc"][0] if err["loc"] else "settings"
             msg = err["msg"].removeprefix("Value error, ")
+            named = re.match(r"([A-Z][A-Z0-9_]*): (.*)\Z", msg, re.S) if not err["loc"] else None
+            if named:  # a check across settings that names its variable first
+                loc, msg = named.group(1), named.group(2)
             raise ConfigError(f"invalid setting {str(loc).upper()}: {msg}") from None

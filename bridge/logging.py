@@ -15,7 +15,7 @@ SENSITIVE_KEYS = frozenset({
     "data", "value", "values", "secret", "secrets", "password", "plaintext", "ciphertext", "token",
     "client_token", "vault_token", "x-vault-token", "authorization", "x-api-key", "api_key", "cookie",
     "set-cookie", "secret_id", "jwt", "input", "signature", "hmac", "batch_input", "key_material",
-    "private_key",
+    "private_key", "x-proxy-secret", "proxy_secret", "mtls_proxy_secret",
 })
 
 

@@ -30,7 +30,8 @@ from bridge.vault.errors import VaultError
 
 SECRETS_PREFIX = "/secrets/"
 SUFFIXES = (":undelete", ":destroy", ":metadata")
-REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "x-vault-token", "proxy-authorization"})
+REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "x-vault-token", "proxy-authorization",
+                              "x-proxy-secret"})
 
 
 def ok(model: BaseModel, status: int = 200) -> web.Response:

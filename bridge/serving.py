@@ -4,8 +4,9 @@
   (``EVENT_LOOP=uvloop``), else the standard asyncio loop.
 - :func:`run_workers`: ``WORKERS=N`` (N > 1) starts N copies of ``vault-mcp-bridge serve`` that all bind the same
   port with ``SO_REUSEPORT`` (the kernel spreads connections across them); the parent only supervises:
-  it forwards SIGTERM/SIGINT and exits when the workers have exited. State that must be shared between
-  workers (the rate limit) needs ``RATE_LIMIT_BACKEND=redis``, exactly as for replicas on several machines.
+  it forwards SIGTERM/SIGINT (and SIGHUP, which reloads ``API_KEYS_FILE``) and exits when the workers have
+  exited. State that must be shared between workers (the rate limit) needs ``RATE_LIMIT_BACKEND=redis``, exactly
+  as for replicas on several machines.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def run_workers(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if settings.api_keys_file:  # SIGHUP reloads API_KEYS_FILE in every worker; the supervisor keeps running
+        def reload(signum: int, _frame: FrameType | None) -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+        signal.signal(signal.SIGHUP, reload)
     # A worker that dies on its own takes the others down too: a supervisor (systemd, k8s) restarts us.
     while not stopping and all(c.poll() is None for c in children):
         time.sleep(0.2)

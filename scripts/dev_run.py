@@ -46,6 +46,7 @@ from bridge.config import IDENT_RE, parse_api_keys  # noqa: E402
 from bridge.devvault import (  # noqa: E402
     DevVault,
     DevVaultCancelled,
+    demo_mtls,
     die_with_parent,
     free_port_pair,
     port_free,
@@ -177,7 +178,7 @@ def bridge_env(vault: DevVault, role_id: str, secret_id: str, keys: ApiKeys, jwt
     return env
 
 
-def banner(base: str, agents: list[str], keys: ApiKeys, demo_jwt: str) -> str:
+def banner(base: str, agents: list[str], keys: ApiKeys, demo_jwt: str, mtls_line: str) -> str:
     if keys.source:
         # A configured key is the operator's secret: it is never printed; the curl lines use $API_KEY.
         if keys.error:
@@ -193,7 +194,7 @@ Vault MCP Bridge (demo) on {base}
   agents      : {", ".join(agents)}
   API key     : {key_line}
   JWT         : {demo_jwt}   (agent_jwt, 8h)
-  mTLS        : from 127.0.0.1, headers X-SSL-Client-Verify: SUCCESS and X-SSL-Client-S-DN: CN=agent_mtls
+  mTLS        : {mtls_line}
 {key_note}
   curl -s -X PUT {base}/secrets/demo/db -H "X-API-Key: {key_ref}" -H 'Content-Type: application/json' \\
        -d '{{"data": {{"password": "s3cr3t"}}}}'
@@ -245,7 +246,14 @@ def main() -> int:
                                                  "exp": now + 8 * 3600}, OctKey.import_key(jwt_secret))
         env = bridge_env(vault, provisioned.role_id, provisioned.secret_id or "", keys, jwt_secret)
         base = f"http://{env.get('HOST', '127.0.0.1')}:{env.get('PORT', '8089')}"
-        print(banner(base, agents, keys, demo_jwt), flush=True)
+        # The demo mTLS agent as nginx relays it (deploy/nginx/): its certificate and the proxy secret.
+        mtls_line = "off (AUTH_MTLS_ENABLED=false)"
+        if env.get("AUTH_MTLS_ENABLED", "true").lower() not in ("false", "0", "no", "off"):
+            mtls = demo_mtls(run_dir / "mtls")
+            env.pop("MTLS_PROXY_SECRET", None)
+            env.update(mtls.env)
+            mtls_line = f"agent_mtls, as a TLS proxy relays it (certificate + proxy secret):\n  {mtls.curl(base)}"
+        print(banner(base, agents, keys, demo_jwt, mtls_line), flush=True)
         bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, cwd=ROOT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent())
         return supervise(bridge, vault, stop)

@@ -2,14 +2,15 @@
 
 - ``bao``: one real OpenBao dev server for the whole session (free port, killed at the end), with kv-v2 at
   ``secret/``, transit, and policies for the test agents.
-- ``make_settings``: Settings for a bridge pointed at that server (override anything by keyword).
+- ``make_settings``: Settings for a bridge pointed at that server (override anything by keyword; ``env`` gives
+  settings as environment variables).
 - ``bridge_client``: an ``aiohttp`` test client for ``create_app(settings)``.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -49,7 +50,7 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevVault]:
 def make_settings(bao: DevVault) -> Callable[..., Settings]:
     import json
 
-    def make(**overrides: Any) -> Settings:
+    def make(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         base: dict[str, Any] = {
             "vault_addr": bao.addr,
             "vault_token": bao.root_token,
@@ -58,7 +59,7 @@ def make_settings(bao: DevVault) -> Callable[..., Settings]:
             "rate_limit_requests": 10_000,
         }
         base.update(overrides)
-        return Settings.from_env({}, **base)
+        return Settings.from_env(env or {}, **base)
 
     return make
 

@@ -29,10 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "JWT_ISSUER": "",
     "JWT_AUDIENCE": "",
     "JWT_DEFAULT_SCOPES": ["read", "list"],
-    "MTLS_IDENTITY_HEADER": "x-ssl-client-s-dn",
     "MTLS_VERIFY_HEADER": "x-ssl-client-verify",
-    "MTLS_SUBJECT_CN_PREFIX": "CN=",
-    "MTLS_TRUSTED_PROXIES": [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")],
+    "MTLS_CERT_HEADER": "x-ssl-client-cert",
+    "MTLS_TRUSTED_PROXIES": [],  # no default since issue 9: header identity names its proxy
+    "MTLS_PROXY_SECRET": None,
+    "API_KEYS_FILE": "",
+    "JWT_MAX_TTL": 86400.0,
+    "AUTH_FAILURE_LIMIT": 30,
     "RATE_LIMIT_ENABLED": True,
     "RATE_LIMIT_REQUESTS": 60,
     "RATE_LIMIT_WINDOW_SECONDS": 60.0,
@@ -57,9 +60,10 @@ def test_every_variable_is_read_from_its_upper_case_name(tmp_path: Any) -> None:
         "VAULT_ADDR": "https://vault.example:8200/", "VAULT_NAMESPACE": "team1", "VAULT_TOKEN": "s.tok",
         "VAULT_CACERT": str(ca), "VAULT_TIMEOUT": "2m", "KV_MOUNT": "/kv/", "DEFAULT_PREFIX": "agents",
         "AUTH_API_KEY_ENABLED": "false", "AUTH_JWT_ENABLED": "0", "AUTH_MTLS_ENABLED": "yes",
-        "API_KEYS_JSON": '{"k-12345678": "alice"}', "JWT_HS256_SECRET": "sekrit", "JWT_ISSUER": "https://iss",
-        "JWT_AUDIENCE": "bridge", "JWT_DEFAULT_SCOPES": "read, write ,", "MTLS_IDENTITY_HEADER": "x-dn",
-        "MTLS_VERIFY_HEADER": "x-verify", "MTLS_SUBJECT_CN_PREFIX": "cn=", "MTLS_TRUSTED_PROXIES": "10.0.0.0/8,::1",
+        "API_KEYS_JSON": '{"k-1234567890123456789012": "alice"}', "JWT_HS256_SECRET": "sekrit-" + "s" * 25,
+        "JWT_ISSUER": "https://iss", "JWT_AUDIENCE": "bridge", "JWT_DEFAULT_SCOPES": "read, write ,",
+        "MTLS_CERT_HEADER": "x-cert", "MTLS_PROXY_SECRET": "proxy-" + "p" * 26,
+        "MTLS_VERIFY_HEADER": "x-verify", "MTLS_TRUSTED_PROXIES": "10.0.0.0/8,::1",
         "RATE_LIMIT_ENABLED": "off", "RATE_LIMIT_REQUESTS": "5", "RATE_LIMIT_WINDOW_SECONDS": "90s",
         "HOST": "0.0.0.0", "PORT": "9000", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "Console", "RELOAD": "true",
         "MAX_BODY_BYTES": "2048",
@@ -74,12 +78,14 @@ def test_every_variable_is_read_from_its_upper_case_name(tmp_path: Any) -> None:
     assert s.kv_mount == "kv"
     assert s.default_prefix == "agents"
     assert (s.auth_api_key_enabled, s.auth_jwt_enabled, s.auth_mtls_enabled) == (False, False, True)
-    assert s.api_keys_json["k-12345678"].agent == "alice"
+    assert s.api_keys_json["k-1234567890123456789012"].agent == "alice"
     assert s.jwt_hs256_secret is not None
-    assert s.jwt_hs256_secret.get_secret_value() == "sekrit"
+    assert s.jwt_hs256_secret.get_secret_value() == "sekrit-" + "s" * 25
     assert (s.jwt_issuer, s.jwt_audience) == ("https://iss", "bridge")
     assert s.jwt_default_scopes == ["read", "write"]
-    assert (s.mtls_identity_header, s.mtls_verify_header, s.mtls_subject_cn_prefix) == ("x-dn", "x-verify", "cn=")
+    assert (s.mtls_cert_header, s.mtls_verify_header) == ("x-cert", "x-verify")
+    assert s.mtls_proxy_secret is not None
+    assert s.mtls_proxy_secret.get_secret_value() == "proxy-" + "p" * 26
     assert s.mtls_trusted_proxies == [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")]
     assert (s.rate_limit_enabled, s.rate_limit_requests, s.rate_limit_window_seconds) == (False, 5, 90.0)
     assert (s.host, s.port, s.log_level, s.log_format, s.reload) == ("0.0.0.0", 9000, "debug", "console", True)
@@ -96,10 +102,11 @@ def test_approle_settings() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     s = Settings.from_env({"VAULT_TOKEN": "s.very-secret-token", "VAULT_SECRET_ID": "sid-secret",
-                           "VAULT_ROLE_ID": "r", "JWT_HS256_SECRET": "jwt-secret-value",
-                           "API_KEYS_JSON": '{"api-key-secret-1": "alice"}'})
+                           "VAULT_ROLE_ID": "r", "JWT_HS256_SECRET": "jwt-secret-value-" + "j" * 16,
+                           "API_KEYS_JSON": '{"api-key-secret-1-abcdefghijk": "alice"}',
+                           "MTLS_PROXY_SECRET": "proxy-secret-value-" + "p" * 16})
     text = repr(s) + str(s)
-    for secret in ("s.very-secret-token", "sid-secret", "jwt-secret-value", "api-key-secret-1"):
+    for secret in ("s.very-secret-token", "sid-secret", "jwt-secret-value", "api-key-secret-1", "proxy-secret-value"):
         assert secret not in text
 
 
@@ -128,11 +135,12 @@ def test_parse_list() -> None:
 
 
 def test_api_keys_both_forms() -> None:
-    keys = parse_api_keys('{"key-aaaaaaaa": "alice", "key-bbbbbbbb": {"agent": "bob", "scopes": ["read"]}}')
-    assert keys["key-aaaaaaaa"].agent == "alice"
-    assert keys["key-aaaaaaaa"].scopes == ("read", "write", "delete", "list")
-    assert keys["key-bbbbbbbb"].agent == "bob"
-    assert keys["key-bbbbbbbb"].scopes == ("read",)
+    a, b = "key-" + "a" * 20, "key-" + "b" * 20
+    keys = parse_api_keys(f'{{"{a}": "alice", "{b}": {{"agent": "bob", "scopes": ["read"]}}}}')
+    assert keys[a].agent == "alice"
+    assert keys[a].scopes == ("read", "write", "delete", "list")
+    assert keys[b].agent == "bob"
+    assert keys[b].scopes == ("read",)
     assert parse_api_keys("  ") == {}
     digest = hashlib.sha256(b"k").hexdigest()
     assert parse_api_keys(f'{{"sha256:{digest}": "carol"}}')[f"sha256:{digest}"].agent == "carol"
@@ -154,9 +162,11 @@ def test_api_keys_both_forms() -> None:
     ("API_KEYS_JSON", "{not json"),
     ("API_KEYS_JSON", '["k"]'),
     ("API_KEYS_JSON", '{"short": "alice"}'),
-    ("API_KEYS_JSON", '{"key-aaaaaaaa": {"agent": "a", "scopes": ["admin"]}}'),
-    ("API_KEYS_JSON", '{"key-aaaaaaaa": {"scopes": ["read"]}}'),
-    ("API_KEYS_JSON", '{"key-aaaaaaaa": 5}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-a": "alice"}'),  # 23 characters
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": {"agent": "a", "scopes": ["admin"]}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": {"scopes": ["read"]}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": 5}'),
+    ("ADMIN_API_KEYS", "admin-key-aaaaaaaa-aaaa"),  # 23 characters
     ("API_KEYS_JSON", '{"sha256:nothex-nothex": "alice"}'),
     ("JWT_DEFAULT_SCOPES", "read,admin"),
     ("MTLS_TRUSTED_PROXIES", "10.0.0.0/8,not-a-cidr"),
@@ -175,6 +185,8 @@ def test_bad_value_names_the_variable_in_one_line(var: str, value: str) -> None:
     assert "\n" not in message
     if var in ("API_KEYS_JSON",):
         assert "key-aaaaaaaa" not in message  # never echo an API key
+    if var == "ADMIN_API_KEYS":
+        assert "admin-key" not in message
 
 
 def test_secret_id_required_with_role_id() -> None:

@@ -59,7 +59,7 @@ def wait_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0
 def test_each_command_serves(name: str, bao: DevVault) -> None:
     port = free_port()
     env = clean_env(PORT=str(port), HOST="127.0.0.1", VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.root_token,
-                    LOG_LEVEL="warning")
+                    LOG_LEVEL="warning", API_KEYS_JSON=json.dumps({"startup-test-key-" + "k" * 16: "alice"}))
     proc = subprocess.Popen(COMMANDS[name], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         body = wait_healthz(port, proc)
@@ -80,7 +80,7 @@ def test_each_command_serves(name: str, bao: DevVault) -> None:
 def test_serves_while_vault_is_unreachable() -> None:
     port = free_port()
     env = clean_env(PORT=str(port), VAULT_ADDR=f"http://127.0.0.1:{free_port()}", VAULT_TOKEN="s.x",
-                    LOG_LEVEL="error")
+                    LOG_LEVEL="error", JWT_HS256_SECRET="startup-test-secret-" + "s" * 16)
     proc = subprocess.Popen(COMMANDS["python -m bridge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

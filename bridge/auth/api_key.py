@@ -17,7 +17,7 @@ HEADER = "X-API-Key"
 
 
 def key_digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()  # header bytes as received
 
 
 def hashed_form(key: str) -> str:
@@ -27,21 +27,33 @@ def hashed_form(key: str) -> str:
 
 class ApiKeyAuthenticator:
     method = "api_key"
+    headers: tuple[str, ...] = (HEADER,)
 
     def __init__(self, keys: Mapping[str, ApiKeyEntry]) -> None:
-        self._entries: list[tuple[bytes, ApiKeyEntry]] = []
+        self._table: tuple[tuple[tuple[bytes, ApiKeyEntry], ...], dict[bytes, Identity | None]] = ((), {})
+        self.replace(keys)
+
+    def __len__(self) -> int:
+        return len(self._table[0])
+
+    def replace(self, keys: Mapping[str, ApiKeyEntry]) -> None:
+        """Use ``keys`` from now on (``API_KEYS_FILE`` reload). The new table is built first and swapped in with
+        one assignment: a request sees either the old keys or the new ones, and a request already
+        authenticated keeps its identity."""
+        entries: list[tuple[bytes, ApiKeyEntry]] = []
         # The identity of each valid entry is built once; an entry whose agent breaks the subject rule stays
         # None and is refused (403 invalid_subject, logged) each time it is used.
-        self._identities: dict[bytes, Identity | None] = {}
+        identities: dict[bytes, Identity | None] = {}
         for key, entry in keys.items():
             digest = bytes.fromhex(key.removeprefix("sha256:")) if key.startswith("sha256:") else key_digest(key)
-            self._entries.append((digest, entry))
+            entries.append((digest, entry))
             try:
                 identity: Identity | None = Identity(normalize_subject(entry.agent, "api_key"), "api_key",
                                                      frozenset(entry.scopes))
             except ForbiddenError:
                 identity = None
-            self._identities[digest] = identity
+            identities[digest] = identity
+        self._table = (tuple(entries), identities)
 
     def present(self, request: web.Request) -> bool:
         return HEADER in request.headers
@@ -50,17 +62,18 @@ class ApiKeyAuthenticator:
         presented = request.headers.get(HEADER)
         if presented is None:
             return None
+        entries, identities = self._table
         digest = key_digest(presented)
         entry: ApiKeyEntry | None = None
         matched = b""
         # Compare against every configured key in constant time, without stopping at a match: the time
         # taken does not depend on which key (if any) matched, nor on how much of it did.
-        for known, candidate in self._entries:
+        for known, candidate in entries:
             if hmac.compare_digest(digest, known):
                 entry, matched = candidate, known
         if entry is None:
             raise UnauthenticatedError("The API key is not valid.")
-        identity = self._identities[matched]
+        identity = identities[matched]
         if identity is None:
             normalize_subject(entry.agent, "api_key")  # raises 403 invalid_subject and logs the warning
             raise AssertionError("unreachable: the subject was checked when the keys were loaded")

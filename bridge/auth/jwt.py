@@ -8,13 +8,18 @@ with a JWKS key of the matching type and curve, so a token "signed" with a publi
 (algorithm confusion) fails. The ``kid`` header selects the JWKS key; ``jku``, ``x5u``, ``jwk`` and ``x5c``
 headers are ignored, never fetched.
 
-``sub`` is required; ``exp``/``nbf`` are checked with a small leeway; ``iss``/``aud`` when configured. Scopes
-come from ``scopes`` (a list) or ``scope`` (space-separated), else ``JWT_DEFAULT_SCOPES``.
+Strict by default: ``sub`` and ``exp`` are required; ``exp``, ``nbf`` and ``iat`` are checked with
+``JWT_LEEWAY_SECONDS``; a token may live at most ``JWT_MAX_TTL`` (``exp`` no further than that from its
+``iat``, nor from now); ``iss``/``aud`` when configured (both are required with a JWK Set; an ``aud`` list must
+contain ``JWT_AUDIENCE``). Scopes come from ``scopes`` (a list) or ``scope`` (space-separated), else
+``JWT_DEFAULT_SCOPES``.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -51,23 +56,28 @@ def _header(token: str) -> dict[str, Any] | None:
 
 class JwtAuthenticator:
     method = "jwt"
+    headers: tuple[str, ...] = ("Authorization",)
 
     def __init__(self, *, hs256_secret: str | None, issuer: str, audience: str,
                  default_scopes: list[str], leeway: float, max_bytes: int,
                  algorithms: list[str] | None = None, jwks: JwksCache | None = None,
-                 cache: VerifiedTokenCache | None = None) -> None:
+                 cache: VerifiedTokenCache | None = None, max_ttl: float = 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cache = cache  # verified tokens, until their exp (bridge/auth/jwtcache.py)
         self._key = OctKey.import_key(hs256_secret) if hs256_secret else None
         self._algorithms = frozenset(algorithms) if algorithms else frozenset({"HS256"})
         if "EdDSA" in self._algorithms:
             self._algorithms |= {"Ed25519"}  # RFC 9864's name for the same signatures
         self.jwks = jwks
-        claims: dict[str, Any] = {"sub": {"essential": True}, "exp": {"essential": False}}
+        claims: dict[str, Any] = {"sub": {"essential": True}, "exp": {"essential": True}}
         if issuer:
             claims["iss"] = {"essential": True, "value": issuer}
         if audience:
             claims["aud"] = {"essential": True, "value": audience}
-        self._registry = jwt.JWTClaimsRegistry(leeway=int(leeway), **claims)
+        self._clock = clock
+        self._leeway = leeway
+        self._max_ttl = max_ttl
+        self._registry = jwt.JWTClaimsRegistry(now=lambda: int(clock()), leeway=int(leeway), **claims)
         self._default_scopes = frozenset(default_scopes)
         self._max_bytes = max_bytes
 
@@ -126,6 +136,7 @@ class JwtAuthenticator:
         except (JoseError, ValueError, TypeError) as exc:
             raise UnauthenticatedError(f"The bearer token is not valid ({_reason(exc)}).") from None
         claims = decoded.claims
+        self._check_lifetime(claims)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise UnauthenticatedError("The bearer token has no 'sub' claim.")
@@ -133,6 +144,16 @@ class JwtAuthenticator:
         if self.cache is not None:
             self.cache.put(token, identity, claims)
         return identity
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """``exp`` (already known to be a finite number in the future) at most ``JWT_MAX_TTL`` after ``iat`` and
+        after now (plus the leeway for the issuer's clock): a leaked long-lived token is refused outright."""
+        exp = float(claims["exp"])
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and not isinstance(iat, bool) and exp - float(iat) > self._max_ttl:
+            raise UnauthenticatedError("The bearer token is not valid (it lives longer than JWT_MAX_TTL).")
+        if exp - self._clock() > self._max_ttl + self._leeway:
+            raise UnauthenticatedError("The bearer token is not valid (exp is further away than JWT_MAX_TTL).")
 
     def _scopes(self, claims: dict[str, Any]) -> frozenset[str]:
         raw = claims.get("scopes")

@@ -1,23 +1,29 @@
-"""Client-certificate identity from the bridge's own TLS handshake (``TLS_CLIENT_CA_FILE``, see
-:mod:`bridge.tls`). The certificate was already verified against the client CA; here the agent is read from
-it:
+"""Client-certificate identity, and the one rule that turns a verified certificate into an agent.
 
-- by default the subject's common name (exactly one CN);
+:func:`certificate_agent` is used for both sources of a client certificate, so they cannot disagree:
+
+- the bridge's own TLS handshake (``TLS_CLIENT_CA_FILE``, see :mod:`bridge.tls`): the certificate was verified
+  against the client CA before any handler runs; :class:`PeerCertAuthenticator` reads it here;
+- a TLS-terminating proxy that forwards the whole certificate (:mod:`bridge.auth.mtls`).
+
+Both parse the DER/PEM certificate with ``cryptography``'s x509; no DN string is ever split by hand. The rule:
+
+- by default the subject's common name: exactly one CN attribute (none, or two, is 401);
 - with ``MTLS_SPIFFE_TRUST_DOMAIN`` set, the SPIFFE ID instead: exactly one ``spiffe://`` URI SAN, in that
   trust domain, and the agent is the last segment of its path (``spiffe://example.org/ns/prod/sa/alice`` →
   ``alice``). A certificate from another trust domain, or with several SPIFFE IDs, is refused.
 
-Either way the name must then be a valid agent id (``normalize_subject``). A connection without a peer
-certificate (plain HTTP, or TLS without client auth) is not this authenticator's business.
+Either way the name must then be a valid agent id (``normalize_subject``, else 403 ``invalid_subject``).
 """
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from bridge.auth.identity import Identity, normalize_subject
 from bridge.config import SCOPES
@@ -26,23 +32,22 @@ from bridge.errors import UnauthenticatedError
 log = structlog.get_logger("bridge.auth")
 
 
-def peer_certificate(request: web.Request) -> dict[str, Any] | None:
-    """The verified peer certificate as ``ssl.SSLSocket.getpeercert()`` decodes it, if any."""
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert()
-    return cert or None
+def common_names(cert: x509.Certificate) -> list[str]:
+    """Every CN attribute of the subject, in any RDN (multi-valued ones included)."""
+    return [str(attr.value) for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
-def cert_common_names(cert: dict[str, Any]) -> list[str]:
-    return [str(value) for rdn in cert.get("subject", ()) for (name, value) in rdn if name == "commonName"]
+def spiffe_ids(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe://")]
 
 
-def spiffe_agent(cert: dict[str, Any], trust_domain: str) -> str:
-    """The agent of the certificate's one SPIFFE ID in ``trust_domain``; raises when there is none."""
-    ids = [str(v) for (kind, v) in cert.get("subjectAltName", ()) if kind == "URI" and str(v).startswith("spiffe://")]
+def spiffe_agent(ids: list[str], trust_domain: str) -> str:
+    """The agent of the one SPIFFE ID in ``trust_domain``; raises when there is not exactly one, or it is
+    outside the trust domain or malformed."""
     if len(ids) != 1:
         raise UnauthenticatedError("The client certificate must carry exactly one SPIFFE ID (URI SAN).")
     parts = urlsplit(ids[0])
@@ -54,8 +59,47 @@ def spiffe_agent(cert: dict[str, Any], trust_domain: str) -> str:
     return segments[-1]
 
 
+def certificate_agent(cert: x509.Certificate, spiffe_trust_domain: str = "") -> str:
+    """The agent id a verified client certificate names (not yet normalised); raises
+    :class:`UnauthenticatedError` when the certificate does not name exactly one."""
+    try:
+        if spiffe_trust_domain:
+            return spiffe_agent(spiffe_ids(cert), spiffe_trust_domain)
+        names = common_names(cert)
+    except ValueError:  # a malformed name or extension (cryptography parses some lazily)
+        raise UnauthenticatedError("The client certificate could not be parsed.") from None
+    if len(names) != 1:
+        raise UnauthenticatedError("The client certificate subject must have exactly one common name.")
+    return names[0]
+
+
+def certificate_identity(cert: x509.Certificate, spiffe_trust_domain: str = "") -> Identity:
+    """The identity of a verified client certificate: the agent of :func:`certificate_agent`, all scopes."""
+    return Identity(normalize_subject(certificate_agent(cert, spiffe_trust_domain), "mtls"), "mtls",
+                    frozenset(SCOPES))
+
+
+def peer_certificate(request: web.Request) -> x509.Certificate | None:
+    """The peer certificate verified in the bridge's own TLS handshake, if any."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise UnauthenticatedError("The client certificate could not be parsed.") from None
+
+
 class PeerCertAuthenticator:
+    """The certificate of the bridge's own TLS handshake. A connection without one (plain HTTP, or TLS
+    without client auth) is not this authenticator's business."""
+
     method = "mtls"
+    headers: tuple[str, ...] = ()
 
     def __init__(self, *, spiffe_trust_domain: str = "") -> None:
         self._trust_domain = spiffe_trust_domain
@@ -64,11 +108,4 @@ class PeerCertAuthenticator:
         cert = peer_certificate(request)
         if cert is None:
             return None
-        if self._trust_domain:
-            agent = spiffe_agent(cert, self._trust_domain)
-        else:
-            names = cert_common_names(cert)
-            if len(names) != 1:
-                raise UnauthenticatedError("The client certificate subject must have exactly one common name.")
-            agent = names[0]
-        return Identity(normalize_subject(agent, "mtls"), "mtls", frozenset(SCOPES))
+        return certificate_identity(cert, self._trust_domain)

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -26,14 +26,15 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 def make_client(fake_vault: FakeVault, aiohttp_client: Callable[..., Any]) -> MakeClient:
-    """``await make_client(**settings_overrides)``: a test client for a bridge on the fake Vault."""
+    """``await make_client(env, **settings_overrides)``: a test client for a bridge on the fake Vault (``env``: settings
+    as environment variables, e.g. ones that older code would ignore)."""
 
-    async def make(**overrides: Any) -> TestClient[Any, Any]:
+    async def make(env: Mapping[str, str] | None = None, **overrides: Any) -> TestClient[Any, Any]:
         base: dict[str, Any] = {"vault_addr": fake_vault.addr, "vault_token": fake_vault.root_token,
                                 "api_keys_json": json.dumps(API_KEYS), "jwt_hs256_secret": JWT_SECRET,
                                 "rate_limit_enabled": False}
         base.update(overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(Settings.from_env({}, **base)))
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(Settings.from_env(env or {}, **base)))
         return client
 
     return make
@@ -44,7 +45,10 @@ def b64url(raw: bytes) -> str:
 
 
 def hs256(claims: dict[str, Any], secret: str = JWT_SECRET) -> str:
-    return jwt.encode({"alg": "HS256", "typ": "JWT"}, claims, OctKey.import_key(secret))
+    """An HS256 token; ``exp`` is five minutes away unless given (``"exp": None`` leaves it out)."""
+    body = {"exp": now() + 300, **claims}
+    body = {k: v for k, v in body.items() if v is not None}
+    return jwt.encode({"alg": "HS256", "typ": "JWT"}, body, OctKey.import_key(secret))
 
 
 def hand_signed(claims: dict[str, Any], alg: str, secret: str = JWT_SECRET) -> str:

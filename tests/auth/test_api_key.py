@@ -95,7 +95,7 @@ async def test_sha256_key_form(make_client: MakeClient) -> None:
 def test_compare_is_constant_time_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every configured key's digest is compared with ``hmac.compare_digest`` on every request, whether
     and wherever it matches: no early exit, no ``==`` on secret material."""
-    keys = parse_api_keys(json.dumps({f"key-{i:010d}": f"agent{i}" for i in range(5)}))
+    keys = parse_api_keys(json.dumps({f"key-{i:020d}": f"agent{i}" for i in range(5)}))
     auth = ApiKeyAuthenticator(keys)
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -110,7 +110,7 @@ def test_compare_is_constant_time_against_every_key(monkeypatch: pytest.MonkeyPa
         def __init__(self, key: str) -> None:
             self.headers = {"X-API-Key": key}
 
-    for presented, agent in (("key-0000000000", "agent0"), ("key-0000000004", "agent4"), ("nope-nope-nope", None)):
+    for presented, agent in ((f"key-{0:020d}", "agent0"), (f"key-{4:020d}", "agent4"), ("nope-nope-nope", None)):
         calls.clear()
         request: Any = Req(presented)
         if agent is None:
@@ -122,4 +122,4 @@ def test_compare_is_constant_time_against_every_key(monkeypatch: pytest.MonkeyPa
             assert identity.subject == agent
         assert len(calls) == 5, presented
         assert all(a == key_digest(presented) for a, _ in calls)
-        assert {b for _, b in calls} == {key_digest(f"key-{i:010d}") for i in range(5)}
+        assert {b for _, b in calls} == {key_digest(f"key-{i:020d}") for i in range(5)}

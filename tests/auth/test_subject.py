@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -10,7 +11,9 @@ from structlog.testing import capture_logs
 from bridge.auth.identity import normalize_subject
 from bridge.errors import ForbiddenError
 from tests.auth.conftest import MakeClient, hs256
+from tests.auth.test_mtls import MTLS_ENV
 from tests.fakevault import FakeVault
+from tests.trust.pki import issue, make_ca, relayed
 
 
 @pytest.mark.parametrize(("raw", "subject"), [
@@ -37,14 +40,15 @@ def test_invalid_subjects(raw: str) -> None:
     assert logs[0]["log_level"] == "warning"
 
 
-async def test_invalid_subject_through_each_method(make_client: MakeClient, fake_vault: FakeVault) -> None:
-    client = await make_client(auth_mtls_enabled=True,
-                               api_keys_json=json.dumps({"dotted-key-123": "alice.smith"}))
+async def test_invalid_subject_through_each_method(make_client: MakeClient, fake_vault: FakeVault,
+                                                   tmp_path: Path) -> None:
+    client = await make_client(env=MTLS_ENV, api_keys_json=json.dumps({"dotted-key-" + "1" * 20: "alice.smith"}))
+    ca = make_ca(tmp_path, "ca")
     attempts = [
-        {"X-API-Key": "dotted-key-123"},
+        {"X-API-Key": "dotted-key-" + "1" * 20},
         {"Authorization": f"Bearer {hs256({'sub': 'Alice@Example.com'})}"},
         {"Authorization": f"Bearer {hs256({'sub': chr(0x212A) + 'ate'})}"},
-        {"x-ssl-client-s-dn": "CN=team/alice", "x-ssl-client-verify": "SUCCESS"},
+        relayed(issue(tmp_path, ca, "team-alice", cn="team/alice")),
     ]
     for headers in attempts:
         resp = await client.put("/secrets/x", json={"data": {"a": 1}}, headers=headers)

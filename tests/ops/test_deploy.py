@@ -196,6 +196,14 @@ def test_compose_stack_shape() -> None:
     assert env["HOST"] == "127.0.0.1"
     assert env["AUTH_MTLS_ENABLED"] == "true"
     assert env["MTLS_TRUSTED_PROXIES"] == "127.0.0.1/32"
+    # nginx proves itself with the bridge's proxy secret: the same variable feeds both, and the include the site
+    # file names is written before nginx starts
+    assert env["MTLS_PROXY_SECRET"] == nginx["environment"]["MTLS_PROXY_SECRET"]
+    assert env["MTLS_PROXY_SECRET"].startswith("${BRIDGE_MTLS_PROXY_SECRET:?")
+    include = re.search(r"include\s+(\S+);", (DEPLOY / "nginx" / "vault-mcp-bridge.conf").read_text())
+    assert include is not None
+    assert f"> {include.group(1)}" in nginx["command"][0]
+    assert nginx["command"][0].rstrip().endswith("exec /docker-entrypoint.sh nginx -g 'daemon off;'")
     assert bridge["ports"] == ["127.0.0.1:8443:8443"]
     assert "127.0.0.1" not in env["STATUS_ALLOWED_NETWORKS"]  # nginx traffic comes from 127.0.0.1
     assert nginx["depends_on"]["bridge"]["condition"] == "service_healthy"
@@ -214,7 +222,8 @@ def test_compose_stack_shape() -> None:
 
 def test_compose_shell_snippets_are_valid_sh() -> None:
     services = load_compose()["services"]
-    snippets = [services["bridge"]["entrypoint"][-1], " ".join(services["provision"]["command"]).replace("$$", "$")]
+    snippets = [services["bridge"]["entrypoint"][-1], " ".join(services["provision"]["command"]).replace("$$", "$"),
+                " ".join(services["nginx"]["command"]).replace("$$", "$")]
     for snippet in snippets:
         result = subprocess.run(["/bin/sh", "-n", "-c", snippet], capture_output=True, text=True, timeout=10)
         assert result.returncode == 0, (snippet, result.stderr)

@@ -280,3 +280,29 @@ def test_settings_refuse_alg_none() -> None:
 
     with pytest.raises(ConfigError, match="JWT_ALGORITHMS"):
         Settings.from_env({"JWT_ALGORITHMS": "RS256,none"})
+
+
+@pytest.mark.parametrize(("env", "var"), [
+    ({"JWT_JWKS_URL": "https://idp.example/jwks.json"}, "JWT_ISSUER"),
+    ({"JWT_JWKS_URL": "https://idp.example/jwks.json", "JWT_ISSUER": ISSUER}, "JWT_AUDIENCE"),
+    ({"JWT_JWKS_FILE": "/etc/jwks.json", "JWT_AUDIENCE": AUDIENCE}, "JWT_ISSUER"),
+])
+def test_a_key_set_needs_issuer_and_audience(env: dict[str, str], var: str) -> None:
+    """Issue 9, "JWTs are strict by default": a JWK Set (typically an IdP shared by many services) without
+    both would accept any token that IdP signs for any audience."""
+    from bridge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^invalid setting {var}: a JWK Set .* needs both JWT_ISSUER and"):
+        Settings.from_env(env)
+    Settings.from_env({**env, "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": AUDIENCE})
+    Settings.from_env({**env, "AUTH_JWT_ENABLED": "false"})  # not used: not checked
+
+
+async def test_jwks_token_without_exp_or_living_too_long_is_401(bridge: MakeBridge) -> None:
+    client = await bridge()
+    t = int(time.time())
+    for payload in (claims(exp=None), claims(iat=t, exp=t + 2 * 86400)):
+        status, body = await whoami(client, sign(RSA, "RS256", payload))
+        assert status == 401, (payload, body)
+    status, _ = await whoami(client, sign(RSA, "RS256", claims(iat=t, exp=t + 86400)))
+    assert status == 200

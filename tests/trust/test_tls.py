@@ -22,7 +22,16 @@ from bridge.devvault import DevVault, free_port
 from bridge.tls import server_ssl_context, ssl_context_from_settings
 from tests.conftest import API_KEY_BOB, API_KEYS
 from tests.fakevault import FakeVault
-from tests.trust.pki import Issued, client_context, issue, make_ca
+from tests.trust.pki import (
+    CRAFTED,
+    CRAFTED_SPIFFE,
+    SPIFFE_DOMAIN,
+    Issued,
+    client_context,
+    issue,
+    issue_crafted,
+    make_ca,
+)
 
 
 @dataclass
@@ -182,3 +191,20 @@ async def test_cli_serves_mtls(served_bridge: str, pki: Pki) -> None:
         with pytest.raises(aiohttp.ClientError):
             async with session.get(f"{served_bridge}/whoami", ssl=client_context(pki.ca, None)):
                 pass
+
+
+async def test_crafted_subjects_by_the_same_rule_as_proxied_certificates(serve: Serve, pki: Pki,
+                                                                         tmp_path: Path) -> None:
+    """Native TLS and the proxy's forwarded certificate share one rule (bridge.auth.peercert.certificate_agent):
+    the crafted subjects of tests/auth/test_mtls.py give the same answers here."""
+    crafted = issue_crafted(tmp_path, pki.ca, CRAFTED)
+    spiffe = issue_crafted(tmp_path, pki.ca, CRAFTED_SPIFFE)
+    for cases, issued, extra in ((CRAFTED, crafted, {}),
+                                 (CRAFTED_SPIFFE, spiffe, {"mtls_spiffe_trust_domain": SPIFFE_DOMAIN})):
+        server = await serve(tls_client_ca_file=str(pki.ca.cert_path), **extra)
+        wrong = {}
+        for name, expected in cases.items():
+            status, body = await get(server, client_context(pki.ca, issued[name]))
+            if (status, body.get("subject")) != (expected.status, expected.agent):
+                wrong[name] = (status, body)
+        assert wrong == {}
