@@ -6,8 +6,8 @@ With an admin token it makes sure that:
 - every agent has its policy ``{policy_prefix}{agent}`` (rendered from the ``gen-policy`` templates);
 - the token roles ``mcp-agent-batch`` (orphan batch tokens) and ``mcp-agent`` (service tokens with an explicit
   max TTL) exist, both limited to ``{policy_prefix}*`` and never ``root``;
-- the bridge's own minimal policy (mint through those two roles, keep its own token alive; nothing on any
-  secret or key) and its AppRole role exist.
+- the bridge's own minimal policy (mint through those two roles, keep its own token alive, list Transit key
+  names to count an agent's keys; nothing on any secret and no use of any key) and its AppRole role exist.
 
 Each step reads first and writes only what differs, so a second run changes nothing and says so. The
 AppRole ``role_id`` is always reported; a ``secret_id`` only on the first run (no secret id exists yet) or
@@ -226,7 +226,7 @@ class Provisioner:
         await self.token_roles()
         if bridge:
             await self.policy(o.bridge_name, render_bridge_policy([BATCH_ROLE, SERVICE_ROLE],
-                                                                  policy_prefix=o.policy_prefix))
+                                                                  policy_prefix=o.policy_prefix, transit=o.transit))
             await self.bridge_role()
             await self.credentials(new_secret_id=new_secret_id, wrap_ttl=wrap_ttl)
         return self.result

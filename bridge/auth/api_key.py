@@ -37,8 +37,9 @@ class ApiKeyAuthenticator:
             digest = bytes.fromhex(key.removeprefix("sha256:")) if key.startswith("sha256:") else key_digest(key)
             self._entries.append((digest, entry))
             try:
-                identity: Identity | None = Identity(normalize_subject(entry.agent, "api_key"), "api_key",
-                                                     frozenset(entry.scopes))
+                identity: Identity | None = Identity(
+                    normalize_subject(entry.agent, "api_key"), "api_key", frozenset(entry.scopes),
+                    rate_limit=entry.rate_limit.quota() if entry.rate_limit else None)
             except ForbiddenError:
                 identity = None
             self._identities[digest] = identity
