@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from bridge.auth.identity import Identity
 from bridge.errors import (
     BridgeError,
     InvalidRequestError,
@@ -135,6 +136,16 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
+def bucket(identity: Identity, default: Quota) -> tuple[str, Quota]:
+    """The identity's bucket and quota. One bucket per agent and limit: an agent's keys without a ``rate_limit``
+    share the default one; a key with its own limit has a bucket for that limit (one key's spending never turns
+    into another limit's debt)."""
+    own = identity.rate_limit
+    if own is None:
+        return identity.subject, default
+    return f"{identity.subject}#{own.requests}/{own.window:g}/{own.burst}", own
+
+
 def _refused(request: web.Request, quota: Quota, decision: Decision, cost: int) -> RateLimitedError:
     identity = request[IDENTITY]
     log.info("ratelimit.rejected", agent=identity.subject, cost=cost, remaining=decision.remaining)
@@ -152,8 +163,8 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if identity is None or not settings.rate_limit_enabled:
         return await handler(request)
     limiter = request.app[LIMITER]
-    quota = identity.rate_limit or limiter.default
-    decision = await limiter.hit(identity.subject, quota)
+    key, quota = bucket(identity, limiter.default)
+    decision = await limiter.hit(key, quota)
     if not decision.allowed:
         raise _refused(request, quota, decision, 1)
     request[RATE_DECISION] = decision
@@ -171,13 +182,13 @@ async def charge(request: web.Request, cost: int) -> None:
     if cost <= 1 or identity is None or not request.app[SETTINGS].rate_limit_enabled:
         return
     limiter = request.app[LIMITER]
-    quota = identity.rate_limit or limiter.default
+    key, quota = bucket(identity, limiter.default)
     if cost > quota.burst:
         raise InvalidRequestError(
             f"This request costs {cost} (one per batch item), more than this identity's whole rate-limit burst "
             f"of {quota.burst}; send at most {quota.burst} items per request.", code="batch_too_large",
             extra={"max_items": quota.burst})
-    decision = await limiter.hit(identity.subject, quota, cost - 1)
+    decision = await limiter.hit(key, quota, cost - 1)
     if not decision.allowed:
         raise _refused(request, quota, decision, cost)
     request[RATE_DECISION] = decision

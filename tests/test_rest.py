@@ -464,6 +464,26 @@ async def test_rate_limit_is_a_bucket_with_a_burst_through_rest(aiohttp_client: 
     assert resp.headers["RateLimit-Reset"] == "2"  # full again in two seconds
 
 
+async def test_an_api_key_carries_its_own_limit_and_a_jwt_cannot_raise_its_own(make_bridge: MakeBridge) -> None:
+    own_key, plain_key = "own-limit-key-" + "o" * 16, "plain-limit-key-" + "p" * 16
+    keys = {own_key: {"agent": "carol", "rate_limit": {"requests": 3, "window_seconds": "1h"}},
+            plain_key: {"agent": "carol"}}
+    api = await make_bridge(api_keys_json=json.dumps(keys), rate_limit_requests=100, rate_limit_window_seconds="1h",
+                            rate_limit_burst=10)
+    resp = await api.get("/whoami", headers={"X-API-Key": own_key})
+    # its own limit, and its own burst (its own requests, not RATE_LIMIT_BURST)
+    assert (resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == ("3", "2")
+    assert [(await api.get("/whoami", headers={"X-API-Key": own_key})).status for _ in range(3)] == [200, 200, 429]
+    # carol's key without a limit of its own spends carol's default bucket, untouched by the other key's
+    resp = await api.get("/whoami", headers={"X-API-Key": plain_key})
+    assert (resp.status, resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == (200, "10", "9")
+    # a JWT that claims a bigger limit gets the default all the same
+    token = hs256({"sub": "dave", "rate_limit": {"requests": 1_000_000, "window_seconds": 1, "burst": 1_000_000},
+                   "rate_limit_requests": 1_000_000})
+    resp = await api.get("/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert (resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == ("10", "9")
+
+
 async def test_request_id(api: Client) -> None:
     resp = await api.get("/whoami", headers={**ALICE, "X-Request-Id": "trace-123.abc:7"})
     assert resp.headers["X-Request-Id"] == "trace-123.abc:7"
