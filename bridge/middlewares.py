@@ -152,7 +152,8 @@ def _refused(request: web.Request, quota: Quota, decision: Decision, cost: int) 
     what = "request" if cost == 1 else f"request (cost {cost})"
     return RateLimitedError(
         f"Rate limit exceeded for this {what}: {quota.requests} requests per {quota.window:g}s, in bursts of at "
-        f"most {quota.burst}; retry after the Retry-After seconds.", headers=decision.headers())
+        f"most {quota.burst}; retry after the Retry-After seconds.", headers=decision.headers(),
+        extra={"cost": cost})  # the cost known when refused: 1 before the body is read, a batch's items after
 
 
 @web.middleware
@@ -168,16 +169,22 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if not decision.allowed:
         raise _refused(request, quota, decision, 1)
     request[RATE_DECISION] = decision
-    response = await handler(request)
-    for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
+    try:
+        response = await handler(request)
+    except BridgeError as err:  # charged all the same: an error answer carries the bucket's state too
+        for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
+            err.headers.setdefault(name, value)
+        raise
+    for name, value in request[RATE_DECISION].headers().items():
         response.headers.setdefault(name, value)
     return response
 
 
 async def charge(request: web.Request, cost: int) -> None:
     """Bill a request whose cost is ``cost`` tokens in all (known once its body is parsed, before Vault is
-    called): the middleware charged 1, this charges the other ``cost - 1``. A cost larger than the whole bucket
-    can never pass and is 400 ``batch_too_large``; a refusal is 429 like the middleware's."""
+    called): the middleware charged 1, this charges the other ``cost - 1``, in one step through the same limiter
+    API. A cost larger than the whole bucket can never pass and is 400 ``batch_too_large``; a refusal is 429 like
+    the middleware's, and costs nothing (the middleware's token is given back)."""
     identity = request.get(IDENTITY)
     if cost <= 1 or identity is None or not request.app[SETTINGS].rate_limit_enabled:
         return
@@ -190,7 +197,12 @@ async def charge(request: web.Request, cost: int) -> None:
             extra={"max_items": quota.burst})
     decision = await limiter.hit(key, quota, cost - 1)
     if not decision.allowed:
-        raise _refused(request, quota, decision, cost)
+        # A refusal consumes nothing: give back the middleware's token. Then the answer is this whole request's:
+        # Retry-After (the time until cost - 1 more tokens after that one) is the time until all cost fit.
+        await limiter.hit(key, quota, -1)
+        whole = Decision(False, decision.limit, min(decision.limit, decision.remaining + 1),
+                         max(0.0, decision.reset_after - quota.interval), decision.retry_after)
+        raise _refused(request, quota, whole, cost)
     request[RATE_DECISION] = decision
 
 

@@ -87,13 +87,16 @@ def _tokens(span: float, interval: float) -> int:
 def gcra(tat: float | None, now: float, quota: Quota, cost: int = 1) -> tuple[Decision, float | None]:
     """Admit a request of ``cost`` tokens at ``now`` against a bucket whose TAT is ``tat`` (None: never seen).
 
-    Returns the decision and the TAT to store (None when refused: a refusal consumes nothing).
+    Returns the decision and the TAT to store (None when refused: a refusal consumes nothing). A negative cost
+    gives tokens back (a refund; never beyond a full bucket) and is always admitted.
     """
     interval = quota.interval
     capacity = quota.burst * interval  # seconds of refill a full bucket holds
     if tat is None or tat < now:
         tat = now
     new_tat = tat + cost * interval
+    if cost < 0:
+        new_tat = max(now, new_tat)
     wait = new_tat - capacity - now  # > 0: this request would overdraw the bucket
     if wait > interval * TOKEN_SLACK:
         return Decision(False, quota.burst, _tokens(capacity - (tat - now), interval), tat - now, wait), None

@@ -44,6 +44,7 @@ local capacity = burst * interval
 local tat = tonumber(redis.call('GET', key) or now)
 if tat < now then tat = now end
 local new_tat = tat + cost * interval
+if new_tat < now then new_tat = now end  -- a refund (negative cost) never fills beyond a full bucket
 local wait = new_tat - capacity - now
 local function tokens(span)
   local n = math.floor(span / interval + slack)
@@ -54,7 +55,11 @@ if wait > interval * slack then
   return {0, tokens(capacity - (tat - now)), math.ceil(tat - now), math.ceil(wait)}
 end
 local stored = math.ceil(new_tat)
-redis.call('SET', key, string.format('%d', stored), 'PX', math.ceil((stored - now) / 1000) + 1000)
+if stored > now then
+  redis.call('SET', key, string.format('%d', stored), 'PX', math.ceil((stored - now) / 1000) + 1000)
+else
+  redis.call('DEL', key)  -- full again: the same as no key
+end
 return {1, tokens(capacity - (new_tat - now)), math.ceil(new_tat - now), 0}
 """
 

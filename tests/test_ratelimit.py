@@ -287,6 +287,17 @@ async def test_matrix_cost_and_refusals_consume_nothing(backend: RateLimiter) ->
     assert not (await backend.hit("dave", quota, 11)).allowed  # more than the bucket: never
 
 
+async def test_matrix_a_refund_gives_tokens_back_but_never_beyond_full(backend: RateLimiter) -> None:
+    quota = Quota(10, 3600.0, 10)
+    assert (await backend.hit("ivan", quota, 3)).remaining == 7
+    back = await backend.hit("ivan", quota, -2)
+    assert (back.allowed, back.remaining) == (True, 9)
+    full = await backend.hit("ivan", quota, -5)
+    assert (full.allowed, full.remaining, full.reset_after) == (True, 10, 0.0)
+    assert (await backend.hit("ivan", quota, 10)).allowed  # exactly a full bucket, not more
+    assert not (await backend.hit("ivan", quota, 1)).allowed
+
+
 async def test_matrix_burst_setting_and_default_quota(backend: RateLimiter) -> None:
     smooth = Quota(5, 3600.0, 2)  # the same rate, bursts of 2 only
     assert [(await backend.hit("erin", smooth)).allowed for _ in range(3)] == [True, True, False]

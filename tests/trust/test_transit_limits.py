@@ -161,12 +161,12 @@ async def test_a_batch_costs_its_items_against_the_rate_limit(aiohttp_client: Ca
     assert status == 429, body  # before the fix the batch cost 1, so 60 batches of 100 items passed an hour
     assert body["error"]["code"] == "rate_limited"
     assert "cost 20" in body["error"]["message"]
-    assert headers["RateLimit-Remaining"] == "9"  # 10 minus this request's first token
+    assert headers["RateLimit-Remaining"] == "10"  # a refusal costs nothing
     assert headers["Retry-After"] == headers["RateLimit-Reset"]
-    assert 590 < int(headers["Retry-After"]) <= 600  # its other 19 tokens: 10 short, at one a minute
+    assert 590 < int(headers["Retry-After"]) <= 600  # 10 tokens short, at one a minute
     status, _, headers = await post(client, "encrypt", {"key": "costly", "batch_input": batch(9)}, key)
     assert status == 200
-    assert headers["RateLimit-Remaining"] == "0"
+    assert headers["RateLimit-Remaining"] == "1"
 
 
 async def test_a_batch_larger_than_the_burst_is_400_not_a_retry_forever(
