@@ -134,18 +134,19 @@ async def test_a_450_item_batch_is_400_and_costs_nothing_more(aiohttp_client: Ca
                                                               fresh: Fresh) -> None:
     _, key, settings = fresh
     client: Client = await aiohttp_client(create_app(settings(rate_limit_requests=1000)))
-    status, body, headers = await post(client, "encrypt", {"key": "bulk", "batch_input": batch(450)}, key)
-    assert status == 400, body
+    assert (await post(client, "keys", {"key": "signer", "type": "ed25519"}, key))[0] == 200
+    signing = {"key": "signer", "batch_input": [{"input": b64(f"doc {i}".encode())} for i in range(450)]}
+    status, body, headers = await post(client, "sign", signing, key)
+    assert status == 400, body  # before the fix: 200, 450 signatures for the price of one request
     assert body["error"]["code"] == "batch_too_large"
     assert body["error"]["max_items"] == 100
-    status, body, headers = await post(client, "sign", {"key": "bulk", "batch_input": [
-        {"input": b64(b"x")} for _ in range(101)]}, key)
+    status, body, headers = await post(client, "encrypt", {"key": "bulk", "batch_input": batch(101)}, key)
     assert (status, body["error"]["code"]) == (400, "batch_too_large")
     status, body, headers = await post(client, "encrypt", {"key": "bulk", "batch_input": batch(100)}, key)
     assert status == 200, body
     assert len(body["batch_results"]) == 100
-    # 1 (the refused 450) + 1 (the refused 101) + 100 (this batch): the refusals cost only their request
-    assert headers["RateLimit-Remaining"] == str(1000 - 102)
+    # the key (1), the refused 450 and 101 (1 each: refused before their items were charged), this batch (100)
+    assert headers["RateLimit-Remaining"] == str(1000 - 103)
 
 
 async def test_a_batch_costs_its_items_against_the_rate_limit(aiohttp_client: Callable[..., Any],
