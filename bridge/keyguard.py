@@ -23,6 +23,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -32,6 +33,12 @@ log = structlog.get_logger("bridge.transit")
 
 KNOWN_KEYS = 100_000
 """Key names remembered as existing (an LRU set; a forgotten name costs one lookup)."""
+
+
+@dataclass(slots=True)
+class _AgentLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class TransitKeyGuard:
@@ -44,7 +51,7 @@ class TransitKeyGuard:
         self._list_names = list_names
         self._known: OrderedDict[str, None] = OrderedDict()
         self._known_size = known_size
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks: dict[str, _AgentLock] = {}
 
     def _is_known(self, name: str) -> bool:
         if name in self._known:
@@ -60,14 +67,15 @@ class TransitKeyGuard:
 
     @asynccontextmanager
     async def _agent_lock(self, agent: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(agent, (asyncio.Lock(), [0]))
-        users[0] += 1
+        """One agent's creations, one at a time; the lock exists only while someone holds or awaits it."""
+        entry = self._locks.setdefault(agent, _AgentLock())
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 yield
         finally:
-            users[0] -= 1
-            if users[0] == 0:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._locks[agent]
 
     async def count(self, agent: str) -> tuple[int, set[str]]:

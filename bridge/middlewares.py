@@ -171,9 +171,10 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     request[RATE_DECISION] = decision
     try:
         response = await handler(request)
-    except BridgeError as err:  # charged all the same: an error answer carries the bucket's state too
-        for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
-            err.headers.setdefault(name, value)
+    except BridgeError as err:  # charged all the same: an error answer carries the bucket's state too, unless
+        if "Retry-After" not in err.headers:  # it says when to retry something else (Vault's quota, a busy agent)
+            for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
+                err.headers.setdefault(name, value)
         raise
     for name, value in request[RATE_DECISION].headers().items():
         response.headers.setdefault(name, value)
