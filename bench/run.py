@@ -16,8 +16,13 @@ Scenarios:
   f   bridge REST read in child-token mode (skipped without CHILD_TOKEN_ENABLED)
   g   bridge REST write (PUT)
   w   direct Vault KV v2 write with the bridge's token (the reference for g)
+  v   fairness: a victim agent's REST reads (c=8), alone and while another agent floods the most expensive
+      operation the default limits allow (``POST /transit/sign``, 100-item batches with an rsa-2048 key, c=16):
+      keeping to its rate limit (bench/flood.py honours Retry-After), ignoring every 429 (wrk), and against a
+      bridge with the limits off (``RATE_LIMIT_ENABLED=false AGENT_MAX_INFLIGHT=0``). ``--scenarios v`` runs
+      only this (and writes latest-fairness.md, leaving latest.md to the last complete run).
 
-Usage: ``python -m bench.run [--duration 3] [--concurrency 1,16,64,256] [--scenarios abcdefgw]
+Usage: ``python -m bench.run [--duration 3] [--concurrency 1,16,64,256] [--scenarios abcdefgwv]
 [--arrangements pinned,unpinned] [--log-level warning]``.
 """
 
@@ -54,6 +59,11 @@ AGENT = "bench"
 API_KEY = "bench-key-" + "k" * 24
 BENCH_ISSUER = "https://bench.invalid"
 BENCH_AUDIENCE = "vault-mcp-bridge"
+FLOOD_AGENT = "flood"
+FLOOD_KEY = "flood-key-" + "f" * 24
+FLOOD_ITEMS = 100  # TRANSIT_MAX_BATCH's default: the largest batch allowed
+VICTIM_CONCURRENCY = 8
+FLOOD_CONCURRENCY = 16
 SECRET = {"username": "svc-bench", "password": "p" * 24, "url": "postgres://db.internal:5432/app"}
 
 SCENARIOS: dict[str, str] = {
@@ -193,7 +203,9 @@ class Bench:
 
     def setup_targets(self) -> None:
         assert self.vault is not None
-        want = set(self.args.scenarios)
+        want = set(self.args.scenarios) - {"v"}
+        if not want:
+            return
         vault_read = f"{self.vault.addr}/v1/secret/data/mcp/{AGENT}/db"
         root_hdr = {"X-Vault-Token": self.vault.root_token}
         self.targets["a"] = Target("a", vault_read, headers=root_hdr)
@@ -286,11 +298,7 @@ class Bench:
     # -- measuring ----------------------------------------------------------------------------------
 
     def wrk(self, target: Target, conc: int, duration: float, arrangement: str) -> dict[str, Any]:
-        env = dict(os.environ, WRK_METHOD=target.method, WRK_BODY=target.body,
-                   WRK_HEADERS="\n".join(f"{k}: {v}" for k, v in target.headers.items()))
-        cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(LUA), target.url]
-        if arrangement == "pinned":
-            cmd = ["taskset", "-c", "0", *cmd]
+        cmd, env = self._wrk_cmd(target, conc, duration, arrangement)
         pid = self.pids(target.process)[0]
         cpu_before = _cpu_seconds(pid)
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 30, check=False)
@@ -307,6 +315,91 @@ class Bench:
                 # CPU the serving process (OpenBao for a/b/w, the bridge otherwise) spent per request:
                 # unlike req/s, barely moved by other work on the machine
                 "server_cpu_us": round(cpu / max(1, raw["requests"]) * 1e6, 1)}
+
+    def fairness(self, duration: float, arrangement: str) -> dict[str, Any]:
+        """Scenario (v): the victim's reads alone, then during three floods of the most expensive operation the
+        default limits allow: one that keeps to its rate limit (honours Retry-After), one that ignores every 429
+        (the bridge's refusals cost CPU too), and one against a bridge with the limits off."""
+        keys = {API_KEY: {"agent": AGENT, "rate_limit": {"requests": 10_000_000, "window_seconds": 60}},
+                FLOOD_KEY: FLOOD_AGENT}
+        out: dict[str, Any] = {"victim_concurrency": VICTIM_CONCURRENCY, "flood_concurrency": FLOOD_CONCURRENCY,
+                               "flood_items": FLOOD_ITEMS}
+        body = json.dumps({"key": "sig", "batch_input": [{"input": "aGVsbG8gd29ybGQ="}] * FLOOD_ITEMS})
+        body_file = self.workdir / "flood-body.json"
+        body_file.write_text(body)
+        flooder = {"X-API-Key": FLOOD_KEY}
+        runs = (("at_limit", {"RATE_LIMIT_ENABLED": "true"}), ("ignoring_429", {"RATE_LIMIT_ENABLED": "true"}),
+                ("no_limits", {"RATE_LIMIT_ENABLED": "false", "AGENT_MAX_INFLIGHT": "0"}))
+        for name, env in runs:
+            bridge = self.start_bridge(f"fair-{name}", {"API_KEYS_JSON": json.dumps(keys), **env})
+            if bridge is None:
+                self.skipped["v"] = f"the fairness bridge ({name}) did not start"
+                return out
+            try:
+                status, _, answer = http("POST", f"{bridge.url}/transit/keys", {"key": "sig", "type": "rsa-2048"},
+                                         flooder)
+                if status != 200:
+                    self.skipped["v"] = f"creating the flood's key answered {status}: {answer[:200]!r}"
+                    return out
+                victim = Target("v", f"{bridge.url}/secrets/db", headers={"X-API-Key": API_KEY},
+                                process=bridge.name)
+                self.wrk(victim, VICTIM_CONCURRENCY, 1.0, arrangement)  # warm-up
+                if "alone" not in out:
+                    out["alone"] = self.wrk(victim, VICTIM_CONCURRENCY, duration, arrangement)
+                url = f"{bridge.url}/transit/sign"
+                if name == "ignoring_429":
+                    target = Target("v", url, "POST", {**flooder, "Content-Type": "application/json"}, body,
+                                    process=bridge.name)
+                    running: subprocess.Popen[str] = self.wrk_start(target, FLOOD_CONCURRENCY, duration + 2.0,
+                                                                    arrangement)
+                else:
+                    running = subprocess.Popen(
+                        [sys.executable, "-m", "bench.flood", url, FLOOD_KEY, str(body_file), str(FLOOD_CONCURRENCY),
+                         str(duration + 2.0)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        cwd=HERE.parent)
+                time.sleep(1.0)  # the flood is under way (with limits: its burst is spent by now)
+                during = self.wrk(victim, VICTIM_CONCURRENCY, duration, arrangement)
+                if name == "ignoring_429":
+                    point = self.wrk_finish(running)
+                    flood = {"requests": point["requests"], "served": point["requests"] - point["non_2xx"],
+                             "refused": point["non_2xx"], "seconds": point["seconds"]}
+                else:
+                    stdout, stderr = running.communicate(timeout=120)
+                    try:
+                        flood = json.loads(stdout.strip().splitlines()[-1])
+                    except (ValueError, IndexError):
+                        raise RuntimeError(f"bench.flood failed: {stderr[-500:]}") from None
+                out[name] = {"victim": during, "flood": flood,
+                             "flood_signatures_per_s": round(flood["served"] * FLOOD_ITEMS / flood["seconds"], 1)}
+            finally:
+                stop_process(bridge.proc, timeout=15)
+                del self.bridges[bridge.name]
+        return out
+
+    def _wrk_cmd(self, target: Target, conc: int, duration: float, arrangement: str) -> tuple[list[str],
+                                                                                            dict[str, str]]:
+        env = dict(os.environ, WRK_METHOD=target.method, WRK_BODY=target.body,
+                   WRK_HEADERS="\n".join(f"{k}: {v}" for k, v in target.headers.items()))
+        cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(LUA), target.url]
+        if arrangement == "pinned":
+            cmd = ["taskset", "-c", "0", *cmd]
+        return cmd, env
+
+    def wrk_start(self, target: Target, conc: int, duration: float, arrangement: str) -> subprocess.Popen[str]:
+        """A wrk run in the background (the flood); :meth:`wrk_finish` collects it."""
+        cmd, env = self._wrk_cmd(target, conc, duration, arrangement)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wrk_finish(self, proc: subprocess.Popen[str]) -> dict[str, Any]:
+        stdout, stderr = proc.communicate(timeout=120)
+        match = re.search(r"WRK_JSON (\{.*\})", stdout)
+        if not match:
+            raise RuntimeError(f"wrk failed: {stdout[-500:]} {stderr[-500:]}")
+        raw = json.loads(match.group(1))
+        secs = raw["duration_us"] / 1e6
+        return {"rps": round(raw["requests"] / secs, 1), "p50_ms": raw["p50_us"] / 1000,
+                "p99_ms": raw["p99_us"] / 1000, "requests": raw["requests"], "non_2xx": raw["status_errors"],
+                "seconds": round(secs, 2)}
 
     def idle_connections(self, bridge: Bridge, count: int) -> dict[str, Any]:
         """Open ``count`` keep-alive connections (one authenticated read each), hold them, read the RSS."""
@@ -448,6 +541,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     concs = report["settings"]["concurrency"]
     for arrangement, table in report["results"].items():
+        if not table:
+            continue
         lines.append(f"## {arrangement}")
         lines.append("")
         header = "| scenario | " + " | ".join(f"c={c} req/s | p50 ms | p99 ms" for c in concs) + \
@@ -468,6 +563,9 @@ def render(report: dict[str, Any]) -> str:
             cpu = f"{cpu_point['server_cpu_us']:.0f}" if cpu_point and "server_cpu_us" in cpu_point else "-"
             lines.append(f"| ({key}) {SCENARIOS[key]} | " + " | ".join(cells) + f" | {cpu} |")
         lines.append("")
+    if not any(table for table in report["results"].values()):  # only the fairness scenario ran
+        lines += render_fairness(report.get("fairness") or {})
+        return "\n".join(lines) + "\n"
     lines.append("## Targets (pinned)")
     lines.append("")
     lines.append("| ratio | value | target | met |")
@@ -481,11 +579,36 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"| bridge RSS with {mem['connections']} idle keep-alive connections | "
                      f"{mem['rss_mb']:.1f} MB (peak {mem['peak_rss_mb']:.1f} MB, {mem['still_open']} open) | "
                      f"<= 150 MB | {'yes' if mem['peak_rss_mb'] <= 150 else '**no**'} |")
+    lines += render_fairness(report.get("fairness") or {})
     if report["skipped"]:
         lines.append("")
         lines.append("Skipped: " + "; ".join(f"({k}) {v}" for k, v in report["skipped"].items()))
     lines.append("")
     return "\n".join(lines)
+
+
+def render_fairness(fairness: dict[str, Any]) -> list[str]:
+    """Scenario (v) as a table: the victim's reads alone and during each flood, per arrangement."""
+    lines: list[str] = []
+    for arrangement, f in fairness.items():
+        if "alone" not in f:
+            continue
+        lines += ["", f"## Fairness ({arrangement}): victim reads (c={f['victim_concurrency']}) while another agent "
+                  f"floods {f['flood_items']}-item rsa-2048 signing batches (c={f['flood_concurrency']})", "",
+                  "| victim's reads | req/s | p50 ms | p99 ms | flood requests served / refused | "
+                  "flood signatures/s |", "|---|---|---|---|---|---|"]
+        alone = f["alone"]
+        lines.append(f"| alone | {alone['rps']:.0f} | {alone['p50_ms']:.2f} | {alone['p99_ms']:.2f} | - | - |")
+        for name, label in (("at_limit", "flood at its rate limit (honours Retry-After), default limits"),
+                            ("ignoring_429", "flood ignoring every 429, default limits"),
+                            ("no_limits", "flood, limits off (RATE_LIMIT_ENABLED=false, AGENT_MAX_INFLIGHT=0)")):
+            run = f.get(name)
+            if not run:
+                continue
+            v, fl = run["victim"], run["flood"]
+            lines.append(f"| {label} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
+                         f"{fl['served']} / {fl['refused']} | {run['flood_signatures_per_s']:.0f} |")
+    return lines
 
 
 def _raise_fd_limit() -> None:
@@ -510,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (default 3)")
     parser.add_argument("--concurrency", default="1,16,64,256")
-    parser.add_argument("--scenarios", default="abcdefgw")
+    parser.add_argument("--scenarios", default="abcdefgwv")
     parser.add_argument("--arrangements", default="pinned,unpinned")
     parser.add_argument("--log-level", default="warning", help="the bridge's LOG_LEVEL (default warning)")
     parser.add_argument("--pool-size", type=int, default=256, help="the bridge's VAULT_POOL_SIZE")
@@ -531,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     memory: dict[str, Any] | None = None
+    fairness: dict[str, Any] = {}
     machine: dict[str, Any] = {}
     scenarios: dict[str, str] = {}
     with bench_context(args) as bench:
@@ -553,7 +677,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms"
                           + (f"  non-2xx {point['non_2xx']}" if point["non_2xx"] else ""), flush=True)
             results[arrangement] = table
-            if args.idle_connections and memory is None:  # on the first arrangement's bridge
+            if "v" in args.scenarios:
+                fairness[arrangement] = bench.fairness(args.duration, arrangement)
+                print(f"{arrangement:9} (v) fairness {json.dumps(fairness[arrangement])}", flush=True)
+            if args.idle_connections and memory is None and "main" in bench.bridges:  # first arrangement's bridge
                 memory = bench.idle_connections(bench.bridges["main"], args.idle_connections)
                 memory["arrangement"] = arrangement
         report: dict[str, Any] = {
@@ -565,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenarios": scenarios,
             "results": results,
             "memory": memory,
+            "fairness": fairness,
             "skipped": bench.skipped,
         }
         report["ratios"] = ratios(results)
@@ -573,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{started.replace(':', '')}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = render(report)
-    (out / "latest.md").write_text(md)
+    # a fairness-only run (--scenarios v) keeps the full table of the last complete run in latest.md
+    (out / ("latest.md" if any(results.values()) else "latest-fairness.md")).write_text(md)
     print()
     print(md)
     return 0

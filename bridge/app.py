@@ -12,12 +12,19 @@ from aiohttp import web
 
 from bridge.auth import build_auth_chain
 from bridge.config import Settings
-from bridge.keys import AUDIT, AUTH, KEEPER, LIMITER, METRICS, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
+from bridge.inflight import InflightLimiter
+from bridge.keys import AUDIT, AUTH, INFLIGHT, KEEPER, LIMITER, METRICS, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
 from bridge.mcp.metadata import setup_metadata_routes
 from bridge.mcp.origin import origin_middleware
 from bridge.mcp.server import setup_mcp_routes
 from bridge.metrics import metrics_middleware
-from bridge.middlewares import error_renderer, identity_middleware, rate_limit_middleware, request_context
+from bridge.middlewares import (
+    error_renderer,
+    identity_middleware,
+    inflight_middleware,
+    rate_limit_middleware,
+    request_context,
+)
 from bridge.ratelimit import MemoryRateLimiter
 from bridge.ratelimit_redis import redis_limiter_ctx
 from bridge.rest import setup_routes
@@ -126,7 +133,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_context, error_renderer, metrics_middleware, origin_middleware, identity_middleware,
-                     rate_limit_middleware],
+                     rate_limit_middleware, inflight_middleware],
     )
     app[SETTINGS] = settings
     app[AUTH] = build_auth_chain(settings)
@@ -135,7 +142,8 @@ def create_app(settings: Settings) -> web.Application:
     if settings.rate_limit_backend == "redis":
         app.cleanup_ctx.append(redis_limiter_ctx)  # sets app[LIMITER] at startup
     else:
-        app[LIMITER] = MemoryRateLimiter(settings.rate_limit_requests, settings.rate_limit_window_seconds)
+        app[LIMITER] = MemoryRateLimiter(settings.rate_limit_quota, max_keys=settings.rate_limit_max_agents)
+    app[INFLIGHT] = InflightLimiter(settings.agent_max_inflight, settings.agent_inflight_wait)
     public = setup_routes(app) | setup_metadata_routes(app) | setup_operations(app) | setup_mcp_routes(app)
     app[PUBLIC_ROUTES] = public
     app.cleanup_ctx.append(vault_ctx)

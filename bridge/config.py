@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.ratelimit import Quota
+
 SCOPES: tuple[str, ...] = ("read", "write", "delete", "list")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -35,6 +37,15 @@ JWT_ALGORITHMS: tuple[str, ...] = ("HS256", "HS384", "HS512", "RS256", "RS384", 
 
 IDENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: "$" would also accept a trailing newline
 """Agent ids and Transit key names: they become Vault path segments, policy and key names."""
+
+TRANSIT_KEY_TYPES: tuple[str, ...] = ("aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256",
+                                      "ecdsa-p384", "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096", "hmac")
+"""Transit key types an agent may name (``TRANSIT_ALLOWED_KEY_TYPES`` picks from these)."""
+DEFAULT_TRANSIT_KEY_TYPES: tuple[str, ...] = ("aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256",
+                                              "rsa-2048", "hmac")
+"""Cheap to create and to use: no RSA above 2048 bits (a 4096-bit key costs Vault seconds of CPU to make)."""
+MAX_TRANSIT_BATCH = 1000
+"""The most ``TRANSIT_MAX_BATCH`` may be (the request models' own bound)."""
 
 
 MIN_API_KEY_LENGTH = 24
@@ -109,12 +120,31 @@ def parse_list(value: Any) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
+class RateLimitSpec(BaseModel):
+    """An API key's own rate limit: ``requests`` per ``window_seconds``, bursts of ``burst`` (default: its own
+    ``requests``, not ``RATE_LIMIT_BURST``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    requests: int = Field(ge=1)
+    window_seconds: float = Field(gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+    @field_validator("window_seconds", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    def quota(self) -> Quota:
+        return Quota(self.requests, self.window_seconds, self.burst or self.requests)
+
+
 class ApiKeyEntry(BaseModel):
-    """One API key's owner and scopes."""
+    """One API key's owner, scopes and (optionally) its own rate limit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     agent: str
     scopes: tuple[str, ...] = SCOPES
+    rate_limit: RateLimitSpec | None = None
 
 
 def parse_api_keys(raw: str) -> dict[str, ApiKeyEntry]:
@@ -142,9 +172,13 @@ def parse_api_keys(raw: str) -> dict[str, ApiKeyEntry]:
         elif isinstance(value, dict):
             try:
                 entry = ApiKeyEntry.model_validate(value)
-            except ValidationError:
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
                 raise ValueError(
-                    f"entry #{index + 1}: expected {{\"agent\": id, \"scopes\": [...]}}"
+                    f"entry #{index + 1}: expected {{\"agent\": id, \"scopes\": [...], \"rate_limit\": "
+                    f"{{\"requests\", \"window_seconds\", \"burst\"}}}}"
+                    + (f" ({where}: {err['msg'].removeprefix('Value error, ')})" if where else "")
                 ) from None
         else:
             raise ValueError(f"entry #{index + 1}: expected an agent id or an object")
@@ -230,13 +264,22 @@ class Settings(BaseModel):
 
     # rate limiting
     rate_limit_enabled: bool = True
-    rate_limit_requests: int = Field(default=60, ge=1)
+    rate_limit_requests: int = Field(default=600, ge=1)  # refill: this many per window (GCRA, bridge/ratelimit.py)
     rate_limit_window_seconds: float = Field(default=60.0, gt=0)
+    rate_limit_burst: int | None = Field(default=None, ge=1)  # bucket size; default RATE_LIMIT_REQUESTS
+    rate_limit_max_agents: int = Field(default=100_000, ge=1)  # memory backend: most agents tracked (LRU)
     rate_limit_backend: Literal["memory", "redis"] = "memory"
     rate_limit_fail_mode: Literal["open", "closed"] = "open"
     redis_url: SecretStr | None = Field(default=None, repr=False)
     redis_timeout: float = 0.5
     redis_key_prefix: str = "vmb:rl:"
+
+    # limits and fairness: one agent cannot take Vault from everyone
+    transit_max_batch: int = Field(default=100, ge=1, le=MAX_TRANSIT_BATCH)  # items per Transit batch
+    transit_allowed_key_types: list[str] = Field(default_factory=lambda: list(DEFAULT_TRANSIT_KEY_TYPES))
+    transit_max_keys_per_agent: int = Field(default=25, ge=0)  # 0 = no cap
+    agent_max_inflight: int = Field(default=16, ge=0)  # concurrent requests per agent and process; 0 = no cap
+    agent_inflight_wait: float = 1.0  # how long a request over the cap waits for a slot before its 429
 
     # server
     host: str = "127.0.0.1"
@@ -339,7 +382,7 @@ class Settings(BaseModel):
 
     @field_validator("vault_timeout", "jwt_leeway_seconds", "rate_limit_window_seconds", "mcp_session_ttl",
                      "vault_breaker_cooldown", "redis_timeout", "shutdown_grace_seconds", "child_token_ttl",
-                     "jwt_cache_seconds", "jwt_max_ttl",
+                     "jwt_cache_seconds", "jwt_max_ttl", "agent_inflight_wait",
                      "jwt_jwks_cache_seconds", "jwt_jwks_min_refresh_seconds", "jwt_jwks_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
@@ -372,6 +415,17 @@ class Settings(BaseModel):
         if value and not re.match(r"^[a-z0-9._-]{1,255}$", value):
             raise ValueError("expected a SPIFFE trust domain such as example.org (no scheme, no path)")
         return value
+
+    @field_validator("transit_allowed_key_types", mode="before")
+    @classmethod
+    def _key_types(cls, value: Any) -> list[str]:
+        types = parse_list(value)
+        bad = [t for t in types if t not in TRANSIT_KEY_TYPES]
+        if bad:
+            raise ValueError(f"unknown key type(s) {bad}; known: {list(TRANSIT_KEY_TYPES)}")
+        if not types:
+            raise ValueError("list at least one key type")
+        return types
 
     @field_validator("jwt_default_scopes", "mcp_allowed_origins", mode="before")
     @classmethod
@@ -514,6 +568,12 @@ class Settings(BaseModel):
     @property
     def uses_approle(self) -> bool:
         return bool(self.vault_role_id)
+
+    @property
+    def rate_limit_quota(self) -> Quota:
+        """The default per-agent quota (an API key may carry its own)."""
+        return Quota(self.rate_limit_requests, self.rate_limit_window_seconds,
+                     self.rate_limit_burst or self.rate_limit_requests)
 
     @property
     def child_role(self) -> str:

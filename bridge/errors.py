@@ -3,14 +3,14 @@
 ::
 
     BridgeError(status, code, message, extra, headers)
-    ├── InvalidRequestError     400 invalid_request / invalid_path
+    ├── InvalidRequestError     400 invalid_request / invalid_path / batch_too_large / key_type_not_allowed
     ├── UnauthenticatedError    401 unauthenticated
     ├── ForbiddenError          403 forbidden / invalid_subject / insufficient_scope
     ├── NotFoundError           404 not_found / secret_deleted / secret_destroyed
-    ├── ConflictError           409 cas_mismatch
+    ├── ConflictError           409 cas_mismatch / key_type_mismatch / key_limit_reached
     ├── PayloadTooLargeError    413
     ├── UnsupportedMediaError   415
-    ├── RateLimitedError        429 rate_limited / vault_rate_limited
+    ├── RateLimitedError        429 rate_limited / vault_rate_limited / too_many_concurrent_requests
     ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
     └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain, Identity
 from bridge.config import Settings
+from bridge.inflight import InflightLimiter
 from bridge.mcp.session import SessionCodec
 from bridge.metrics import Metrics, OpsStats
 from bridge.ratelimit import Decision, RateLimiter
@@ -17,6 +18,7 @@ from bridge.vault import TokenKeeper, VaultClient
 SETTINGS = web.AppKey("settings", Settings)
 AUTH = web.AppKey("auth", AuthChain)
 LIMITER = web.AppKey("limiter", RateLimiter)
+INFLIGHT = web.AppKey("inflight", InflightLimiter)
 VAULT = web.AppKey("vault", VaultClient)
 KEEPER = web.AppKey("keeper", TokenKeeper)
 SERVICE = web.AppKey("service", SecretService)

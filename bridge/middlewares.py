@@ -1,6 +1,9 @@
-"""Middlewares, outermost first: request context → error rendering → identity → rate limit → handler.
+"""Middlewares, outermost first: request context → error rendering → identity → rate limit → in-flight cap →
+handler.
 
-``render_error`` is the one place a :class:`BridgeError` becomes a REST JSON response.
+``render_error`` is the one place a :class:`BridgeError` becomes a REST JSON response. ``charge`` is how a
+handler bills the rest of a request's cost once its body is parsed (a Transit batch of N items costs N: the
+rate-limit middleware has charged 1 before the body was read).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from bridge.auth.identity import Identity
 from bridge.errors import (
     BridgeError,
     InvalidRequestError,
@@ -22,7 +26,8 @@ from bridge.errors import (
     RateLimitedError,
     UnauthenticatedError,
 )
-from bridge.keys import AUTH, IDENTITY, LIMITER, PUBLIC_ROUTES, RATE_DECISION, REQUEST_ID, SETTINGS
+from bridge.keys import AUTH, IDENTITY, INFLIGHT, LIMITER, PUBLIC_ROUTES, RATE_DECISION, REQUEST_ID, SETTINGS
+from bridge.ratelimit import Decision, Quota
 
 log = structlog.get_logger("bridge.access")
 
@@ -131,24 +136,82 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
+def bucket(identity: Identity, default: Quota) -> tuple[str, Quota]:
+    """The identity's bucket and quota. One bucket per agent and limit: an agent's keys without a ``rate_limit``
+    share the default one; a key with its own limit has a bucket for that limit (one key's spending never turns
+    into another limit's debt)."""
+    own = identity.rate_limit
+    if own is None:
+        return identity.subject, default
+    return f"{identity.subject}#{own.requests}/{own.window:g}/{own.burst}", own
+
+
+def _refused(request: web.Request, quota: Quota, decision: Decision, cost: int) -> RateLimitedError:
+    identity = request[IDENTITY]
+    log.info("ratelimit.rejected", agent=identity.subject, cost=cost, remaining=decision.remaining)
+    what = "request" if cost == 1 else f"request (cost {cost})"
+    return RateLimitedError(
+        f"Rate limit exceeded for this {what}: {quota.requests} requests per {quota.window:g}s, in bursts of at "
+        f"most {quota.burst}; retry after the Retry-After seconds.", headers=decision.headers(),
+        extra={"cost": cost})  # the cost known when refused: 1 before the body is read, a batch's items after
+
+
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Charge every authenticated request 1 token of its agent's bucket before anything else is done."""
     identity = request.get(IDENTITY)
     settings = request.app[SETTINGS]
     if identity is None or not settings.rate_limit_enabled:
         return await handler(request)
-    decision = await request.app[LIMITER].hit(identity.subject)
+    limiter = request.app[LIMITER]
+    key, quota = bucket(identity, limiter.default)
+    decision = await limiter.hit(key, quota)
     if not decision.allowed:
-        log.info("ratelimit.rejected", agent=identity.subject)
-        raise RateLimitedError(
-            f"Rate limit of {decision.limit} requests per {settings.rate_limit_window_seconds:g}s exceeded; "
-            "retry after the Retry-After seconds.",
-            headers=decision.headers(),
-        )
+        raise _refused(request, quota, decision, 1)
     request[RATE_DECISION] = decision
-    response = await handler(request)
-    for name, value in decision.headers().items():
+    try:
+        response = await handler(request)
+    except BridgeError as err:  # charged all the same: an error answer carries the bucket's state too, unless
+        if "Retry-After" not in err.headers:  # it says when to retry something else (Vault's quota, a busy agent)
+            for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
+                err.headers.setdefault(name, value)
+        raise
+    for name, value in request[RATE_DECISION].headers().items():
         response.headers.setdefault(name, value)
     return response
 
 
+async def charge(request: web.Request, cost: int) -> None:
+    """Bill a request whose cost is ``cost`` tokens in all (known once its body is parsed, before Vault is
+    called): the middleware charged 1, this charges the other ``cost - 1``, in one step through the same limiter
+    API. A cost larger than the whole bucket can never pass and is 400 ``batch_too_large``; a refusal is 429 like
+    the middleware's, and costs nothing (the middleware's token is given back)."""
+    identity = request.get(IDENTITY)
+    if cost <= 1 or identity is None or not request.app[SETTINGS].rate_limit_enabled:
+        return
+    limiter = request.app[LIMITER]
+    key, quota = bucket(identity, limiter.default)
+    if cost > quota.burst:
+        raise InvalidRequestError(
+            f"This request costs {cost} (one per batch item), more than this identity's whole rate-limit burst "
+            f"of {quota.burst}; send at most {quota.burst} items per request.", code="batch_too_large",
+            extra={"max_items": quota.burst})
+    decision = await limiter.hit(key, quota, cost - 1)
+    if not decision.allowed:
+        # A refusal consumes nothing: give back the middleware's token. Then the answer is this whole request's:
+        # Retry-After (the time until cost - 1 more tokens after that one) is the time until all cost fit.
+        await limiter.hit(key, quota, -1)
+        whole = Decision(False, decision.limit, min(decision.limit, decision.remaining + 1),
+                         max(0.0, decision.reset_after - quota.interval), decision.retry_after)
+        raise _refused(request, quota, whole, cost)
+    request[RATE_DECISION] = decision
+
+
+@web.middleware
+async def inflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``AGENT_MAX_INFLIGHT``: at most that many requests of one agent in progress (see bridge/inflight.py)."""
+    identity = request.get(IDENTITY)
+    if identity is None:
+        return await handler(request)
+    async with request.app[INFLIGHT].slot(identity.subject):
+        return await handler(request)

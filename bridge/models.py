@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bridge.config import IDENT_RE
+from bridge.config import IDENT_RE, MAX_TRANSIT_BATCH, TRANSIT_KEY_TYPES
 from bridge.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
@@ -56,11 +56,11 @@ def _key_name(value: str) -> str:
 # Field names are Vault's own. Every operation takes either its single-item fields or ``batch_input`` (a list
 # of items, answered per item in ``batch_results``: a failed item carries ``error``, the others succeed).
 
-MAX_BATCH = 1000
-KEY_TYPES = ("aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384",
-             "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096")
+MAX_BATCH = MAX_TRANSIT_BATCH  # the schema's bound; TRANSIT_MAX_BATCH (default 100) is enforced by the service
+KEY_TYPES = TRANSIT_KEY_TYPES  # TRANSIT_ALLOWED_KEY_TYPES (a subset) is enforced by the service
 KeyType = Literal["aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384",
-                  "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096"]
+                  "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096", "hmac"]
+HMAC_KEY_SIZES = (32, 512)  # bytes; Vault's own bounds for an hmac key
 HashAlgorithm = Literal["sha1", "sha2-224", "sha2-256", "sha2-384", "sha2-512", "sha3-224", "sha3-256",
                         "sha3-384", "sha3-512", "none"]
 _MAX_B64 = 4 * 1024 * 1024
@@ -241,9 +241,18 @@ class RandomBody(_Strict):
 class CreateKeyBody(_Strict):
     key: str = Field(description=KEY_DESCRIPTION)
     type: KeyType = Field(default="aes256-gcm96", description="Key type: aes256-gcm96 (default) to encrypt; "
-                          "ed25519, ecdsa-p256 or rsa-2048 … to sign.")
+                          "ed25519, ecdsa-p256 or rsa-2048 … to sign; hmac (with key_size) for HMACs. The "
+                          "operator decides which types are allowed (TRANSIT_ALLOWED_KEY_TYPES).")
+    key_size: int | None = Field(default=None, ge=HMAC_KEY_SIZES[0], le=HMAC_KEY_SIZES[1],
+                                 description="Key size in bytes: required for (and only for) type hmac.")
 
     _k = field_validator("key")(_key_name)
+
+    @model_validator(mode="after")
+    def _size(self) -> CreateKeyBody:
+        if (self.type == "hmac") != (self.key_size is not None):
+            raise ValueError("'key_size' (32-512 bytes) is required for type hmac and only for it")
+        return self
 
 
 class SecretOut(BaseModel):

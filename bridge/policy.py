@@ -27,20 +27,27 @@ def render_agent_policy(agent: str, *, mount: str = "secret", prefix: str = "mcp
     if not IDENT_RE.match(prefix):
         raise ValueError("prefix must match ^[a-z0-9][a-z0-9_-]{0,63}$")
     for name, value in (("mount", mount), ("transit", transit)):
-        if not value or not set(value) <= _MOUNT_CHARS or value.startswith("/") or "//" in value:
-            raise ValueError(f"{name} must be a mount path like 'secret'")
+        _check_mount(name, value)
     if transit_scope not in ("agent", "shared"):
         raise ValueError("transit_scope is 'agent' or 'shared'")
     return _env().get_template("agent-policy.hcl.j2").render(
         agent=agent, mount=mount.strip("/"), prefix=prefix, transit=transit.strip("/"), transit_scope=transit_scope)
 
 
-def render_bridge_policy(roles: list[str], *, policy_prefix: str = "mcp-agent-") -> str:
-    """HCL of the bridge's own minimal policy: mint through ``roles``, keep its own token alive."""
+def render_bridge_policy(roles: list[str], *, policy_prefix: str = "mcp-agent-", transit: str = "transit") -> str:
+    """HCL of the bridge's own minimal policy: mint through ``roles``, keep its own token alive, list the Transit
+    key names (to count an agent's keys)."""
     for role in roles:
         if not IDENT_RE.match(role):
             raise ValueError("token role names match ^[a-z0-9][a-z0-9_-]{0,63}$")
-    return _env().get_template("bridge-policy.hcl.j2").render(roles=roles, policy_prefix=policy_prefix)
+    _check_mount("transit", transit)
+    return _env().get_template("bridge-policy.hcl.j2").render(roles=roles, policy_prefix=policy_prefix,
+                                                              transit=transit.strip("/"))
+
+
+def _check_mount(name: str, value: str) -> None:
+    if not value or not set(value) <= _MOUNT_CHARS or value.startswith("/") or "//" in value:
+        raise ValueError(f"{name} must be a mount path like 'secret'")
 
 
 def policy_name(agent: str, policy_prefix: str = "mcp-agent-") -> str:

@@ -12,9 +12,9 @@ With an admin token it makes sure that:
   ``child_max_ttl`` (never raised). It caps every token created through ``auth/token/``. OpenBao 2.7.2 applies
   only the root namespace's value, in every namespace (a namespace's own tune is stored and ignored), so
   provisioning into a namespace checks the effective cap and warns when it is missing instead of writing;
-- the bridge's own minimal policy (mint through those two roles, keep its own token alive; nothing on any
-  secret or key) and its AppRole role exist; the role's secret ids expire (``secret_id_ttl``, 30 days by
-  default) and its tokens have a ``token_max_ttl``.
+- the bridge's own minimal policy (mint through those two roles, keep its own token alive, list Transit key
+  names to count an agent's keys; nothing on any secret and no use of any key) and its AppRole role exist;
+  the role's secret ids expire (``secret_id_ttl``, 30 days by default) and its tokens have a ``token_max_ttl``.
 
 Each step reads first and writes only what differs, so a second run changes nothing and says so. The
 AppRole ``role_id`` is always reported; a ``secret_id`` only on the first run (no secret id exists yet) or
@@ -290,7 +290,7 @@ class Provisioner:
         await self.token_roles()
         if bridge:
             await self.policy(o.bridge_name, render_bridge_policy([BATCH_ROLE, SERVICE_ROLE],
-                                                                  policy_prefix=o.policy_prefix))
+                                                                  policy_prefix=o.policy_prefix, transit=o.transit))
             await self.bridge_role()
             await self.credentials(new_secret_id=new_secret_id, wrap_ttl=wrap_ttl)
         await self.token_mount_cap()

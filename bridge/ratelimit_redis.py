@@ -1,13 +1,15 @@
-"""A rate limiter shared by every replica: one sliding-window log per agent in Redis, updated by one Lua script.
+"""A rate limiter shared by every replica: GCRA per agent in Redis, one key and one atomic Lua script.
 
-Same semantics as :class:`bridge.ratelimit.MemoryRateLimiter` (at most ``limit`` admitted requests in *any*
-interval of ``window`` seconds, no burst at window edges), but the log is a sorted set in Redis so that all
-replicas behind a load balancer count against the same budget:
+Same semantics as :class:`bridge.ratelimit.MemoryRateLimiter` (the arithmetic of :func:`bridge.ratelimit.gcra`,
+test matrix shared), but the TAT lives in Redis so that all replicas behind a load balancer charge the same
+bucket:
 
 - The script runs atomically inside Redis (no read-modify-write race between replicas) and takes the time
-  from Redis' own clock (``TIME``), so replicas with skewed clocks still agree.
-- One key per agent (``<prefix><agent>``), members are unique per admitted request, scores are microseconds;
-  the key expires one window after its last admission, so memory follows active agents only.
+  from Redis' own clock (``TIME``), so replicas with skewed clocks still agree. Times are integer microseconds
+  (exact in Lua's doubles); the reply is integers (Redis truncates Lua numbers), rounded up where it matters.
+- One string key per agent (``<prefix>gcra:<agent>``) holding the TAT; it expires when the bucket is full
+  again, so memory follows active agents only. (``gcra:`` keeps the keys apart from the sorted sets of the
+  sliding-window limiter of earlier releases.)
 - Redis unreachable: ``fail_mode="open"`` admits the request and logs (at most every 10 s);
   ``fail_mode="closed"`` answers 503 ``rate_limiter_unavailable``. Either way the next request tries Redis
   again (the client reconnects by itself), so service recovers without a restart.
@@ -15,9 +17,7 @@ replicas behind a load balancer count against the same budget:
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
@@ -26,32 +26,41 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import RateLimiterUnavailableError
-from bridge.ratelimit import Decision
+from bridge.ratelimit import TOKEN_SLACK, Decision, Quota
 
 log = structlog.get_logger("bridge.ratelimit")
 
-SLIDING_WINDOW_LUA = """
+KEY_INFIX = "gcra:"
+
+GCRA_LUA = """
 local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local window_us = tonumber(ARGV[2])
-local member = ARGV[3]
+local interval = tonumber(ARGV[1])  -- microseconds per token (may be fractional)
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local slack = tonumber(ARGV[4])     -- float-noise allowance, in tokens
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_us)
-local count = redis.call('ZCARD', key)
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', key, now, member)
-  count = count + 1
-  allowed = 1
+local capacity = burst * interval
+local tat = tonumber(redis.call('GET', key) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+if new_tat < now then new_tat = now end  -- a refund (negative cost) never fills beyond a full bucket
+local wait = new_tat - capacity - now
+local function tokens(span)
+  local n = math.floor(span / interval + slack)
+  if n < 0 then return 0 end
+  return n
 end
-local reset_us = 0
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-if oldest[2] then
-  reset_us = tonumber(oldest[2]) + window_us - now
+if wait > interval * slack then
+  return {0, tokens(capacity - (tat - now)), math.ceil(tat - now), math.ceil(wait)}
 end
-redis.call('PEXPIRE', key, math.ceil(window_us / 1000) + 1000)
-return {allowed, count, reset_us}
+local stored = math.ceil(new_tat)
+if stored > now then
+  redis.call('SET', key, string.format('%d', stored), 'PX', math.ceil((stored - now) / 1000) + 1000)
+else
+  redis.call('DEL', key)  -- full again: the same as no key
+end
+return {1, tokens(capacity - (new_tat - now)), math.ceil(new_tat - now), 0}
 """
 
 LOG_EVERY = 10.0
@@ -60,43 +69,38 @@ LOG_EVERY = 10.0
 class RedisRateLimiter:
     """The :class:`bridge.ratelimit.RateLimiter` protocol over Redis (``redis.asyncio``)."""
 
-    def __init__(self, client: Any, limit: int, window: float, *, prefix: str = "vmb:rl:",
+    def __init__(self, client: Any, default: Quota, *, prefix: str = "vmb:rl:",
                  fail_mode: Literal["open", "closed"] = "open",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = client
-        self.limit = limit
-        self.window = window
-        self._window_us = max(1, round(window * 1_000_000))
-        self._prefix = prefix
+        self.default = default
+        self._prefix = prefix + KEY_INFIX
         self.fail_mode = fail_mode
         self._clock = clock
-        self._script = client.register_script(SLIDING_WINDOW_LUA)
+        self._script = client.register_script(GCRA_LUA)
         from redis.exceptions import RedisError
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
-        self._replica = os.urandom(6).hex()
-        self._seq = itertools.count()
         self._down_since: float | None = None
         self._last_log = -math.inf
         self.failures = 0
 
-    async def hit(self, key: str) -> Decision:
-        member = f"{self._replica}:{next(self._seq)}"
+    async def hit(self, key: str, quota: Quota | None = None, cost: int = 1) -> Decision:
+        quota = quota or self.default
+        interval_us = quota.interval * 1_000_000
         try:
-            allowed, count, reset_us = await self._script(
-                keys=[self._prefix + key], args=[self.limit, self._window_us, member])
+            allowed, remaining, reset_us, retry_us = await self._script(
+                keys=[self._prefix + key], args=[repr(interval_us), quota.burst, cost, repr(TOKEN_SLACK)])
         except self._errors as exc:
-            return self._unavailable(exc)
+            return self._unavailable(exc, quota, cost)
         if self._down_since is not None:
             log.info("ratelimit.backend.recovered", backend="redis",
                      down_seconds=round(self._clock() - self._down_since, 2))
             self._down_since = None
-        reset = max(0.0, int(reset_us) / 1_000_000)
-        if int(allowed):
-            return Decision(True, self.limit, max(0, self.limit - int(count)), reset, 0.0)
-        return Decision(False, self.limit, 0, reset, reset)
+        return Decision(bool(int(allowed)), quota.burst, int(remaining), max(0, int(reset_us)) / 1_000_000,
+                        max(0, int(retry_us)) / 1_000_000)
 
-    def _unavailable(self, exc: BaseException) -> Decision:
+    def _unavailable(self, exc: BaseException, quota: Quota, cost: int) -> Decision:
         now = self._clock()
         self.failures += 1
         if self._down_since is None:
@@ -108,24 +112,34 @@ class RedisRateLimiter:
         if self.fail_mode == "closed":
             raise RateLimiterUnavailableError(
                 "The shared rate limiter is unavailable; retry shortly.", headers={"Retry-After": "1"})
-        return Decision(True, self.limit, self.limit, self.window, 0.0)
+        return Decision(True, quota.burst, max(0, quota.burst - cost), 0.0, 0.0)  # unknown: as if full
 
     async def close(self) -> None:
         await self._redis.aclose()
 
 
-def connect(url: str, *, timeout: float) -> Any:
-    """A ``redis.asyncio`` client that fails within ``timeout`` and does not retry (the limiter decides)."""
+MAX_CONNECTIONS = 64
+"""Redis connections per process: requests beyond it wait (within ``REDIS_TIMEOUT``) for a free one instead of
+opening hundreds of sockets at once when a fleet starts (a burst of connects is what fails first under load)."""
+
+
+def connect(url: str, *, timeout: float, max_connections: int = MAX_CONNECTIONS) -> Any:
+    """A ``redis.asyncio`` client that fails within ``timeout``, from a bounded pool. A command is retried once,
+    at once, only when its connection broke (a stale pooled socket, a reset while connecting); never on a timeout,
+    so a slow Redis costs at most ``timeout`` before the fail mode decides."""
     try:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("RATE_LIMIT_BACKEND=redis needs the 'redis' package: "
                            "pip install 'vault-mcp-bridge[redis]'") from exc
-    return aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
-        health_check_interval=30)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=timeout, health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 async def redis_limiter_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -135,8 +149,8 @@ async def redis_limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.redis_url is not None
     limiter = RedisRateLimiter(connect(settings.redis_url.get_secret_value(), timeout=settings.redis_timeout),
-                               settings.rate_limit_requests, settings.rate_limit_window_seconds,
-                               prefix=settings.redis_key_prefix, fail_mode=settings.rate_limit_fail_mode)
+                               settings.rate_limit_quota, prefix=settings.redis_key_prefix,
+                               fail_mode=settings.rate_limit_fail_mode)
     app[LIMITER] = limiter
     log.info("ratelimit.backend", backend="redis", fail_mode=settings.rate_limit_fail_mode)
     try:

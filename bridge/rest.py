@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from bridge.errors import InvalidPathError, InvalidRequestError, MethodNotAllowedError, UnsupportedMediaError
 from bridge.keys import IDENTITY, KEEPER, SERVICE, SETTINGS, VAULT
+from bridge.middlewares import charge
 from bridge.models import (
     CreateKeyBody,
     DecryptBody,
@@ -139,8 +140,8 @@ TRANSIT_OPS: dict[str, tuple[type[BaseModel], str]] = {
 
 
 def transit_handler(op: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """``POST /transit/<op>``: scope check before the body is read, Vault's field names, no nulls in the
-    answer."""
+    """``POST /transit/<op>``: scope check before the body is read, then the batch's cost is charged (it is known
+    only now; the middleware charged 1), Vault's field names, no nulls in the answer."""
     model, method = TRANSIT_OPS[op]
     operation = "transit_create_key" if op == "keys" else f"transit_{op}"
 
@@ -148,6 +149,7 @@ def transit_handler(op: str) -> Callable[[web.Request], Awaitable[web.Response]]
         svc, who = request.app[SERVICE], request[IDENTITY]
         svc.authorize(who, operation)
         body = parse(model, await read_json(request))
+        await charge(request, svc.request_cost(body))
         out: BaseModel = await getattr(svc, method)(who, body)
         return web.json_response(out.model_dump(mode="json", exclude_none=True))
 

@@ -17,10 +17,13 @@ from bridge.config import Settings
 from bridge.errors import (
     BridgeError,
     ConflictError,
+    ForbiddenError,
+    InvalidRequestError,
     NotFoundError,
     VaultUnavailableBridgeError,
     from_vault_error,
 )
+from bridge.keyguard import TransitKeyGuard
 from bridge.models import (
     CreateKeyBody,
     DecryptBody,
@@ -113,6 +116,10 @@ class SecretService:
         self._mount = settings.kv_mount
         self._transit = settings.transit_mount
         self._prefix = settings.default_prefix
+        # TRANSIT_MAX_KEYS_PER_AGENT (bridge/keyguard.py); shared-scope keys belong to no agent
+        self.key_guard = TransitKeyGuard(
+            prefix=settings.default_prefix, list_names=self._list_transit_keys,
+            limit=settings.transit_max_keys_per_agent if settings.transit_key_scope == "agent" else 0)
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -120,6 +127,18 @@ class SecretService:
         scope = OPERATION_SCOPES[operation]
         if scope is not None:
             identity.require(scope)
+
+    def request_cost(self, body: BaseModel) -> int:
+        """What a request costs against the rate limit: the number of items of a Transit batch, else 1. A batch
+        over ``TRANSIT_MAX_BATCH`` is refused here (400 ``batch_too_large``), before anything is charged."""
+        items = getattr(body, "batch_input", None)
+        if not items:
+            return 1
+        if len(items) > self._s.transit_max_batch:
+            raise InvalidRequestError(
+                f"A batch may have at most {self._s.transit_max_batch} items (TRANSIT_MAX_BATCH); this one has "
+                f"{len(items)}: split it.", code="batch_too_large", extra={"max_items": self._s.transit_max_batch})
+        return len(items)
 
     def vault_path(self, identity: Identity, path: str) -> str:
         return agent_path(self._prefix, identity.subject, path)
@@ -153,6 +172,32 @@ class SecretService:
                 status=502) from None
         except VaultError as exc:
             raise from_vault_error(exc, what=what) from None
+
+    async def _key_exists(self, identity: Identity, key: str) -> bool:
+        """Whether Transit key ``key`` exists, asked with the agent's token (False: missing or cannot tell)."""
+
+        async def go(token: str) -> bool:
+            await self._vault.transit.read_key(self._transit, key, token=token)
+            return True
+
+        try:
+            return await self._call(identity, "the key lookup", go)
+        except (NotFoundError, ForbiddenError):
+            return False
+
+    async def _list_transit_keys(self) -> list[str]:
+        """Every key name of the Transit mount, listed with the bridge's own token (never an agent's)."""
+        token = await self._keeper.ensure()
+        try:
+            return await self._vault.transit.list_keys(self._transit, token=token)
+        except VaultPermissionDeniedError:
+            raise VaultUnavailableBridgeError(
+                "The bridge cannot count this agent's Transit keys (TRANSIT_MAX_KEYS_PER_AGENT): its own Vault "
+                f"token needs 'list' on {self._transit}/keys. An operator must re-run 'vault-mcp-bridge provision' "
+                "(or grant it), or set TRANSIT_MAX_KEYS_PER_AGENT=0.", code="key_count_unavailable",
+                status=502) from None
+        except VaultError as exc:
+            raise from_vault_error(exc, what="the key count") from None
 
     # -- KV v2 ---------------------------------------------------------------------------------------
 
@@ -296,13 +341,18 @@ class SecretService:
                        algorithm: str | None = None) -> dict[str, Any]:
         """One Transit operation on the caller's key, with Vault's field names; batch results cleaned up."""
         self.authorize(identity, f"transit_{op}")
+        self.request_cost(body)
         key = self.transit_key(identity, str(getattr(body, "key")))  # noqa: B009 - every transit body has it
         payload = body.model_dump(exclude_none=True, exclude={"key", "hash_algorithm"})
 
         async def go(token: str) -> dict[str, Any]:
             return await self._vault.transit.call(self._transit, op, key, payload, algorithm=algorithm, token=token)
 
-        out = await self._call(identity, what, go)
+        if op == "encrypt":  # Vault creates a missing key on encrypt: that key counts against the cap too
+            async with self.key_guard.admit(identity.subject, key, lambda: self._key_exists(identity, key)):
+                out = await self._call(identity, what, go)
+        else:
+            out = await self._call(identity, what, go)
         if "batch_input" in payload:
             return {"batch_results": batch_results(out.get("batch_results"), len(payload["batch_input"]))}
         return out
@@ -364,12 +414,19 @@ class SecretService:
         """Create the caller's key ``body.key`` of ``body.type``; an existing key of that type is returned
         unchanged (idempotent), one of another type is a 409."""
         self.authorize(identity, "transit_create_key")
+        allowed = self._s.transit_allowed_key_types
+        if body.type not in allowed:
+            raise InvalidRequestError(
+                f"Key type {body.type} is not allowed here; allowed: {', '.join(allowed)} "
+                "(TRANSIT_ALLOWED_KEY_TYPES).", code="key_type_not_allowed", extra={"allowed": list(allowed)})
         key = self.transit_key(identity, body.key)
 
         async def go(token: str) -> dict[str, Any]:
-            return await self._vault.transit.create_key(self._transit, key, body.type, token=token)
+            return await self._vault.transit.create_key(self._transit, key, body.type, key_size=body.key_size,
+                                                        token=token)
 
-        info = await self._call(identity, "the key creation", go)
+        async with self.key_guard.admit(identity.subject, key, lambda: self._key_exists(identity, key)):
+            info = await self._call(identity, "the key creation", go)
         if str(info.get("type") or "") != body.type:
             raise ConflictError(f"Key '{body.key}' already exists with type {info.get('type')}; pick another name.",
                                 code="key_type_mismatch", extra={"type": info.get("type")})

@@ -9,6 +9,7 @@ then overrides what any route does::
     fake.set("sys/health", delay=2.0)                                   # answer late (timeouts)
     fake.set("secret/*", method="GET", close=True, times=1)             # drop the connection, once
     fake.set("secret/*", status=429, headers={"Retry-After": "7"})      # Vault's own rate limit
+    gate = fake.hold("secret/data/mcp/alice/*"); ...; gate.set()        # hold answers until released
     fake.seal()                                                         # 503 {"errors":["Vault is sealed"]}
     await fake.stop(); ...; await fake.start(aiohttp_server, port=fake.port)   # connection refused, then back
 
@@ -56,6 +57,7 @@ class Behaviour:
     close: bool = False
     times: int | None = None
     passthrough: bool = False  # only delay (and count), then behave normally
+    gate: asyncio.Event | None = None  # wait for it to be set before answering (see FakeVault.hold)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method:
@@ -162,6 +164,12 @@ class FakeVault:
         self.behaviours.insert(0, b)
         return b
 
+    def hold(self, pattern: str, *, method: str | None = None) -> asyncio.Event:
+        """Answer normally, but only once the returned event is set (requests pile up until then)."""
+        gate = asyncio.Event()
+        self.behaviours.insert(0, Behaviour(pattern, method, passthrough=True, gate=gate))
+        return gate
+
     def clear(self) -> None:
         """Remove every override (sealing is separate: :meth:`unseal`)."""
         self.behaviours.clear()
@@ -206,6 +214,8 @@ class FakeVault:
                     self.behaviours.remove(b)
             if b.delay:
                 await asyncio.sleep(b.delay)
+            if b.gate is not None:
+                await b.gate.wait()
             if b.close:
                 assert request.transport is not None
                 request.transport.close()

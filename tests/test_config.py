@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from bridge.config import ConfigError, Settings, parse_api_keys, parse_duration, parse_list
+from bridge.config import TRANSIT_KEY_TYPES, ConfigError, Settings, parse_api_keys, parse_duration, parse_list
+from bridge.models import KeyType
+from bridge.ratelimit import Quota
 
 # Issue 2's variables and their documented defaults (the names existing users already have).
 DEFAULTS: dict[str, Any] = {
@@ -37,8 +39,16 @@ DEFAULTS: dict[str, Any] = {
     "JWT_MAX_TTL": 86400.0,
     "AUTH_FAILURE_LIMIT": 30,
     "RATE_LIMIT_ENABLED": True,
-    "RATE_LIMIT_REQUESTS": 60,
+    "RATE_LIMIT_REQUESTS": 600,  # 60 until issue 10: a fleet's agents run into 60 within their first minute
     "RATE_LIMIT_WINDOW_SECONDS": 60.0,
+    "RATE_LIMIT_BURST": None,  # = RATE_LIMIT_REQUESTS
+    "RATE_LIMIT_MAX_AGENTS": 100_000,
+    # issue 9, "One agent cannot take Vault from everyone"
+    "TRANSIT_MAX_BATCH": 100,
+    "TRANSIT_ALLOWED_KEY_TYPES": ["aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "rsa-2048", "hmac"],
+    "TRANSIT_MAX_KEYS_PER_AGENT": 25,
+    "AGENT_MAX_INFLIGHT": 16,
+    "AGENT_INFLIGHT_WAIT": 1.0,
     "HOST": "127.0.0.1",
     "PORT": 8089,
     "LOG_LEVEL": "info",
@@ -172,6 +182,27 @@ def test_api_keys_both_forms() -> None:
     ("MTLS_TRUSTED_PROXIES", "10.0.0.0/8,not-a-cidr"),
     ("RATE_LIMIT_REQUESTS", "0"),
     ("RATE_LIMIT_WINDOW_SECONDS", "0"),
+    ("RATE_LIMIT_BURST", "0"),
+    ("RATE_LIMIT_MAX_AGENTS", "0"),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": '
+                      '{"agent": "a", "rate_limit": {"requests": 0, "window_seconds": 60}}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": '
+                      '{"agent": "a", "rate_limit": {"requests": 5}}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": '
+                      '{"agent": "a", "rate_limit": {"requests": 5, "window_seconds": "x"}}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": '
+                      '{"agent": "a", "rate_limit": {"requests": 5, "window_seconds": 1, '
+                      '"burst": 0}}}'),
+    ("API_KEYS_JSON", '{"key-aaaaaaaa-aaaaaaaa-aaaa": '
+                      '{"agent": "a", "rate_limit": {"requests": 5, "window_seconds": 1, '
+                      '"cost": 2}}}'),
+    ("TRANSIT_MAX_BATCH", "0"),
+    ("TRANSIT_MAX_BATCH", "1001"),
+    ("TRANSIT_ALLOWED_KEY_TYPES", "aes256-gcm96,rsa-8192"),
+    ("TRANSIT_ALLOWED_KEY_TYPES", ","),
+    ("TRANSIT_MAX_KEYS_PER_AGENT", "-1"),
+    ("AGENT_MAX_INFLIGHT", "-1"),
+    ("AGENT_INFLIGHT_WAIT", "soon"),
     ("LOG_LEVEL", "loud"),
     ("LOG_FORMAT", "xml"),
     ("MAX_BODY_BYTES", "10"),
@@ -187,6 +218,33 @@ def test_bad_value_names_the_variable_in_one_line(var: str, value: str) -> None:
         assert "key-aaaaaaaa" not in message  # never echo an API key
     if var == "ADMIN_API_KEYS":
         assert "admin-key" not in message
+
+
+def test_an_api_key_may_carry_its_own_rate_limit() -> None:
+    keys = parse_api_keys(
+        '{"key-aaaaaaaaaaaaaaaaaaaaaaaa": {"agent": "a",'
+        ' "rate_limit": {"requests": 30, "window_seconds": "1m", "burst": 5}},'
+        ' "key-bbbbbbbbbbbbbbbbbbbbbbbb": {"agent": "b", "rate_limit": {"requests": 30, "window_seconds": 60}},'
+        ' "key-cccccccccccccccccccccccc": "c"}')
+    own = keys["key-aaaaaaaaaaaaaaaaaaaaaaaa"].rate_limit
+    assert own is not None
+    assert own.quota() == Quota(30, 60.0, 5)
+    no_burst = keys["key-bbbbbbbbbbbbbbbbbbbbbbbb"].rate_limit
+    assert no_burst is not None
+    assert no_burst.quota() == Quota(30, 60.0, 30)  # its own requests, not RATE_LIMIT_BURST
+    assert keys["key-cccccccccccccccccccccccc"].rate_limit is None
+
+
+def test_default_quota_and_burst() -> None:
+    assert Settings.from_env({}).rate_limit_quota == Quota(600, 60.0, 600)
+    assert Settings.from_env({"RATE_LIMIT_BURST": "20", "RATE_LIMIT_REQUESTS": "100",
+                              "RATE_LIMIT_WINDOW_SECONDS": "10s"}).rate_limit_quota == Quota(100, 10.0, 20)
+
+
+def test_key_types_of_the_model_and_the_setting_agree() -> None:
+    assert get_args(KeyType) == TRANSIT_KEY_TYPES
+    assert Settings.from_env({"TRANSIT_ALLOWED_KEY_TYPES": "rsa-4096, hmac"}).transit_allowed_key_types == [
+        "rsa-4096", "hmac"]
 
 
 def test_secret_id_required_with_role_id() -> None:

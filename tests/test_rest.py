@@ -16,7 +16,7 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault
 from bridge.keys import LIMITER
-from bridge.ratelimit import MemoryRateLimiter
+from bridge.ratelimit import MemoryRateLimiter, Quota
 from bridge.vault.client import VaultClient
 from tests.auth.conftest import hs256
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
@@ -447,19 +447,41 @@ async def test_rate_limit(make_bridge: MakeBridge) -> None:
     assert (await api.get("/healthz")).status == 200  # unauthenticated routes are not limited
 
 
-async def test_rate_limit_window_edge_through_rest(aiohttp_client: Callable[..., Any],
-                                                   make_settings: Callable[..., Settings]) -> None:
-    now = [59.9]
-    app = create_app(make_settings(rate_limit_requests=2, rate_limit_window_seconds=60))
-    app[LIMITER] = MemoryRateLimiter(2, 60.0, clock=lambda: now[0])
+async def test_rate_limit_is_a_bucket_with_a_burst_through_rest(aiohttp_client: Callable[..., Any],
+                                                                make_settings: Callable[..., Settings]) -> None:
+    now = [100.0]
+    app = create_app(make_settings(rate_limit_requests=60, rate_limit_window_seconds=60, rate_limit_burst=2))
+    app[LIMITER] = MemoryRateLimiter(Quota(60, 60.0, 2), clock=lambda: now[0])
     api: Client = await aiohttp_client(app)
     assert [(await api.get("/whoami", headers=ALICE)).status for _ in range(2)] == [200, 200]
-    now[0] = 60.1  # a fixed window would start afresh here
     resp = await api.get("/whoami", headers=ALICE)
     assert resp.status == 429
-    assert resp.headers["Retry-After"] == "60"
-    now[0] = 119.9
-    assert (await api.get("/whoami", headers=ALICE)).status == 200
+    assert (resp.headers["Retry-After"], resp.headers["RateLimit-Reset"]) == ("1", "1")
+    now[0] += 1.0  # one token a second
+    resp = await api.get("/whoami", headers=ALICE)
+    assert resp.status == 200
+    assert (resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == ("2", "0")
+    assert resp.headers["RateLimit-Reset"] == "2"  # full again in two seconds
+
+
+async def test_an_api_key_carries_its_own_limit_and_a_jwt_cannot_raise_its_own(make_bridge: MakeBridge) -> None:
+    own_key, plain_key = "own-limit-key-" + "o" * 16, "plain-limit-key-" + "p" * 16
+    keys = {own_key: {"agent": "carol", "rate_limit": {"requests": 3, "window_seconds": "1h"}},
+            plain_key: {"agent": "carol"}}
+    api = await make_bridge(api_keys_json=json.dumps(keys), rate_limit_requests=100, rate_limit_window_seconds="1h",
+                            rate_limit_burst=10)
+    resp = await api.get("/whoami", headers={"X-API-Key": own_key})
+    # its own limit, and its own burst (its own requests, not RATE_LIMIT_BURST)
+    assert (resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == ("3", "2")
+    assert [(await api.get("/whoami", headers={"X-API-Key": own_key})).status for _ in range(3)] == [200, 200, 429]
+    # carol's key without a limit of its own spends carol's default bucket, untouched by the other key's
+    resp = await api.get("/whoami", headers={"X-API-Key": plain_key})
+    assert (resp.status, resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == (200, "10", "9")
+    # a JWT that claims a bigger limit gets the default all the same
+    token = hs256({"sub": "dave", "rate_limit": {"requests": 1_000_000, "window_seconds": 1, "burst": 1_000_000},
+                   "rate_limit_requests": 1_000_000})
+    resp = await api.get("/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert (resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == ("10", "9")
 
 
 async def test_request_id(api: Client) -> None:

@@ -48,8 +48,9 @@ class ApiKeyAuthenticator:
             digest = bytes.fromhex(key.removeprefix("sha256:")) if key.startswith("sha256:") else key_digest(key)
             entries.append((digest, entry))
             try:
-                identity: Identity | None = Identity(normalize_subject(entry.agent, "api_key"), "api_key",
-                                                     frozenset(entry.scopes))
+                identity: Identity | None = Identity(
+                    normalize_subject(entry.agent, "api_key"), "api_key", frozenset(entry.scopes),
+                    rate_limit=entry.rate_limit.quota() if entry.rate_limit else None)
             except ForbiddenError:
                 identity = None
             identities[digest] = identity

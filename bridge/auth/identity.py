@@ -9,6 +9,7 @@ import structlog
 
 from bridge.config import IDENT_RE
 from bridge.errors import ForbiddenError
+from bridge.ratelimit import Quota
 
 log = structlog.get_logger("bridge.auth")
 
@@ -20,6 +21,9 @@ class Identity:
     subject: str
     auth_method: AuthMethod
     scopes: frozenset[str]
+    # the identity's own rate limit (an API key entry's "rate_limit"); None: RATE_LIMIT_*. Never from a JWT's
+    # claims: a token cannot raise its own limit.
+    rate_limit: Quota | None = None
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:

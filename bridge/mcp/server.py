@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from bridge.auth.identity import Identity
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, RateLimitedError
 from bridge.keys import IDENTITY, MCP_SESSIONS, METRICS, SERVICE, SETTINGS
 from bridge.mcp.metadata import MCP_PATH
 from bridge.mcp.protocol import (
@@ -60,7 +60,7 @@ from bridge.mcp.protocol import (
 )
 from bridge.mcp.session import SessionCodec
 from bridge.mcp.tools import result_content, tools_by_name, visible_tools
-from bridge.middlewares import www_authenticate
+from bridge.middlewares import charge, www_authenticate
 from bridge.models import parse
 
 log = structlog.get_logger("bridge.mcp")
@@ -360,16 +360,31 @@ async def _tools_call(request: web.Request, params: dict[str, Any]) -> dict[str,
         arguments = {}
     if not isinstance(arguments, dict):
         raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
+    service = request.app[SERVICE]
     try:
         args = parse(spec.input_model, arguments)
-        out = await spec.call(request.app[SERVICE], identity, args)
+        cost = service.request_cost(args)
     except BridgeError as err:
-        log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=True, code=err.code)
-        request.app[METRICS].mcp_call(name, err.code)
-        return result_content(err.to_dict(), is_error=True)
+        return _tool_error(request, name, err)
+    try:
+        await charge(request, cost)  # a batch costs its items
+    except RateLimitedError:
+        raise  # HTTP 429 with its headers, as the middleware's refusals
+    except BridgeError as err:
+        return _tool_error(request, name, err)
+    try:
+        out = await spec.call(service, identity, args)
+    except BridgeError as err:
+        return _tool_error(request, name, err)
     log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
     request.app[METRICS].mcp_call(name, "ok")
     return result_content(out.model_dump(mode="json"), is_error=False)
+
+
+def _tool_error(request: web.Request, name: str, err: BridgeError) -> dict[str, Any]:
+    log.info("mcp.tool.called", agent=request[IDENTITY].subject, tool=name, is_error=True, code=err.code)
+    request.app[METRICS].mcp_call(name, err.code)
+    return result_content(err.to_dict(), is_error=True)
 
 
 def setup_mcp_routes(app: web.Application) -> set[str]:

@@ -384,10 +384,11 @@ TOOLS: list[ToolSpec] = [
     ToolSpec(
         name="transit_create_key", title="Create a Transit key", operation="transit_create_key",
         description=(
-            "Create your Transit key 'key' of 'type': aes256-gcm96 (default; encrypt, decrypt, HMAC), or "
-            "ed25519 / ecdsa-p256 / rsa-2048 and others to sign. Idempotent: an existing key of the same type "
-            "is returned unchanged (with its public keys); another type is key_type_mismatch. The key "
-            "material never leaves Vault."),
+            "Create your Transit key 'key' of 'type': aes256-gcm96 (default; encrypt, decrypt, HMAC), "
+            "ed25519 / ecdsa-p256 / rsa-2048 to sign, or hmac with 'key_size' (bytes); the operator decides "
+            "which types are allowed (key_type_not_allowed) and how many keys you may own (key_limit_reached). "
+            "Idempotent: an existing key of the same type is returned unchanged (with its public keys); another "
+            "type is key_type_mismatch. The key material never leaves Vault."),
         input_model=CreateKeyBody, output_model=KeyOut,
         annotations=hints(read_only=False, idempotent=True), call=_transit_create_key),
     ToolSpec(

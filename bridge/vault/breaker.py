@@ -13,9 +13,17 @@ VaultClient` around every HTTP call::
 - **half-open**: one call at a time (the probe) goes through to Vault; the others fail fast as while open.
   Success closes the breaker; failure opens it again for another ``cooldown``.
 
-Only "Vault is not there" counts as a failure: no HTTP answer (connection refused, reset, timeout) or a
-502/503/504 that is not "sealed". A sealed Vault answers quickly with its own 503, and a 4xx is the caller's
-problem, so neither opens the breaker.
+The breaker is shared by every agent, so only signs that Vault itself is down count as failures, never what
+one agent's request brought on itself:
+
+- counted: no HTTP answer on a connection (refused, reset, TLS, DNS); a 502/503/504 that is not "sealed"
+  (a standby, a proxy in front of a dead Vault); a timeout on a *cheap* call (KV, tokens, sys): those take
+  Vault milliseconds, so missing ``VAULT_TIMEOUT`` means Vault is hung or gone.
+- not counted: any 4xx and Vault's own 500 (Vault answered: it is up; the request was bad), a sealed Vault
+  (it answers quickly, with its own 503 and Retry-After), and a timeout or a gateway 504 on an *expensive*
+  call (Transit: its cost is chosen by the agent, e.g. a large batch or an RSA key), which proves only that
+  this request was slow. Such an outcome neither opens nor closes the breaker: a half-open probe that ends
+  this way just frees the probe slot.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Literal
 from bridge.vault.errors import (
     VaultError,
     VaultSealedError,
+    VaultTimeoutError,
     VaultTransportError,
     VaultUnavailableError,
 )
@@ -44,9 +53,17 @@ class CircuitOpenError(VaultTransportError):
         super().__init__(f"vault is unreachable (circuit open); next probe in {retry_after:.1f}s")
 
 
-def counts_as_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says Vault itself is unavailable (as opposed to refusing this one request)."""
+def slow_answer(exc: BaseException) -> bool:
+    """A timeout, or a gateway's 504: the call took too long, which may be the request's own cost."""
+    return isinstance(exc, VaultTimeoutError) or (isinstance(exc, VaultUnavailableError) and exc.status == 504)
+
+
+def counts_as_failure(exc: BaseException, *, expensive: bool = False) -> bool:
+    """Whether ``exc`` says Vault itself is unavailable (as opposed to refusing, or being slow on, this one
+    request). ``expensive``: the call's cost depends on what the agent sent (see the module docstring)."""
     if isinstance(exc, CircuitOpenError):
+        return False
+    if expensive and slow_answer(exc):
         return False
     if isinstance(exc, VaultTransportError):
         return True
@@ -152,12 +169,15 @@ class CircuitBreaker:
         if probe:
             self._probing = False
 
-    def record(self, exc: BaseException | None, probe: bool = False) -> None:
-        """Feed the outcome of one call: ``None`` for success, else the exception it raised."""
+    def record(self, exc: BaseException | None, probe: bool = False, *, expensive: bool = False) -> None:
+        """Feed the outcome of one call: ``None`` for success, else the exception it raised. ``expensive``:
+        a slow answer to this call teaches nothing (see the module docstring)."""
         if exc is None:
             self.on_success(probe)
-        elif counts_as_failure(exc):
+        elif counts_as_failure(exc, expensive=expensive):
             self.on_failure(probe)
+        elif expensive and slow_answer(exc):
+            self.on_cancel(probe)
         elif isinstance(exc, VaultError):
             self.on_success(probe)
         else:

@@ -180,8 +180,10 @@ class VaultClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        expensive: bool = False,
     ) -> VaultResponse:
-        """The one choke point. ``path`` is already quoted (see :func:`quote_path`)."""
+        """The one choke point. ``path`` is already quoted (see :func:`quote_path`). ``expensive``: the call's
+        cost is chosen by the caller's input (Transit), so its timeouts do not feed the circuit breaker."""
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -210,7 +212,7 @@ class VaultClient:
                 try:
                     resp = await self._once(method, url, hdrs, data, params, path, budget)
                 except BaseException as exc:
-                    self.breaker.record(exc, probe)
+                    self.breaker.record(exc, probe, expensive=expensive)
                     if not isinstance(exc, VaultConnectionError) or attempt + 1 >= attempts:
                         raise
                     failed: VaultConnectionError = exc

@@ -126,6 +126,34 @@ def test_what_counts_as_an_outage() -> None:
     assert not counts_as_failure(CircuitOpenError(1.0))
 
 
+def test_slow_answers_to_expensive_calls_are_not_outages() -> None:
+    """A Transit call's cost is the agent's choice: its timeout (or a gateway's 504) says nothing about Vault."""
+    for slow in (VaultTimeoutError("x"), VaultUnavailableError(504, [])):
+        assert counts_as_failure(slow)
+        assert not counts_as_failure(slow, expensive=True)
+    # still outages, whatever the call: no connection, a standby, a proxy's 502/503
+    for down in (VaultConnectionError("x"), VaultUnavailableError(503, ["standby"]), VaultUnavailableError(502, [])):
+        assert counts_as_failure(down, expensive=True)
+
+
+def test_a_slow_expensive_probe_learns_nothing() -> None:
+    b, clock, _ = make()
+    for _ in range(3):
+        b.before_call()
+        b.on_failure()
+    clock.now += 2.0
+    assert b.before_call() is True
+    b.record(VaultTimeoutError("x"), probe=True, expensive=True)
+    assert state(b) == "half_open"  # neither closed nor re-opened: the next call probes again
+    assert b.before_call() is True
+    b.record(None, probe=True)
+    assert state(b) == "closed"
+    for _ in range(10):  # closed: a run of slow expensive calls never opens it
+        b.before_call()
+        b.record(VaultTimeoutError("x"), expensive=True)
+    assert state(b) == "closed"
+
+
 def test_open_circuit_renders_503_with_retry_after() -> None:
     err = from_vault_error(CircuitOpenError(1.2))
     assert (err.status, err.code, err.headers["Retry-After"]) == (503, "vault_unavailable", "2")

@@ -1,4 +1,5 @@
-"""The Redis rate limiter: same semantics as the in-memory one, shared by replicas, fail open or closed."""
+"""The Redis rate limiter: one key per agent, shared by replicas, fail open or closed (its semantics are the
+memory limiter's: the shared matrix in tests/test_ratelimit.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.keys import LIMITER
+from bridge.ratelimit import Quota
 from bridge.ratelimit_redis import RedisRateLimiter, connect
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEYS
 from tests.resilience.conftest import BridgeProcess, RedisServer
@@ -22,31 +24,28 @@ from tests.resilience.conftest import BridgeProcess, RedisServer
 ALICE = {"X-API-Key": API_KEY_ALICE}
 
 
-async def test_sliding_window_no_edge_burst(redis_server: RedisServer) -> None:
-    limiter = RedisRateLimiter(connect(redis_server.url, timeout=1.0), 3, 0.6, prefix="t1:")
+async def test_one_key_per_agent_expiring_when_the_bucket_is_full(redis_server: RedisServer) -> None:
+    client = connect(redis_server.url, timeout=1.0)
+    limiter = RedisRateLimiter(client, Quota(10, 100.0, 10), prefix="t1:")
     try:
-        first = [await limiter.hit("a") for _ in range(3)]
-        assert [d.allowed for d in first] == [True, True, True]
-        assert [d.remaining for d in first] == [2, 1, 0]
-        denied = await limiter.hit("a")
-        assert not denied.allowed
-        assert 0 < denied.retry_after <= 0.6
-        assert denied.headers()["Retry-After"] == "1"
-        assert (await limiter.hit("b")).allowed  # keys are independent
-        await asyncio.sleep(0.35)  # a fixed window would have reset here at an aligned edge; a sliding one not
-        assert not (await limiter.hit("a")).allowed
-        await asyncio.sleep(0.45)  # now the first three have left the window (with margin for a busy CI)
-        again = [await limiter.hit("a") for _ in range(4)]
-        assert [d.allowed for d in again] == [True, True, True, False]
+        for _ in range(3):
+            assert (await limiter.hit("a")).allowed
+        assert await client.keys("t1:*") == [b"t1:gcra:a"]  # one string key, O(1) per agent
+        ttl_ms = await client.pttl("t1:gcra:a")
+        assert 30_000 - 2_000 < ttl_ms <= 31_000  # the bucket is full again in 30 s (3 tokens at 10 s each)
     finally:
         await limiter.close()
 
 
 async def test_concurrent_hits_never_exceed_the_limit(redis_server: RedisServer) -> None:
-    limiters = [RedisRateLimiter(connect(redis_server.url, timeout=1.0), 25, 30.0, prefix="t2:") for _ in range(3)]
+    quota = Quota(25, 3000.0, 25)
+    limiters = [RedisRateLimiter(connect(redis_server.url, timeout=1.0), quota, prefix="t2:") for _ in range(3)]
     try:
         decisions = await asyncio.gather(*(limiters[i % 3].hit("agent") for i in range(120)))
         assert sum(d.allowed for d in decisions) == 25
+        # batches: the cost is charged atomically, never half
+        more = await asyncio.gather(*(limiters[i % 3].hit("batch", cost=7) for i in range(12)))
+        assert sum(d.allowed for d in more) == 3  # 3 x 7 = 21 of 25
     finally:
         for limiter in limiters:
             await limiter.close()
@@ -98,7 +97,7 @@ async def test_two_bridge_processes_share_one_limit(
         "RATE_LIMIT_BACKEND": "redis",
         "REDIS_URL": redis_server.url,
         "RATE_LIMIT_REQUESTS": "10",
-        "RATE_LIMIT_WINDOW_SECONDS": "60",
+        "RATE_LIMIT_WINDOW_SECONDS": "600",  # one token back a minute: none during the test
         "REDIS_KEY_PREFIX": f"shared-{time.time_ns()}:",
     }
     one, two = await asyncio.gather(asyncio.to_thread(spawn_bridge, env), asyncio.to_thread(spawn_bridge, env))

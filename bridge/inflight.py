@@ -1,0 +1,78 @@
+"""Per-agent concurrency cap (``AGENT_MAX_INFLIGHT``): one agent cannot hold every Vault connection.
+
+Each agent has at most ``limit`` requests in progress in this process. A request over the cap waits up to
+``wait`` seconds for one of the agent's own slots (FIFO), then is refused with 429
+``too_many_concurrent_requests``; at most ``limit`` requests of one agent wait at a time, more are refused at
+once. Slots are per agent, so other agents never queue behind a busy one. State exists only for agents with a
+request in progress (an entry is dropped when its last request ends), so memory follows concurrency, not the
+number of agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from bridge.errors import RateLimitedError
+
+
+@dataclass(slots=True)
+class _Agent:
+    slots: asyncio.Semaphore
+    users: int = 0  # requests holding or waiting for a slot
+    waiting: int = 0
+
+
+@dataclass(slots=True)
+class InflightLimiter:
+    """``limit`` concurrent requests per key (0: no cap), waiting at most ``wait`` seconds for a slot."""
+
+    limit: int
+    wait: float
+    _agents: dict[str, _Agent] = field(default_factory=dict)
+
+    def active(self, key: str) -> int:
+        """Requests of ``key`` holding a slot now."""
+        entry = self._agents.get(key)
+        return 0 if entry is None else entry.users - entry.waiting
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def _busy(self) -> RateLimitedError:
+        return RateLimitedError(
+            f"This agent already has {self.limit} requests in progress (AGENT_MAX_INFLIGHT); wait for some to "
+            "finish, then retry.", code="too_many_concurrent_requests", headers={"Retry-After": "1"})
+
+    @asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        if self.limit <= 0:
+            yield
+            return
+        entry = self._agents.get(key)
+        if entry is None:
+            entry = self._agents[key] = _Agent(asyncio.Semaphore(self.limit))
+        if entry.slots.locked() and (entry.waiting >= self.limit or self.wait <= 0):
+            raise self._busy()
+        entry.users += 1
+        try:
+            if entry.slots.locked():
+                entry.waiting += 1
+                try:
+                    await asyncio.wait_for(entry.slots.acquire(), self.wait)
+                except TimeoutError:
+                    raise self._busy() from None
+                finally:
+                    entry.waiting -= 1
+            else:
+                await entry.slots.acquire()  # a free slot: returns at once
+            try:
+                yield
+            finally:
+                entry.slots.release()
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._agents.get(key) is entry:
+                del self._agents[key]
