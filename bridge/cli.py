@@ -14,18 +14,18 @@ from bridge.config import ConfigError, Settings
 
 
 def serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from bridge.app import create_app
     from bridge.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     if settings.reload and os.environ.get("BRIDGE_RELOAD_CHILD") != "1":
         return _reload_loop()
-    from bridge.serving import is_worker, new_event_loop, run_workers
+    from bridge.serving import inherit_session_secret, is_worker, new_event_loop, run_app, run_workers
 
     if settings.workers > 1 and not is_worker():
         return run_workers(settings)
+    if is_worker():
+        settings = inherit_session_secret(settings)
     # SIGTERM: stop accepting, let in-flight requests finish for up to SHUTDOWN_GRACE_SECONDS, then run the
     # cleanup contexts (revoke cached child tokens, close the Vault pool).
     from bridge.tls import ssl_context_from_settings
@@ -35,10 +35,7 @@ def serve(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"vault-mcp-bridge: {exc}", file=sys.stderr)
         return 2
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
-                ssl_context=ssl_context,
-                shutdown_timeout=settings.shutdown_grace_seconds, reuse_port=settings.workers > 1 or None,
-                loop=new_event_loop(settings.event_loop))
+    run_app(create_app(settings), settings, ssl_context=ssl_context, loop=new_event_loop(settings.event_loop))
     return 0
 
 
