@@ -32,24 +32,28 @@ SENSITIVE_KEYS = frozenset({
     "private_key",
 })
 
+SAFE_FIELDS = frozenset({"level", "logger", "request_id", "trace_id", "route", "method", "auth_method", "agent",
+                         "status", "duration_ms"})
+"""Fields whose values the bridge builds from validated parts only; scrubbing them would only cost time."""
+
 _SCRUBBERS: tuple[tuple[re.Pattern[str], str], ...] = (
     # raw bytes quoted by a parser or a repr(): b'...' / b"..." (escapes included)
     (re.compile(r"""\bb'(?:[^'\\]|\\.)*(?:'|$)|\bb"(?:[^"\\]|\\.)*(?:"|$)""", re.DOTALL), "b'" + REDACTED + "'"),
     # credential headers written as "Name: value" or "Name=value", up to the end of the line
-    (re.compile(r"(?i)\b(authorization|proxy-authorization|x-api-key|x-vault-token|x-proxy-secret|cookie|"
-                r"set-cookie|x-ssl-client-cert)(\s*[:=]\s*)[^\r\n]*"), r"\1\2" + REDACTED),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
+    (re.compile(r"(?i:\b(authorization|proxy-authorization|x-api-key|x-vault-token|x-proxy-secret|cookie|"
+                r"set-cookie|x-ssl-client-cert)(\s*[:=]\s*)[^\r\n]*)"), r"\1\2" + REDACTED),
+    (re.compile(r"(?i:\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,})"), r"\1 " + REDACTED),
     # user info in a URL: scheme://user:password@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"), r"\1" + REDACTED + "@"),
+    (re.compile(r"(?i:\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@)"), r"\1" + REDACTED + "@"),
     # Vault tokens (service, batch, recovery; old and new formats)
     (re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{20,}"), REDACTED),
 )
-_TRIGGERS = re.compile(r"(?i)b['\"]|[:=]|bearer|@|\b[hsbr]v?[sbr]?\.")
+_ANY = re.compile("|".join(f"(?:{pattern.pattern})" for pattern, _ in _SCRUBBERS), re.DOTALL)
 
 
 def scrub_text(text: str) -> str:
     """Free text with raw bytes, credential header values, bearer/Vault tokens and URL user info removed."""
-    if not _TRIGGERS.search(text):
+    if not _ANY.search(text):
         return text
     for pattern, replacement in _SCRUBBERS:
         text = pattern.sub(replacement, text)
@@ -82,11 +86,12 @@ def _redact(value: Any, depth: int = 0) -> Any:
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Replace the values of sensitive keys (anywhere in the event, nested too) with ``[redacted]``, and scrub
-    every string (the event text of a foreign logger and rendered exceptions included)."""
+    every string (the event text of a foreign logger and rendered exceptions included) except the access line's
+    fields that the bridge itself made safe (route template, validated request id, agent id...)."""
     for key in list(event_dict):
         if key.lower() in SENSITIVE_KEYS and key != "event":
             event_dict[key] = REDACTED
-        else:
+        elif key not in SAFE_FIELDS:
             event_dict[key] = _redact(event_dict[key])
     return event_dict
 

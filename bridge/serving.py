@@ -6,7 +6,8 @@
   connection handler (:class:`BridgeRequestHandler`), which aiohttp's does not offer as settings:
 
   - ``HEADER_READ_TIMEOUT``: a request's head (request line and headers) must be complete this long after its
-    first byte (for the first request of a connection: after the connection opened). Else 408 and close.
+    first byte (for the first request of a connection: after the connection opened). Else 408 and close. With
+    native TLS the handshake gets the same time (asyncio's default is 60 s).
     An idle keep-alive connection between requests is aiohttp's keep-alive timeout's business.
   - ``BODY_READ_TIMEOUT``: the whole body must have arrived this long after the head (a deadline, not an
     idle timer: trickling one byte at a time does not extend it). Else the handler's read fails with 408
@@ -392,6 +393,30 @@ class BridgeRunner(web.AppRunner):
                             limits=self._limits, **server._kwargs)
 
 
+class BridgeTCPSite(web.TCPSite):
+    """``TCPSite`` whose TLS handshake must also finish within ``HEADER_READ_TIMEOUT`` (asyncio's default: 60 s;
+    a connection still in its handshake is not yet one of :class:`BridgeServer`'s connections)."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        self._runner._reg_site(self)  # what BaseSite.start does; then TCPSite.start plus the handshake timeout
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout)
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
 def run_app(app: web.Application, settings: Settings, *, ssl_context: ssl.SSLContext | None,
             loop: asyncio.AbstractEventLoop) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully (what ``web.run_app`` does, with our runner)."""
@@ -403,9 +428,10 @@ def run_app(app: web.Application, settings: Settings, *, ssl_context: ssl.SSLCon
                               shutdown_timeout=settings.shutdown_grace_seconds)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context,
-                               backlog=max(128, min(limits.max_connections, 1024)),
-                               reuse_port=settings.workers > 1 or None)
+            site = BridgeTCPSite(runner, settings.host, settings.port, ssl_context=ssl_context,
+                                 backlog=max(128, min(limits.max_connections, 1024)),
+                                 reuse_port=settings.workers > 1 or None,
+                                 handshake_timeout=limits.header_read_timeout)
             await site.start()
             log.info("server.listening", host=settings.host, port=settings.port, tls=ssl_context is not None,
                      max_connections=limits.max_connections)

@@ -84,8 +84,9 @@ async def agent_request(url: str) -> tuple[int, float]:
         return resp.status, time.monotonic() - started
 
 
-async def test_300_slow_header_sockets(spawn_bridge: Callable[..., BridgeProcess], bao: DevVault) -> None:
-    bridge = await asyncio.to_thread(spawn_bridge, bridge_env(bao))
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_300_slow_header_sockets(spawn_bridge: Callable[..., BridgeProcess], bao: DevVault, loop: str) -> None:
+    bridge = await asyncio.to_thread(spawn_bridge, bridge_env(bao, EVENT_LOOP=loop))
     partial = await open_many(bridge.port, 300, HEAD)
     silent = await open_many(bridge.port, 50)  # connected, never a byte
     status, took = await agent_request(bridge.url)
@@ -101,9 +102,10 @@ async def test_300_slow_header_sockets(spawn_bridge: Callable[..., BridgeProcess
     assert (await agent_request(bridge.url))[0] == 404
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_slow_and_trickled_bodies_are_cut_at_the_deadline(spawn_bridge: Callable[..., BridgeProcess],
-                                                                bao: DevVault) -> None:
-    bridge = await asyncio.to_thread(spawn_bridge, bridge_env(bao))
+                                                                bao: DevVault, loop: str) -> None:
+    bridge = await asyncio.to_thread(spawn_bridge, bridge_env(bao, EVENT_LOOP=loop))
     head = (f"PUT /secrets/slow-clients/body HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {API_KEY_ALICE}\r\n"
             "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
     half = await open_many(bridge.port, 50, head + b'{"data": {"v": "')  # then silence
@@ -136,7 +138,7 @@ async def test_slow_and_trickled_bodies_are_cut_at_the_deadline(spawn_bridge: Ca
 
 async def test_max_connections_refuses_or_reclaims(spawn_bridge: Callable[..., BridgeProcess],
                                                    bao: DevVault) -> None:
-    bridge = await asyncio.to_thread(spawn_bridge, bridge_env(bao, MAX_CONNECTIONS="20",
+    bridge = await asyncio.to_thread(spawn_bridge, bridge_env(bao, MAX_CONNECTIONS="20", EVENT_LOOP="asyncio",
                                                               HEADER_READ_TIMEOUT="3s"))
     busy = await open_many(bridge.port, 20, HEAD)  # 20 connections in the middle of their headers
     await asyncio.sleep(0.3)
@@ -209,3 +211,48 @@ async def test_file_descriptor_limit_is_respected(fd_limited_bridge: LimitedBrid
     capped = [json.loads(line) for line in log.splitlines() if "server.connections.capped" in line]
     assert capped, log  # the cap was lowered to what the limit allows, and said so at start
     assert capped[0]["max_connections"] < 256 - 100, capped
+
+
+def _start_quiet(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+async def test_tls_handshake_is_bounded_too(bao: DevVault, tmp_path: Path) -> None:
+    """Native TLS: sockets that never start (or never finish) the handshake are closed after
+    HEADER_READ_TIMEOUT, not asyncio's 60 s; a TLS client beside them is served."""
+    from tests.trust.pki import client_context, issue, make_ca
+
+    ca = make_ca(tmp_path)
+    server = issue(tmp_path, ca, "server", cn="localhost", server=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "TLS_"))}
+    env.update(bridge_env(bao, HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="warning",
+                          TLS_CERT_FILE=str(server.cert_path), TLS_KEY_FILE=str(server.key_path)))
+    proc = _start_quiet(env)
+    url = f"https://127.0.0.1:{port}"
+    context = client_context(ca, None)
+
+    async def get(path: str) -> int:
+        async with aiohttp.ClientSession() as session, session.get(
+                url + path, ssl=context, headers={"X-API-Key": API_KEY_ALICE}) as resp:
+            return resp.status
+
+    try:
+        for _ in range(200):
+            try:
+                await get("/healthz")
+                break
+            except aiohttp.ClientError:
+                assert proc.poll() is None
+                await asyncio.sleep(0.1)
+        silent = await open_many(port, 30)  # TCP only: no ClientHello
+        cut = await open_many(port, 10, b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03")  # a cut ClientHello
+        started = time.monotonic()
+        assert await get("/secrets/slow-clients/none") == 404
+        assert time.monotonic() - started < 5.0
+        closed = await until_closed(silent + cut, within=30)
+        assert max(t for t, _ in closed) < 15.0  # asyncio's own handshake timeout: 60 s
+        assert proc.poll() is None
+    finally:
+        stop_process(proc, timeout=15)
