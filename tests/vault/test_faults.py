@@ -105,6 +105,16 @@ async def test_client_connection_refused(aiohttp_server: Any) -> None:
     assert "s.secret-token" not in str(info.value)
 
 
+async def test_connection_error_never_names_the_user_info_of_vault_addr() -> None:
+    port = free_port()
+    async with VaultClient(f"http://vaultuser:pa55word@127.0.0.1:{port}", timeout=1, retry_backoff=0.01) as c:
+        with pytest.raises(VaultConnectionError) as info:
+            await c.sys.health()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "pa55word" not in str(info.value)
+    assert "vaultuser" not in str(info.value)
+
+
 async def test_reads_retry_once_after_a_dropped_connection_writes_never(fake_vault: FakeVault,
                                                                          vault: VaultClient) -> None:
     await vault.kv.write("secret", "mcp/alice/db", {"a": 1})
