@@ -243,6 +243,14 @@ class BridgeServer(web.Server):
         return False
 
 
+_AIOHTTP_INTERNALS = {"_messages", "_lingering_time", "_close", "_loop"}
+"""What :class:`BridgeRequestHandler` uses of aiohttp's ``RequestHandler`` beyond its public methods (aiohttp
+3.14); checked at import so that an aiohttp that changed them fails loudly, not quietly without deadlines."""
+_missing = _AIOHTTP_INTERNALS - {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+if _missing:  # pragma: no cover - only with an incompatible aiohttp
+    raise ImportError(f"bridge.serving needs aiohttp's RequestHandler attributes {sorted(_missing)}")
+
+
 class BridgeRequestHandler(RequestHandler):
     """One client connection: aiohttp's, plus the read deadlines, the connection cap and quiet error pages."""
 
