@@ -12,10 +12,11 @@ from aiohttp import web
 
 from bridge.auth import build_auth_chain
 from bridge.config import Settings
+from bridge.edge import edge_middleware_for
 from bridge.inflight import InflightLimiter
-from bridge.keys import AUDIT, AUTH, INFLIGHT, KEEPER, LIMITER, METRICS, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
+from bridge.keys import AUDIT, AUTH, INFLIGHT, KEEPER, LIMITER, METRICS, PROBE, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
+from bridge.logging import safe_url
 from bridge.mcp.metadata import setup_metadata_routes
-from bridge.mcp.origin import origin_middleware
 from bridge.mcp.server import setup_mcp_routes
 from bridge.metrics import metrics_middleware
 from bridge.middlewares import (
@@ -25,6 +26,7 @@ from bridge.middlewares import (
     rate_limit_middleware,
     request_context,
 )
+from bridge.probe import VaultProbe, running
 from bridge.ratelimit import MemoryRateLimiter
 from bridge.ratelimit_redis import redis_limiter_ctx
 from bridge.rest import setup_routes
@@ -71,10 +73,12 @@ async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
     app[VAULT] = client
     app[KEEPER] = keeper
     app[SERVICE] = SecretService(settings, client, keeper, audit_log=app[AUDIT], children=children)
+    probe = app[PROBE] = VaultProbe(client, keeper, settings.ready_probe_interval)
     task = asyncio.create_task(keeper.run(), name="vault-token-keeper")
-    log.info("bridge.started", vault_addr=settings.vault_addr, auth_methods=app[AUTH].methods)
+    log.info("bridge.started", vault_addr=safe_url(settings.vault_addr), auth_methods=app[AUTH].methods)
     try:
-        yield
+        async with running(probe, first_round_timeout=min(settings.vault_timeout, settings.ready_probe_interval)):
+            yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -132,8 +136,8 @@ def _secret_id_source(settings: Settings, client: VaultClient) -> SecretIdSource
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_context, error_renderer, metrics_middleware, origin_middleware, identity_middleware,
-                     rate_limit_middleware, inflight_middleware],
+        middlewares=[request_context, error_renderer, metrics_middleware, edge_middleware_for(settings),
+                     identity_middleware, rate_limit_middleware, inflight_middleware],
     )
     app[SETTINGS] = settings
     app[AUTH] = build_auth_chain(settings)

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 
 def serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from bridge.app import create_app
     from bridge.logging import configure_logging
 
@@ -32,10 +30,12 @@ def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if settings.reload and os.environ.get("BRIDGE_RELOAD_CHILD") != "1":
         return _reload_loop()
-    from bridge.serving import is_worker, new_event_loop, run_workers
+    from bridge.serving import inherit_session_secret, is_worker, new_event_loop, run_app, run_workers
 
     if settings.workers > 1 and not is_worker():
         return run_workers(settings)
+    if is_worker():
+        settings = inherit_session_secret(settings)
     # SIGTERM: stop accepting, let in-flight requests finish for up to SHUTDOWN_GRACE_SECONDS, then run the
     # cleanup contexts (revoke cached child tokens, close the Vault pool).
     from bridge.tls import ssl_context_from_settings
@@ -47,11 +47,8 @@ def serve(settings: Settings) -> int:
         return 2
     app = create_app(settings)
     loop = new_event_loop(settings.event_loop)
-    install_reload_signal(loop, app)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                ssl_context=ssl_context,
-                shutdown_timeout=settings.shutdown_grace_seconds, reuse_port=settings.workers > 1 or None,
-                loop=loop)
+    install_reload_signal(loop, app)  # SIGHUP re-reads API_KEYS_FILE
+    run_app(app, settings, ssl_context=ssl_context, loop=loop)
     return 0
 
 

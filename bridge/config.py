@@ -136,6 +136,50 @@ class RateLimitSpec(BaseModel):
 
     def quota(self) -> Quota:
         return Quota(self.requests, self.window_seconds, self.burst or self.requests)
+_HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::(?P<port>[0-9]{1,5}))?\Z")
+
+
+def parse_host(value: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` (a ``Host`` header or an ``ALLOWED_HOSTS`` entry) as (host, port): the host lower-case,
+    without a trailing dot, an IPv6 address without brackets and compressed. ``None`` when malformed."""
+    match = _HOST_RE.match(value.strip().lower())
+    if match is None:
+        return None
+    port = int(match.group("port")) if match.group("port") else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    if match.group("v6") is not None:
+        try:
+            return str(ipaddress.IPv6Address(match.group("v6"))), port
+        except ValueError:
+            return None
+    name = match.group("name").removesuffix(".")
+    if not name or name.startswith(".") or ".." in name:
+        return None
+    return name, port
+
+
+def format_host(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def check_host_entry(entry: str) -> str:
+    """One ``ALLOWED_HOSTS`` entry, normalised: ``*``, a CIDR, ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    entry = entry.strip().lower()
+    if entry == "*":
+        return entry
+    if "/" in entry:
+        try:
+            return str(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not a network (CIDR such as 10.0.0.0/8)") from None
+    if entry.count(":") > 1 and not entry.startswith("["):
+        entry = f"[{entry}]"  # a bare IPv6 address
+    parsed = parse_host(entry)
+    if parsed is None:
+        raise ValueError(f"{entry!r} is not a host name, IP address, host:port or CIDR")
+    return format_host(*parsed)
 
 
 class ApiKeyEntry(BaseModel):
@@ -312,6 +356,14 @@ class Settings(BaseModel):
     mcp_resource_url: str = ""
     mcp_page_size: int = Field(default=50, ge=1, le=1000)
 
+    # the edge: what a request must be before it reaches a handler (README "Security notes")
+    allowed_hosts: list[str] = Field(default_factory=list)  # added to the defaults; "*" = any Host
+    header_read_timeout: float = 10.0  # a request's headers must be complete this long after its first byte
+    body_read_timeout: float = 30.0  # ... and its whole body this long after its headers
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)  # per process; over it: 503 and close
+    max_json_depth: int = Field(default=32, ge=4, le=512)  # nesting of objects/arrays in a request body
+    ready_probe_interval: float = 2.0  # /readyz answers from a probe that calls Vault at most this often
+
     @field_validator("mcp_session_secret")
     @classmethod
     def _session_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -383,7 +435,8 @@ class Settings(BaseModel):
     @field_validator("vault_timeout", "jwt_leeway_seconds", "rate_limit_window_seconds", "mcp_session_ttl",
                      "vault_breaker_cooldown", "redis_timeout", "shutdown_grace_seconds", "child_token_ttl",
                      "jwt_cache_seconds", "jwt_max_ttl", "agent_inflight_wait",
-                     "jwt_jwks_cache_seconds", "jwt_jwks_min_refresh_seconds", "jwt_jwks_timeout", mode="before")
+                     "jwt_jwks_cache_seconds", "jwt_jwks_min_refresh_seconds", "jwt_jwks_timeout",
+                     "header_read_timeout", "body_read_timeout", "ready_probe_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -431,6 +484,18 @@ class Settings(BaseModel):
     @classmethod
     def _list(cls, value: Any) -> list[str]:
         return parse_list(value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> list[str]:
+        return [check_host_entry(entry) for entry in parse_list(value)]
+
+    @field_validator("header_read_timeout", "body_read_timeout", "ready_probe_interval")
+    @classmethod
+    def _at_least_50ms(cls, value: float) -> float:
+        if value < 0.05:
+            raise ValueError("must be at least 50ms")
+        return value
 
     @field_validator("jwt_default_scopes")
     @classmethod

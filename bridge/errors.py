@@ -7,6 +7,7 @@
     ├── UnauthenticatedError    401 unauthenticated
     ├── ForbiddenError          403 forbidden / invalid_subject / insufficient_scope
     ├── NotFoundError           404 not_found / secret_deleted / secret_destroyed
+    ├── RequestTimeoutError     408 request_timeout (the body did not arrive within BODY_READ_TIMEOUT)
     ├── ConflictError           409 cas_mismatch / key_type_mismatch / key_limit_reached
     ├── PayloadTooLargeError    413
     ├── UnsupportedMediaError   415
@@ -72,6 +73,11 @@ class NotFoundError(BridgeError):
 class MethodNotAllowedError(BridgeError):
     status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeoutError(BridgeError):
+    status = 408
+    code = "request_timeout"
 
 
 class ConflictError(BridgeError):

@@ -10,6 +10,7 @@ from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.mcp.session import SessionCodec
 from bridge.metrics import Metrics, OpsStats
+from bridge.probe import VaultProbe
 from bridge.ratelimit import Decision, RateLimiter
 from bridge.service import SecretService
 from bridge.tracing import Tracing
@@ -28,6 +29,7 @@ OPS_STATS = web.AppKey("ops_stats", OpsStats)
 AUDIT = web.AppKey("audit", AuditLog)
 TRACING = web.AppKey("tracing", Tracing)
 MCP_SESSIONS = web.AppKey("mcp_sessions", SessionCodec)
+PROBE = web.AppKey("vault_probe", VaultProbe)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)

@@ -1,13 +1,27 @@
-"""Structured logging: structlog JSON lines (or console), with a redaction processor before the renderer."""
+"""Structured logging: structlog JSON lines (or console), with redaction before the renderer, for every log line
+of the process.
+
+- Our own events are structlog key/value events; the values of sensitive keys are replaced (``redact_processor``).
+- Every other logger (aiohttp's ``aiohttp.server``/``aiohttp.access``/``aiohttp.web``, ``asyncio``, warnings,
+  anything a library logs) is routed from the standard ``logging`` module through the same processors, so it
+  is rendered the same way and redacted too; so are uncaught exceptions (``sys.excepthook``, threads).
+- Free text (a library's message, an exception's text) cannot be redacted by key, so every string value is also
+  scrubbed (``scrub_text``): bytes reprs (a parser quoting raw request bytes, e.g. a header value), the values of
+  credential headers (``X-API-Key: …``), bearer tokens, Vault tokens and user info in URLs.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
+from types import TracebackType
 from typing import Any
 
 import structlog
+from yarl import URL
 
 REDACTED = "[redacted]"
 
@@ -18,44 +32,117 @@ SENSITIVE_KEYS = frozenset({
     "private_key", "x-proxy-secret", "proxy_secret", "mtls_proxy_secret",
 })
 
+SAFE_FIELDS = frozenset({"level", "logger", "request_id", "trace_id", "route", "method", "auth_method", "agent",
+                         "status", "duration_ms"})
+"""Fields whose values the bridge builds from validated parts only; scrubbing them would only cost time."""
+
+_SCRUBBERS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # raw bytes quoted by a parser or a repr(): b'...' / b"..." (escapes included)
+    (re.compile(r"""\bb'(?:[^'\\]|\\.)*(?:'|$)|\bb"(?:[^"\\]|\\.)*(?:"|$)""", re.DOTALL), "b'" + REDACTED + "'"),
+    # credential headers written as "Name: value" or "Name=value", up to the end of the line
+    (re.compile(r"(?i:\b(authorization|proxy-authorization|x-api-key|x-vault-token|x-proxy-secret|cookie|"
+                r"set-cookie|x-ssl-client-cert)(\s*[:=]\s*)[^\r\n]*)"), r"\1\2" + REDACTED),
+    (re.compile(r"(?i:\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,})"), r"\1 " + REDACTED),
+    # user info in a URL: scheme://user:password@host
+    (re.compile(r"(?i:\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@)"), r"\1" + REDACTED + "@"),
+    # Vault tokens (service, batch, recovery; old and new formats)
+    (re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{20,}"), REDACTED),
+)
+_ANY = re.compile("|".join(f"(?:{pattern.pattern})" for pattern, _ in _SCRUBBERS), re.DOTALL)
+
+
+def scrub_text(text: str) -> str:
+    """Free text with raw bytes, credential header values, bearer/Vault tokens and URL user info removed."""
+    if not _ANY.search(text):
+        return text
+    for pattern, replacement in _SCRUBBERS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def safe_url(url: str) -> str:
+    """A URL as it may be logged or shown: without user info (``https://user:pass@vault`` → ``https://vault``)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return scrub_text(url)
+    return str(parsed.with_user(None)) if parsed.user is not None or parsed.password is not None else url
+
 
 def _redact(value: Any, depth: int = 0) -> Any:
     if depth > 6:
         return REDACTED
+    if isinstance(value, str):
+        return scrub_text(value)
     if isinstance(value, Mapping):
         return {k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else _redact(v, depth + 1))
                 for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact(v, depth + 1) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return "b'" + REDACTED + "'"
     return value
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the values of sensitive keys (anywhere in the event, nested too) with ``[redacted]``."""
+    """Replace the values of sensitive keys (anywhere in the event, nested too) with ``[redacted]``, and scrub
+    every string (the event text of a foreign logger and rendered exceptions included) except the access line's
+    fields that the bridge itself made safe (route template, validated request id, agent id...)."""
     for key in list(event_dict):
-        if key == "event":
-            continue
-        if key.lower() in SENSITIVE_KEYS:
+        if key.lower() in SENSITIVE_KEYS and key != "event":
             event_dict[key] = REDACTED
-        else:
+        elif key not in SAFE_FIELDS:
             event_dict[key] = _redact(event_dict[key])
     return event_dict
 
 
+class _BridgeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so that configuring again replaces it (and leaves other handlers alone)."""
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    structlog.get_logger("bridge.process").critical("process.uncaught_exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        structlog.get_logger("bridge.process").critical(
+            "process.uncaught_exception", thread=args.thread.name if args.thread else None,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog (process-wide, as logging is) for the service."""
+    """Configure structlog and the standard ``logging`` module (process-wide, as logging is) for the service."""
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
+    numeric = getattr(logging, level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact_processor,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=False,
     )
+    # Everything logged through the standard library: the same processors, the same stream.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
+                    redact_processor, structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
+    )
+    handler = _BridgeHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, _BridgeHandler):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_thread

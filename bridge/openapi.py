@@ -31,10 +31,11 @@ EXCLUDED_ROUTES = frozenset({"mcp", "mcp_get", "mcp_post", "mcp_delete", "mcp_op
 # -- response shapes of routes that answer with plain dicts (kept here, checked against the live bridge) --
 
 class VaultHealthOut(BaseModel):
-    reachable: bool
+    reachable: bool | None = Field(description="From the last probe round; null before the first one.")
     sealed: bool | None
     version: str | None
     initialized: bool | None = None
+    checked_seconds_ago: float | None = Field(default=None, description="Age of the last probe round.")
 
 
 class HealthOut(BaseModel):
@@ -73,7 +74,9 @@ class Error(BaseModel):
 # -- the route table -----------------------------------------------------------------------------------
 
 AUTH_ERRORS = (400, 401, 403, 405, 429, 502, 503, 504)
-BODY_ERRORS = (413, 415)
+BODY_ERRORS = (408, 413, 415)
+EDGE_ERRORS = (403, 421)
+"""What any route may answer before its handler: a foreign ``Origin`` (403) or ``Host`` (421)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +122,11 @@ PREFIX = Param("prefix", "query", {"type": "string", "maxLength": 512, "pattern"
 SECRET_ERRORS = (*AUTH_ERRORS, 404)
 
 REST_OPERATIONS: tuple[Op, ...] = (
-    Op("GET", "/healthz", "healthz", "Liveness, with Vault's reachability and seal state.", "operations",
+    Op("GET", "/healthz", "healthz", "Liveness, with Vault's reachability and seal state from the background "
+       "probe (never calls Vault).", "operations",
        HealthOut, public=True, errors=(405,)),
-    Op("GET", "/readyz", "readyz", "Readiness: Vault reachable, unsealed, and the bridge token valid.",
+    Op("GET", "/readyz", "readyz", "Readiness from the background probe: Vault reachable, unsealed, and the "
+       "bridge token valid.",
        "operations", ReadyOut, public=True, errors=(405,), extra_responses={503: "ReadyOut"}),
     Op("GET", "/openapi.json", "openapi", "This document.", "operations", public=True, errors=(405,),
        extra_responses={}),
@@ -194,12 +199,14 @@ OPERATIONS: tuple[Op, ...] = (*REST_OPERATIONS, *transit_operations())
 ERROR_TEXT = {
     400: "Invalid request (bad JSON, path, parameter or body field).",
     401: "No or bad credential.",
-    403: "Authenticated, but not allowed (scope, subject, Vault policy or network).",
+    403: "Not allowed (scope, subject, Vault policy or network), or an Origin not in MCP_ALLOWED_ORIGINS.",
     404: "Not found (no such secret, deleted or destroyed version, or route).",
     405: "Method not allowed here.",
+    408: "The body did not arrive within BODY_READ_TIMEOUT.",
     409: "Check-and-set mismatch.",
     413: "Body larger than MAX_BODY_BYTES.",
     415: "Body is not application/json.",
+    421: "The Host is not one this bridge answers for (ALLOWED_HOSTS).",
     429: "Rate limited (the bridge's or Vault's); see Retry-After.",
     502: "Vault failed to serve the request.",
     503: "Vault unavailable or sealed, or the audit trail cannot be written.",
@@ -240,7 +247,7 @@ def build_openapi(ops: tuple[Op, ...] = OPERATIONS, *, title: str = "Vault MCP B
         else:
             responses[str(op.status)] = {"description": "Success.",
                                          "content": {op.media: {"schema": {"type": "string"}}}}
-        for code in sorted(set(op.errors)):
+        for code in sorted(set(op.errors) | set(EDGE_ERRORS)):
             responses.setdefault(str(code), {
                 "description": ERROR_TEXT[code],
                 "content": {"application/json": {"schema": error_ref}},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,7 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from bridge.errors import InvalidPathError, InvalidRequestError, MethodNotAllowedError, UnsupportedMediaError
-from bridge.keys import IDENTITY, KEEPER, SERVICE, SETTINGS, VAULT
+from bridge.jsonbody import JsonBodyError, load_json
+from bridge.keys import IDENTITY, PROBE, SERVICE, SETTINGS
 from bridge.middlewares import charge
 from bridge.models import (
     CreateKeyBody,
@@ -27,7 +27,6 @@ from bridge.models import (
     parse,
 )
 from bridge.paths import decode_raw
-from bridge.vault.errors import VaultError
 
 SECRETS_PREFIX = "/secrets/"
 SUFFIXES = (":undelete", ":destroy", ":metadata")
@@ -40,7 +39,8 @@ def ok(model: BaseModel, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The JSON body: 415 unless ``application/json``, 413 past MAX_BODY_BYTES, 400 when not JSON."""
+    """The JSON body: 415 unless ``application/json``, 413 past MAX_BODY_BYTES, 400 when not JSON or beyond the
+    limits of :mod:`bridge.jsonbody` (depth, NaN, unsafe numbers)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaError("Send the body as JSON with 'Content-Type: application/json'.")
     limit = request.app[SETTINGS].max_body_bytes
@@ -48,9 +48,9 @@ async def read_json(request: web.Request) -> Any:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise InvalidRequestError("The body is not valid JSON.") from None
+        return load_json(raw, max_depth=request.app[SETTINGS].max_json_depth)
+    except JsonBodyError as exc:
+        raise InvalidRequestError(str(exc)) from None
 
 
 def raw_tail(request: web.Request) -> tuple[str, str]:
@@ -173,30 +173,17 @@ async def echo_headers(request: web.Request) -> web.Response:
     return web.json_response({"headers": headers})
 
 
-async def vault_health(request: web.Request) -> dict[str, Any]:
-    try:
-        health = await request.app[VAULT].sys.health()
-    except VaultError:
-        return {"reachable": False, "sealed": None, "version": None}
-    return {"reachable": True, "sealed": bool(health.get("sealed")), "version": health.get("version"),
-            "initialized": bool(health.get("initialized", True))}
-
-
 async def healthz(request: web.Request) -> web.Response:
-    vault = await vault_health(request)
-    good = vault["reachable"] and not vault["sealed"]
-    return web.json_response({"status": "ok" if good else "degraded", "vault": vault})
+    """Liveness: answered from process state (the last probe round), never by calling Vault."""
+    state = request.app[PROBE].state
+    return web.json_response({"status": "ok" if state.vault_ok else "degraded", "vault": state.vault_view()})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    vault = await vault_health(request)
-    keeper = request.app[KEEPER]
-    token_ok = False
-    if vault["reachable"] and not vault["sealed"]:
-        token_ok = keeper.valid or await keeper.verify()
-    ready = bool(vault["reachable"] and not vault["sealed"] and token_ok)
-    body = {"ready": ready, "vault": vault, "token_valid": token_ok}
-    return web.json_response(body, status=200 if ready else 503)
+    """Readiness: the background probe's verdict (``bridge.probe``), at most one Vault call per interval."""
+    state = request.app[PROBE].state
+    body = {"ready": state.ready, "vault": state.vault_view(), "token_valid": state.token_valid}
+    return web.json_response(body, status=200 if state.ready else 503)
 
 
 def setup_routes(app: web.Application) -> set[str]:

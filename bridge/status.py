@@ -8,7 +8,9 @@ bridge token's TTL and next renewal; the enabled auth methods; the rate-limit se
 counts, rejections and last-seen times over the recent minutes; the recent errors (status, code, route
 template and request id only); and an inline-SVG chart of requests per minute. No secret, key, path or token
 is ever put into its context. It is served only to clients in ``STATUS_ALLOWED_NETWORKS`` (loopback by
-default) or presenting an ``X-API-Key`` listed in ``ADMIN_API_KEYS``; everyone else gets 403.
+default) or presenting an ``X-API-Key`` listed in ``ADMIN_API_KEYS``; everyone else gets 403. The network rule
+applies to the direct peer of a request no proxy relayed (:func:`relayed`): behind a proxy every client would
+otherwise be "from" the proxy's address, so there only an admin key opens the page.
 """
 
 from __future__ import annotations
@@ -77,14 +79,37 @@ def ops_vault_observer(app: web.Application) -> Callable[[CallStats], None]:
 
 # -- access --------------------------------------------------------------------------------------------
 
-def status_allowed(request: web.Request) -> bool:
-    """From an allowed network, or with an admin API key (compared in constant time)."""
-    settings = request.app[SETTINGS]
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via")
+"""Headers a proxy adds: a request carrying any of them was relayed, whoever its direct peer is."""
+
+
+def _peer(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The direct TCP peer (never a forwarded address)."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    host = peer[0] if isinstance(peer, tuple) and peer else request.remote
     try:
-        remote = ipaddress.ip_address(request.remote or "")
+        return ipaddress.ip_address(str(host or "").split("%")[0])
     except ValueError:
-        remote = None
-    if remote is not None and any(remote in net for net in settings.status_allowed_networks):
+        return None
+
+
+def relayed(request: web.Request, peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+    """Whether a proxy relayed the request: it carries a forwarding header, or (with mTLS header identity on)
+    the direct peer is one of ``MTLS_TRUSTED_PROXIES``. Its direct peer then says nothing about the client."""
+    if any(name in request.headers for name in FORWARDING_HEADERS):
+        return True
+    settings = request.app[SETTINGS]
+    return (settings.auth_mtls_enabled and peer is not None
+            and any(peer in net for net in settings.mtls_trusted_proxies))
+
+
+def status_allowed(request: web.Request) -> bool:
+    """From an allowed network as the direct peer of a request no proxy relayed, or with an admin API key
+    (compared in constant time)."""
+    settings = request.app[SETTINGS]
+    peer = _peer(request)
+    if (peer is not None and any(peer in net for net in settings.status_allowed_networks)
+            and not relayed(request, peer)):
         return True
     presented = request.headers.get("X-API-Key", "")
     if presented and settings.admin_api_keys:

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -35,6 +37,27 @@ API_KEYS = {
 }
 
 
+async def until(client: TestClient[Any, Any], path: str, check: Callable[[int, dict[str, Any]], bool], *,
+                within: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """GET ``path`` until ``check(status, body)`` holds (for state that follows a background task, such as the
+    readiness probe); the last (status, body). Fails after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        resp = await client.get(path)
+        body: dict[str, Any] = await resp.json()
+        if check(resp.status, body):
+            return resp.status, body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"GET {path} never satisfied the check; last {resp.status} {body}")
+        await asyncio.sleep(0.05)
+
+
+async def until_status(client: TestClient[Any, Any], path: str, status: int, *,
+                       within: float = 10.0) -> dict[str, Any]:
+    """GET ``path`` until it answers ``status``; its body."""
+    return (await until(client, path, lambda got, _body: got == status, within=within))[1]
+
+
 @pytest.fixture(scope="session")
 def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevVault]:
     log = tmp_path_factory.mktemp("bao") / "bao.log"
@@ -57,6 +80,7 @@ def make_settings(bao: DevVault) -> Callable[..., Settings]:
             "api_keys_json": json.dumps(API_KEYS),
             "jwt_hs256_secret": JWT_SECRET,
             "rate_limit_requests": 10_000,
+            "ready_probe_interval": 0.1,  # /readyz follows Vault within a tenth of a second in tests
         }
         base.update(overrides)
         return Settings.from_env(env or {}, **base)

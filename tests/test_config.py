@@ -260,3 +260,37 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env({})
     with pytest.raises(ValueError, match="frozen"):
         s.port = 1  # type: ignore[misc]
+
+
+# -- the edge settings (issue 9) ---------------------------------------------------------------------------
+
+def test_edge_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.allowed_hosts == []
+    assert (s.header_read_timeout, s.body_read_timeout) == (10.0, 30.0)
+    assert (s.max_connections, s.max_json_depth, s.ready_probe_interval) == (2048, 32, 2.0)
+
+
+def test_edge_settings_parse() -> None:
+    s = Settings.from_env({"ALLOWED_HOSTS": "Bridge.Example., bridge.example:8443, ::1, [fd00::2]:80, 10.1.0.0/16, *",
+                           "HEADER_READ_TIMEOUT": "500ms", "BODY_READ_TIMEOUT": "2m", "MAX_CONNECTIONS": "100",
+                           "MAX_JSON_DEPTH": "64", "READY_PROBE_INTERVAL": "5s"})
+    assert s.allowed_hosts == ["bridge.example", "bridge.example:8443", "[::1]", "[fd00::2]:80", "10.1.0.0/16", "*"]
+    assert (s.header_read_timeout, s.body_read_timeout, s.ready_probe_interval) == (0.5, 120.0, 5.0)
+    assert (s.max_connections, s.max_json_depth) == (100, 64)
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("ALLOWED_HOSTS", "bridge example"), ("ALLOWED_HOSTS", "a..b"), ("ALLOWED_HOSTS", "host:0"),
+    ("ALLOWED_HOSTS", "host:99999"), ("ALLOWED_HOSTS", "10.0.0.0/99"), ("ALLOWED_HOSTS", "[zz]"),
+    ("ALLOWED_HOSTS", "http://bridge.example"), ("HEADER_READ_TIMEOUT", "0"), ("BODY_READ_TIMEOUT", "soon"),
+    ("MAX_CONNECTIONS", "0"), ("MAX_JSON_DEPTH", "2"), ("MAX_JSON_DEPTH", "100000"), ("READY_PROBE_INTERVAL", "1ms"),
+])
+def test_edge_settings_refused(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid setting {var}"):
+        Settings.from_env({var: value})
+
+
+def test_vault_addr_with_user_info_is_accepted() -> None:
+    assert Settings.from_env({"VAULT_ADDR": "https://user:p%40ss@vault.example:8200"}).vault_addr == \
+        "https://user:p%40ss@vault.example:8200"

@@ -7,6 +7,8 @@ import base64
 import json
 import logging
 import secrets
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,9 +29,19 @@ ALICE = {"X-API-Key": API_KEY_ALICE}
 
 @pytest.fixture
 def restore_structlog() -> Iterator[None]:
+    """configure_logging is process-wide: put structlog, the stdlib root logger and the hooks back."""
     saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    hooks = (sys.excepthook, threading.excepthook)
     yield
     structlog.configure(**saved)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook = hooks
 
 
 def test_redaction_processor_top_level_and_nested() -> None:
@@ -170,3 +182,43 @@ async def test_canary_never_reaches_a_log_line(aiohttp_client: Callable[..., Any
         assert secret not in caplog.text, "leaked into stdlib logging"
         for event in captured:
             assert secret not in repr(event), event
+
+
+def test_stdlib_loggers_go_through_the_redaction(capsys: pytest.CaptureFixture[str],
+                                                 restore_structlog: None) -> None:
+    """aiohttp's, asyncio's, any library's logging: the same JSON lines, free text scrubbed."""
+    configure_logging("debug", "json")
+    secret = "CANARY" + secrets.token_hex(8)
+    try:
+        raise ValueError(f"Invalid header value char:\n\n  b'X-API-Key: {secret}\\r'\n  ^")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1")
+    logging.getLogger("asyncio").warning("connecting to https://user:%s@vault.example:8200", secret)
+    logging.getLogger("some.library").info("sent Authorization: Bearer %s and X-Vault-Token=%s", secret, secret)
+    logging.getLogger("some.library").info("token hvs.%s", "A" * 24 + secret)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4
+    assert all("timestamp" in record and "level" in record for record in lines)
+    assert lines[0]["logger"] == "aiohttp.server"
+    assert "ValueError" in lines[0]["exception"]
+    assert "vault.example:8200" in lines[1]["event"]
+    for record in lines:
+        assert secret not in json.dumps(record)
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("cannot reach vault at https://u:p4ss@vault:8200/v1", "vault:8200/v1"),
+    ("Got more than 8190 bytes when reading: b'k3y-material...'.", "Got more than 8190 bytes"),
+    ("X-API-Key: k3y-material", "X-API-Key: "),
+    ("authorization=Basic k3y-material", "authorization="),
+    ("token s.k3y-materialk3y-materialk3y", "token "),
+])
+def test_scrub_text(text: str, kept: str) -> None:
+    from bridge.logging import safe_url, scrub_text
+
+    out = scrub_text(text)
+    assert kept in out
+    assert "k3y-material" not in out
+    assert "p4ss" not in out
+    assert safe_url("https://u:p4ss@vault:8200") == "https://vault:8200"
+    assert safe_url("https://vault:8200") == "https://vault:8200"

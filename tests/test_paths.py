@@ -147,7 +147,7 @@ async def raw_request(server: TestServer, method: str, target: str, *, headers: 
     """Send exactly ``target`` as the request line's target (no client-side normalisation)."""
     assert server.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    lines = [f"{method} {target} HTTP/1.1", "Host: bridge", "Connection: close", f"Content-Length: {len(body)}"]
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close", f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body)
     await writer.drain()

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from bridge.auth.identity import Identity
 from bridge.errors import BridgeError, RateLimitedError
+from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
 from bridge.keys import IDENTITY, MCP_SESSIONS, METRICS, SERVICE, SETTINGS
 from bridge.mcp.metadata import MCP_PATH
 from bridge.mcp.protocol import (
@@ -136,8 +137,10 @@ async def read_message(request: web.Request) -> Message:
                        http_status=415)
     raw = await request.read()
     try:
-        body = json.loads(raw)
-    except ValueError:
+        body = load_json(raw, max_depth=request.app[SETTINGS].max_json_depth)
+    except JsonLimitError as exc:
+        raise _bad_request(f"Invalid Request: {exc}") from None
+    except JsonBodyError:
         raise _bad_request("Parse error: the body is not valid JSON.", PARSE_ERROR) from None
     if isinstance(body, list):
         raise _bad_request("Batches are not supported: send one JSON-RPC message per POST.")

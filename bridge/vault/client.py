@@ -105,6 +105,10 @@ class VaultClient:
         http_client: str = "aiohttp",
     ) -> None:
         self.addr = addr.rstrip("/")
+        url = URL(self.addr)
+        # for messages: never the user info of VAULT_ADDR (https://user:pass@vault)
+        self.display_addr = str(url.with_user(None)) if url.user is not None or url.password is not None \
+            else self.addr
         # "aiohttp" (default) or "lean": bridge/vault/transport.py, a minimal keep-alive HTTP/1.1 transport
         self.http_client = http_client
         self._lean: LeanTransport | None = None
@@ -268,7 +272,7 @@ class VaultClient:
             ) from None
         except (aiohttp.ClientError, TransportConnectionError) as exc:
             raise VaultConnectionError(
-                f"cannot reach vault at {self.addr}: {type(exc).__name__}"
+                f"cannot reach vault at {self.display_addr}: {type(exc).__name__}"
             ) from None
         body: dict[str, Any] | None = None
         if raw:

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.auth.identity import Identity
 from bridge.config import Settings
-from bridge.mcp.origin import origin_allowed
+from bridge.edge import origin_allowed
 from bridge.mcp.server import accepts_both, decode_cursor, decode_header_value, encode_cursor
 from bridge.mcp.session import SessionCodec
 from bridge.mcp.tools import TOOLS, output_schema, tools_by_name, visible_tools

@@ -314,3 +314,26 @@ def test_no_real_secrets_in_deploy() -> None:
 
 def test_sh_available() -> None:
     assert shutil.which("sh")
+
+
+@pytest.mark.integration
+async def test_kubernetes_probes_and_scrapes_pass_the_host_check(
+        aiohttp_client: Any, make_settings: Any) -> None:
+    """A bridge configured by the ConfigMap answers the kubelet's probes as the Deployment sends them (Host from
+    httpHeaders), Prometheus' scrape by pod IP and the Service name, and refuses any other Host (421)."""
+    from bridge.app import create_app
+
+    docs = k8s_docs()
+    env = {k.lower(): v for k, v in docs["ConfigMap"]["data"].items()
+           if k not in ("VAULT_ADDR", "CHILD_TOKEN_ENABLED", "AUDIT_LOG", "VAULT_APPROLE_MOUNT")}
+    client = await aiohttp_client(create_app(make_settings(**env)))
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = container[kind]["httpGet"]
+        headers = {h["name"]: h["value"] for h in probe.get("httpHeaders", [])}
+        assert "Host" in headers, kind
+        resp = await client.get(probe["path"], headers=headers)
+        assert resp.status == 200, (kind, await resp.text())
+    for host in ("10.244.1.17:8089", "vault-mcp-bridge:8089", "vault-mcp-bridge.default.svc.cluster.local"):
+        assert (await client.get("/metrics", headers={"Host": host})).status == 200, host
+    assert (await client.get("/healthz", headers={"Host": "attacker.example"})).status == 421

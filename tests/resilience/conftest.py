@@ -70,6 +70,7 @@ def pbao_settings(live_pbao: PersistentBao) -> Callable[..., Settings]:
             "vault_timeout": 2.0,
             "vault_breaker_threshold": 3,
             "vault_breaker_cooldown": 0.5,
+            "ready_probe_interval": 0.1,
         }
         base.update(overrides)
         return Settings.from_env({}, **base)

@@ -28,7 +28,7 @@ from bridge.vault.errors import (
     VaultTimeoutError,
     VaultUnavailableError,
 )
-from tests.conftest import API_KEY_ALICE, API_KEYS
+from tests.conftest import API_KEY_ALICE, API_KEYS, until, until_status
 from tests.fakevault import POLICY_DENIED_BODY, FakeVault
 
 ALICE = {"X-API-Key": API_KEY_ALICE}
@@ -37,7 +37,8 @@ MakeBridge = Callable[..., Awaitable[Client]]
 
 
 def settings_for(addr: str, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {"vault_addr": addr, "api_keys_json": json.dumps(API_KEYS), "rate_limit_enabled": False}
+    base: dict[str, Any] = {"vault_addr": addr, "api_keys_json": json.dumps(API_KEYS), "rate_limit_enabled": False,
+                            "ready_probe_interval": 0.1}
     if "vault_breaker_threshold" in Settings.model_fields:
         base["vault_breaker_threshold"] = 0  # these tests are about each single fault, not the breaker
     base.update(overrides)
@@ -102,6 +103,16 @@ async def test_client_connection_refused(aiohttp_server: Any) -> None:
         with pytest.raises(VaultConnectionError) as info:
             await c.kv.read("secret", "mcp/alice/db")
     assert "s.secret-token" not in str(info.value)
+
+
+async def test_connection_error_never_names_the_user_info_of_vault_addr() -> None:
+    port = free_port()
+    async with VaultClient(f"http://vaultuser:pa55word@127.0.0.1:{port}", timeout=1, retry_backoff=0.01) as c:
+        with pytest.raises(VaultConnectionError) as info:
+            await c.sys.health()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "pa55word" not in str(info.value)
+    assert "vaultuser" not in str(info.value)
 
 
 async def test_reads_retry_once_after_a_dropped_connection_writes_never(fake_vault: FakeVault,
@@ -191,20 +202,18 @@ async def test_dropped_connections_are_503(fake_vault: FakeVault, make_bridge: M
 
 async def test_sealed_vault(fake_vault: FakeVault, make_bridge: MakeBridge) -> None:
     api = await make_bridge()
-    assert (await api.get("/readyz")).status == 200
+    await until_status(api, "/readyz", 200)
     fake_vault.seal()
     resp = await api.get("/secrets/db", headers=ALICE)
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "vault_sealed"
-    resp = await api.get("/healthz")
-    assert resp.status == 200
-    body = await resp.json()
-    assert body["status"] == "degraded"
+    status, body = await until(api, "/healthz", lambda _status, body: body["status"] == "degraded")
+    assert status == 200
     assert body["vault"]["sealed"] is True
     assert body["vault"]["reachable"]
-    assert (await api.get("/readyz")).status == 503
+    await until_status(api, "/readyz", 503)
     fake_vault.unseal()
-    assert (await api.get("/readyz")).status == 200
+    await until_status(api, "/readyz", 200)
     assert (await api.put("/secrets/db", json={"data": {"a": 1}}, headers=ALICE)).status == 200
 
 
@@ -215,7 +224,7 @@ async def test_bare_403_on_a_static_token_is_forbidden_not_500(fake_vault: FakeV
     resp = await api.get("/secrets/db", headers=ALICE)
     assert resp.status == 403
     assert (await resp.json())["error"]["code"] == "forbidden"
-    assert (await api.get("/readyz")).status == 503
+    await until_status(api, "/readyz", 503)
 
 
 async def test_starts_while_vault_is_down_then_recovers(fake_vault: FakeVault, aiohttp_client: Callable[..., Any],
@@ -235,7 +244,7 @@ async def test_starts_while_vault_is_down_then_recovers(fake_vault: FakeVault, a
 
     await fake_vault.start(aiohttp_server, port=port)
     assert (await api.put("/secrets/db", json={"data": {"a": 1}}, headers=ALICE)).status == 200
-    assert (await api.get("/readyz")).status == 200
+    await until_status(api, "/readyz", 200)
 
 
 async def test_approle_logs_in_once_vault_is_back(fake_vault: FakeVault, aiohttp_client: Callable[..., Any],
@@ -258,7 +267,7 @@ async def test_approle_logs_in_once_vault_is_back(fake_vault: FakeVault, aiohttp
     write = fake_vault.calls("secret/data/", method="POST")[-1]
     assert write.token in fake_vault.tokens
     assert write.token != fake_vault.root_token
-    assert (await api.get("/readyz")).status == 200
+    await until_status(api, "/readyz", 200)
 
 
 async def test_approle_token_revoked_outside_is_replaced(fake_vault: FakeVault, make_bridge: MakeBridge) -> None:

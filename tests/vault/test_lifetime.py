@@ -273,11 +273,12 @@ async def test_bridge_with_approle_survives_an_outside_revocation(bao: DevVault,
     from bridge.app import create_app
     from bridge.config import Settings
     from bridge.keys import KEEPER
-    from tests.conftest import API_KEY_ALICE, API_KEYS
+    from tests.conftest import API_KEY_ALICE, API_KEYS, until_status
 
     role = await _approle(bao, "bridge-" + secrets.token_hex(3), token_ttl="1h")
     settings = Settings.from_env({}, vault_addr=bao.addr, vault_role_id=role.role_id,
-                                 vault_secret_id=role.secret_id, api_keys_json=json.dumps(API_KEYS))
+                                 vault_secret_id=role.secret_id, api_keys_json=json.dumps(API_KEYS),
+                                 ready_probe_interval=0.1)
     app = create_app(settings)
     api = await aiohttp_client(app)
     alice = {"X-API-Key": API_KEY_ALICE}
@@ -292,7 +293,7 @@ async def test_bridge_with_approle_survives_an_outside_revocation(bao: DevVault,
     assert (await resp.json())["data"] == {"a": 1}
     assert keeper.token != first
     assert keeper.state.logins == 2
-    assert (await api.get("/readyz")).status == 200
+    await until_status(api, "/readyz", 200)
 
 
 # -- shutdown: the bridge revokes the token it logged in with -----------------------------------------------

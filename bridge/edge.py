@@ -1,0 +1,165 @@
+"""The first checks every request passes, on every route, before authentication: ``Host`` and ``Origin``.
+
+Both defend against DNS rebinding: a web page on ``evil.example`` whose name the attacker re-points at the
+bridge's address can make a browser send requests there, but the browser still says ``Host: evil.example``
+and ``Origin: http://evil.example``.
+
+- ``Host`` (421 ``invalid_host``): allowed are ``localhost``, ``127.0.0.1``, ``[::1]``, the bound ``HOST``
+  (unless it is a wildcard address), the host of ``MCP_RESOURCE_URL``, and every ``ALLOWED_HOSTS`` entry.
+  Ports: an entry without a port allows its host on any port (``localhost`` allows ``localhost:8089``); an entry
+  with a port (``bridge.example:443``) allows exactly that port. A CIDR entry (``10.0.0.0/8``) allows any
+  IP-literal ``Host`` in that network (probes and scrapers that reach a pod by its IP); ``*`` allows any
+  ``Host`` (for deployments whose proxy checks it). A request without ``Host`` (HTTP/1.0) is not a browser's
+  and passes; a malformed or repeated ``Host`` is refused.
+- ``Origin`` (403 ``origin_not_allowed``): a request that carries one must carry an allowed one:
+  ``MCP_ALLOWED_ORIGINS`` (exact ``scheme://host[:port]`` values) when set; otherwise any origin whose host is
+  ``localhost``/``127.0.0.1``/``::1``, the bound ``HOST`` (unless a wildcard) or the host of ``MCP_RESOURCE_URL``.
+  Requests without ``Origin`` (agents, curl) are unaffected. The request's own ``Host`` is never trusted for
+  this: in a rebinding attack it carries the attacker's name too.
+
+On ``/mcp`` both answers are JSON-RPC error objects (``id: null``), elsewhere the REST error body.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+from yarl import URL
+
+from bridge.config import Settings, parse_host
+from bridge.errors import BridgeError, ForbiddenError
+from bridge.keys import SETTINGS
+from bridge.mcp.metadata import MCP_PATH
+from bridge.mcp.protocol import FORBIDDEN, INVALID_REQUEST, RpcError, rpc_error
+from bridge.middlewares import render_error
+
+log = structlog.get_logger("bridge.edge")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+class InvalidHostError(BridgeError):
+    """421: the request's ``Host`` is not one this bridge answers for."""
+
+    status = 421
+    code = "invalid_host"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """The allowed ``Host`` values, built once from the settings."""
+
+    any_host: bool
+    names: frozenset[str]  # any port
+    names_with_port: frozenset[tuple[str, int]]
+    networks: tuple[Network, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HostPolicy:
+        names = set(LOCAL_HOSTS) | own_hosts(settings)
+        with_port: set[tuple[str, int]] = set()
+        networks: list[Network] = []
+        any_host = False
+        for entry in settings.allowed_hosts:
+            if entry == "*":
+                any_host = True
+            elif "/" in entry:
+                networks.append(ipaddress.ip_network(entry))
+            else:
+                parsed = parse_host(entry)
+                assert parsed is not None  # validated in config
+                host, port = parsed
+                if port is None:
+                    names.add(host)
+                else:
+                    with_port.add((host, port))
+        return cls(any_host, frozenset(names), frozenset(with_port), tuple(networks))
+
+    def allows(self, value: str) -> bool:
+        """Whether a ``Host`` header value is allowed (see the module docstring for the port rule)."""
+        if self.any_host:
+            return True
+        parsed = parse_host(value)
+        if parsed is None:
+            return False
+        host, port = parsed
+        if host in self.names or (port is not None and (host, port) in self.names_with_port):
+            return True
+        if self.networks:
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            return any(addr in net for net in self.networks)
+        return False
+
+
+def own_hosts(settings: Settings) -> set[str]:
+    """The bound ``HOST`` (unless a wildcard) and the host of ``MCP_RESOURCE_URL``, lower-case, unbracketed."""
+    own: set[str] = set()
+    if settings.host not in WILDCARD_HOSTS:
+        own.add(settings.host.lower().strip("[]"))
+    if settings.mcp_resource_url:
+        resource_host = URL(settings.mcp_resource_url).host
+        if resource_host:
+            own.add(resource_host.lower().strip("[]"))
+    return own
+
+
+def _normalize(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def _origin_host(origin: str) -> str | None:
+    try:
+        url = URL(origin)
+    except ValueError:
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    return url.host.lower().strip("[]")
+
+
+def origin_allowed(origin: str, settings: Settings) -> bool:
+    if settings.mcp_allowed_origins:
+        return _normalize(origin) in {_normalize(o) for o in settings.mcp_allowed_origins}
+    host = _origin_host(origin)
+    return host is not None and host in (LOCAL_HOSTS | own_hosts(settings))
+
+
+def _refuse(request: web.Request, err: BridgeError, rpc_code: int) -> web.Response:
+    if request.path.rstrip("/") == MCP_PATH:
+        return rpc_error(None, RpcError(rpc_code, err.message, data={"code": err.code}, http_status=err.status))
+    return render_error(request, err)
+
+
+def edge_middleware_for(settings: Settings) -> Middleware:
+    """The ``Host``/``Origin`` middleware; sits after ``error_renderer`` and before ``identity_middleware``, so
+    a bad ``Host`` is 421 and a bad ``Origin`` 403, never 401."""
+    policy = HostPolicy.from_settings(settings)
+
+    @web.middleware
+    async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        hosts = request.headers.getall(hdrs.HOST, [])
+        if len(hosts) > 1 or (hosts and not policy.allows(hosts[0])):
+            log.warning("http.host.rejected", method=request.method, hosts=len(hosts))  # the value is not logged
+            return _refuse(request, InvalidHostError(
+                "This bridge does not answer for that Host (DNS-rebinding protection); an operator can add it "
+                "to ALLOWED_HOSTS."), INVALID_REQUEST)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and not origin_allowed(origin, request.app[SETTINGS]):
+            log.warning("http.origin.rejected", method=request.method)
+            return _refuse(request, ForbiddenError(
+                "Origin not allowed: browser requests are accepted only from the origins in MCP_ALLOWED_ORIGINS "
+                "(DNS-rebinding protection).", code="origin_not_allowed"), FORBIDDEN)
+        return await handler(request)
+
+    return edge_middleware
