@@ -141,8 +141,6 @@ REST_OPERATIONS: tuple[Op, ...] = (
        "redacted); for checking proxies.", "identity", EchoHeadersOut),
     Op("GET", "/secrets", "secrets_list", "List keys below a prefix.", "secrets", m.ListOut,
        params=(PREFIX,), errors=SECRET_ERRORS),
-    Op("GET", "/secrets/", "secrets_list_slash", "List keys below a prefix (same as /secrets).", "secrets",
-       m.ListOut, params=(PREFIX,), errors=SECRET_ERRORS),
     Op("GET", "/secrets/{path}", "secret_get", "Read a secret (latest or ?version=N).", "secrets",
        m.SecretOut, params=(SECRET_PATH, VERSION), errors=SECRET_ERRORS),
     Op("GET", "/secrets/{path}:metadata", "secret_get", "Read a secret's metadata and version history.",
