@@ -15,9 +15,9 @@ from aiohttp import web
 from yarl import URL
 
 from bridge.config import Settings
+from bridge.errors import ForbiddenError
 from bridge.keys import SETTINGS
 from bridge.mcp.metadata import MCP_PATH
-from bridge.mcp.protocol import FORBIDDEN, RpcError, rpc_error
 
 log = structlog.get_logger("bridge.mcp")
 
@@ -64,7 +64,7 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
     origin = request.headers.get("Origin")
     if origin is not None and not origin_allowed(origin, request.app[SETTINGS]):
         log.warning("mcp.origin.rejected", method=request.method)
-        return rpc_error(None, RpcError(
-            FORBIDDEN, "Origin not allowed: this MCP endpoint only accepts browser requests from the origins in "
-                       "MCP_ALLOWED_ORIGINS (DNS-rebinding protection).", http_status=403))
+        # rendered by error_renderer: a JSON-RPC error -31403 with data.code "origin_not_allowed"
+        raise ForbiddenError("Origin not allowed: this MCP endpoint only accepts browser requests from the "
+                             "origins in MCP_ALLOWED_ORIGINS (DNS-rebinding protection).", code="origin_not_allowed")
     return await handler(request)

@@ -65,16 +65,17 @@ async def test_canary_never_reaches_the_audit_file(ops_client: OpsClient, tmp_pa
                    bao.root_token):
         assert needle not in text
     lines = records(audit)
-    ops = [(r["operation"], r["outcome"]) for r in lines]
+    ops = [(r["operation"], r["outcome"], r.get("code")) for r in lines]
     assert ops == [
-        ("kv_write", "ok"), ("kv_patch", "ok"), ("kv_read", "ok"), ("kv_read", "ok"), ("kv_metadata", "ok"),
-        ("kv_list", "ok"), ("transit_encrypt", "ok"), ("transit_decrypt", "ok"), ("kv_delete", "ok"),
-        ("kv_undelete", "ok"), ("kv_destroy", "ok"), ("kv_read", "not_found"), ("kv_delete", "forbidden"),
+        ("kv_write", "ok", None), ("kv_patch", "ok", None), ("kv_read", "ok", None), ("kv_read", "ok", None),
+        ("kv_metadata", "ok", None), ("kv_list", "ok", None), ("transit_encrypt", "ok", None),
+        ("transit_decrypt", "ok", None), ("kv_delete", "ok", None), ("kv_undelete", "ok", None),
+        ("kv_destroy", "ok", None), ("kv_read", "error", "not_found"), ("kv_delete", "denied", "forbidden"),
     ]
     by_op = {r["operation"]: r for r in lines}
     for r in lines:
         assert set(r) <= {"time", "type", "request_id", "agent", "auth_method", "operation", "path", "prefix",
-                          "key", "version", "versions", "cas", "outcome", "status", "vault_request_id",
+                          "key", "version", "versions", "cas", "outcome", "code", "status", "vault_request_id",
                           "duration_ms"}
         assert r["agent"] == "alice"
         assert r["auth_method"] == "api_key"
