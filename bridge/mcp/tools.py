@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.auth.identity import Identity
 from bridge.models import (
+    MAX_VERSION,
     CreateKeyBody,
     DecryptBody,
     DecryptOut,
@@ -85,7 +86,7 @@ class PathArgs(_Args):
 
 
 class KvReadArgs(PathArgs):
-    version: int | None = Field(default=None, ge=0,
+    version: int | None = Field(default=None, ge=0, le=MAX_VERSION,  # as REST's ?version= (nine digits)
                                 description="Version to read; omit (or 0) for the latest version.")
 
 
