@@ -111,10 +111,12 @@ _NOT_ACTIVE = (
     "node is not the leader",  # Raft, stepping down
     "leadership lost",
     "leadership transfer in progress",
+    "context canceled",  # the server cancelled the request: it is sealing or stepping down
 )
 """What Vault/OpenBao say in a 5xx while a node starts, waits for an election or steps down (verified on
-OpenBao 2.7.2 with Raft: ``500 local node not active but active cluster node not found`` right after an unseal).
-Retrying shortly succeeds, so these are ``VaultUnavailableError``, not a server fault."""
+OpenBao 2.7.2 with Raft: ``500 local node not active but active cluster node not found`` right after an unseal,
+``500 1 error occurred: * context canceled`` for a write in flight while it seals). Retrying shortly succeeds,
+so these are ``VaultUnavailableError``, not a server fault."""
 
 
 def not_active(errors: list[str]) -> bool:
