@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import free_port
-from bridge.errors import VaultUnavailableBridgeError
+from bridge.errors import BridgeError
 from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
 from tests.mcp.conftest import (
     MCP_ACCEPT,
@@ -137,32 +137,35 @@ async def test_every_refusal_is_a_jsonrpc_error(mcp_client: McpClientFactory, na
     assert resp.headers["X-Request-Id"]
 
 
+@pytest.mark.parametrize(("status", "code", "rpc_code", "retry"), [
+    (400, "invalid_request", -32600, None),  # e.g. a body check of another middleware
+    (421, "invalid_host", -31421, None),
+    (503, "vault_unavailable", -31503, "5"),
+    (504, "vault_timeout", -31504, "5"),
+])
 async def test_a_middleware_of_any_helper_is_rendered_too(aiohttp_client: Callable[..., Awaitable[Any]],
-                                                          make_settings: Callable[..., Settings]) -> None:
-    """Rendering is one place: a refusal raised by any middleware (here a stand-in for a Vault-dependent one,
-    503 and 504 with Retry-After) is a JSON-RPC error on /mcp and REST JSON elsewhere, with no work on its side."""
+                                                          make_settings: Callable[..., Settings], status: int,
+                                                          code: str, rpc_code: int, retry: str | None) -> None:
+    """Rendering is one place: a refusal raised by any middleware (here a stand-in for those of other parts of
+    the bridge) is a JSON-RPC error on /mcp and REST JSON elsewhere, with no work on its side."""
     app = create_app(make_settings())
-    status = {"now": 503}
 
     @web.middleware
-    async def vault_gate(request: web.Request, handler: Any) -> web.StreamResponse:
-        raise VaultUnavailableBridgeError("Vault is unavailable; retry in a few seconds.", status=status["now"],
-                                          code="vault_unavailable" if status["now"] == 503 else "vault_timeout",
-                                          headers={"Retry-After": "5"})
+    async def stand_in(request: web.Request, handler: Any) -> web.StreamResponse:
+        raise BridgeError("Refused by a middleware.", status=status, code=code,
+                          headers={"Retry-After": retry} if retry else None)
 
-    app.middlewares.append(vault_gate)
+    app.middlewares.append(stand_in)
     client: TestClient[Any, Any] = await aiohttp_client(app)
-    for now, rpc_code, code in ((503, -31503, "vault_unavailable"), (504, -31504, "vault_timeout")):
-        status["now"] = now
-        resp = await client.post("/mcp", json=rpc("tools/list", msg_id=41), headers=legacy_headers(API_KEY_ALICE))
-        assert resp.status == now
-        assert resp.headers["Retry-After"] == "5"
-        assert await resp.json() == {"jsonrpc": "2.0", "id": 41, "error": {
-            "code": rpc_code, "message": "Vault is unavailable; retry in a few seconds.",
-            "data": {"code": code, "retry_after": 5}}}
-        rest = await client.get("/whoami", headers={"X-API-Key": API_KEY_ALICE})
-        assert rest.status == now
-        assert (await rest.json())["error"]["code"] == code
+    resp = await client.post("/mcp", json=rpc("tools/list", msg_id=41), headers=legacy_headers(API_KEY_ALICE))
+    assert resp.status == status
+    assert resp.headers.get("Retry-After") == retry
+    data: dict[str, Any] = {"code": code, **({"retry_after": int(retry)} if retry else {})}
+    assert await resp.json() == {"jsonrpc": "2.0", "id": 41, "error": {
+        "code": rpc_code, "message": "Refused by a middleware.", "data": data}}
+    rest = await client.get("/whoami", headers={"X-API-Key": API_KEY_ALICE})
+    assert rest.status == status
+    assert await rest.json() == {"error": {"code": code, "message": "Refused by a middleware."}}
 
 
 async def test_the_id_is_peeked_only_from_small_bodies(mcp_client: McpClientFactory) -> None:
