@@ -146,7 +146,6 @@ class AuditLog:
                 "The operation was carried out but its audit record could not be written; an operator must "
                 "fix AUDIT_LOG. Check the result (e.g. read the secret) before retrying.") from None
 
-
     async def refusal(self, identity: Identity, operation: str | None, err: BridgeError, *, route: str) -> None:
         """The record of an operation refused outside a service method (see the module docstring); a failed
         write is logged and counted, and the refusal's own answer stands."""

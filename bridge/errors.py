@@ -106,11 +106,6 @@ class RateLimitedError(BridgeError):
     code = "rate_limited"
 
 
-class NotAcceptableError(BridgeError):
-    status = 406
-    code = "not_acceptable"
-
-
 class VaultUnavailableBridgeError(BridgeError):
     status = 503
     code = "vault_unavailable"
@@ -210,7 +205,7 @@ def from_vault_error(exc: v.VaultError, *, what: str = "the request") -> BridgeE
     if isinstance(exc, v.VaultUnavailableError):
         _vault_server_text(exc, "vault.unavailable")
         return VaultUnavailableBridgeError(
-            "Vault is unavailable (starting, standby or stepping down); retry in a few seconds"
+            "Vault is unavailable (down behind a proxy, starting, standby or stepping down); retry in a few seconds"
             + request_id_hint() + ".", headers={"Retry-After": "5"})
     if isinstance(exc, v.VaultHTTPError):
         _vault_server_text(exc, "vault.server_error")
