@@ -1,10 +1,12 @@
 """The audit trail: one JSON line per agent operation, written before the response goes out.
 
 ``AUDIT_LOG`` names the target: empty (the default) turns auditing off, ``stdout`` writes to standard output,
-anything else is a file path opened for appending. Each record holds the time, request id, agent, auth
-method, operation, the relative path / list prefix / Transit key name, the version(s) involved, the outcome
-(``ok`` or the bridge error code) with its HTTP status, and the id Vault gave its last call. Never a value,
-plaintext, ciphertext or token: the record is built from an allow-list of fields, not from the request.
+anything else is a file path opened for appending. Each record holds the time, the bridge's request id (and
+the client's ``X-Request-Id`` as ``client_request_id`` when it sent a well-formed one), agent, auth method,
+operation, the relative path / list prefix / Transit key name, the version(s) involved, the outcome (``ok``,
+``denied`` when the bridge or Vault refused the operation, ``error`` when it failed) with the bridge error
+``code`` and HTTP status, and the id Vault gave its last call. Never a value, plaintext, ciphertext or
+token: the record is built from an allow-list of fields, not from the request.
 
 Durability: every record is written and flushed to the operating system before the service method returns,
 so a write Vault acknowledged is in the audit file before the client hears about it, and survives a crash
@@ -13,8 +15,11 @@ returning, which survives a crash of the host too, at the price of a disk sync p
 cannot be written the operation answers ``503 audit_unavailable`` (fail closed) and
 ``bridge_audit_write_failures`` counts it.
 
-The hook is :func:`audited`, a decorator on the public methods of :class:`bridge.service.SecretService`, so
-REST and MCP are audited alike.
+The hooks: :func:`audited`, a decorator on the public methods of :class:`bridge.service.SecretService`, so
+REST and MCP are audited alike; and :meth:`AuditLog.refusal`, called by the error renderer for a refusal of
+an authenticated identity that never reached (or was refused before) a service method: a missing scope, the
+rate limit, a body too large ... (``bridge.middlewares``). An error carries ``audited`` once a record names
+it, so no refusal is recorded twice.
 """
 
 from __future__ import annotations
@@ -44,6 +49,26 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_FIELD = 512
+DENIED_STATUSES = frozenset({400, 401, 403, 405, 406, 413, 415, 421, 429})
+"""A refusal (``outcome: denied``): bad input, no scope or policy, limits. Other errors (404, 409, 5xx) are
+``outcome: error``."""
+
+
+def outcome_of(status: int) -> str:
+    return "denied" if status in DENIED_STATUSES else "error"
+
+
+def _request_fields() -> dict[str, Any]:
+    """The bridge's request id, and the client's own when it sent one (both bound by the request context)."""
+    bound = structlog.contextvars.get_contextvars()
+    out: dict[str, Any] = {"request_id": bound.get("request_id")}
+    if bound.get("client_request_id"):
+        out["client_request_id"] = bound["client_request_id"]
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditUnavailableError(BridgeError):
@@ -121,6 +146,19 @@ class AuditLog:
                 "The operation was carried out but its audit record could not be written; an operator must "
                 "fix AUDIT_LOG. Check the result (e.g. read the secret) before retrying.") from None
 
+    async def refusal(self, identity: Identity, operation: str | None, err: BridgeError, *, route: str) -> None:
+        """The record of an operation refused outside a service method (see the module docstring); a failed
+        write is logged and counted, and the refusal's own answer stands."""
+        if not self.enabled:
+            return
+        entry: dict[str, Any] = {
+            "time": _now(), "type": "audit", **_request_fields(), "agent": identity.subject,
+            "auth_method": identity.auth_method, "operation": operation, "route": route,
+            "outcome": outcome_of(err.status), "code": err.code, "status": err.status,
+        }
+        with contextlib.suppress(AuditUnavailableError):
+            await self.write(entry)
+
 
 class Audited(Protocol):
     """What :func:`audited` needs from the object whose methods it wraps."""
@@ -190,9 +228,9 @@ def audited(operation: str) -> Callable[[Callable[Concatenate[S, Identity, P], A
             reset = audit._vault_ids.set(ids)
             started = time.perf_counter()
             entry: dict[str, Any] = {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "time": _now(),
                 "type": "audit",
-                "request_id": structlog.contextvars.get_contextvars().get("request_id"),
+                **_request_fields(),
                 "agent": identity.subject,
                 "auth_method": identity.auth_method,
                 "operation": operation,
@@ -202,11 +240,12 @@ def audited(operation: str) -> Callable[[Callable[Concatenate[S, Identity, P], A
                 result = await fn(self, identity, *args, **kwargs)
             except BaseException as exc:
                 if isinstance(exc, BridgeError):
-                    entry.update(outcome=exc.code, status=exc.status)
+                    exc.audited = True
+                    entry.update(outcome=outcome_of(exc.status), code=exc.code, status=exc.status)
                 elif isinstance(exc, asyncio.CancelledError):
-                    entry.update(outcome="cancelled", status=499)
+                    entry.update(outcome="error", code="cancelled", status=499)
                 else:
-                    entry.update(outcome="internal_error", status=500)
+                    entry.update(outcome="error", code="internal_error", status=500)
                 entry.update(vault_request_id=ids[-1] if ids else None,
                              duration_ms=round((time.perf_counter() - started) * 1000, 2))
                 audit._vault_ids.reset(reset)

@@ -17,7 +17,8 @@ and ``Origin: http://evil.example``.
   Requests without ``Origin`` (agents, curl) are unaffected. The request's own ``Host`` is never trusted for
   this: in a rebinding attack it carries the attacker's name too.
 
-On ``/mcp`` both answers are JSON-RPC error objects (``id: null``), elsewhere the REST error body.
+The middleware raises; ``error_renderer`` renders the refusal like any other (on ``/mcp`` a JSON-RPC error with
+the message's id when it can be peeked, elsewhere the REST error body).
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from yarl import URL
 from bridge.config import Settings, parse_host
 from bridge.errors import BridgeError, ForbiddenError
 from bridge.keys import SETTINGS
-from bridge.mcp.metadata import MCP_PATH
-from bridge.mcp.protocol import FORBIDDEN, INVALID_REQUEST, RpcError, rpc_error
-from bridge.middlewares import render_error
 
 log = structlog.get_logger("bridge.edge")
 
@@ -135,12 +133,6 @@ def origin_allowed(origin: str, settings: Settings) -> bool:
     return host is not None and host in (LOCAL_HOSTS | own_hosts(settings))
 
 
-def _refuse(request: web.Request, err: BridgeError, rpc_code: int) -> web.Response:
-    if request.path.rstrip("/") == MCP_PATH:
-        return rpc_error(None, RpcError(rpc_code, err.message, data={"code": err.code}, http_status=err.status))
-    return render_error(request, err)
-
-
 def edge_middleware_for(settings: Settings) -> Middleware:
     """The ``Host``/``Origin`` middleware; sits after ``error_renderer`` and before ``identity_middleware``, so
     a bad ``Host`` is 421 and a bad ``Origin`` 403, never 401."""
@@ -151,15 +143,15 @@ def edge_middleware_for(settings: Settings) -> Middleware:
         hosts = request.headers.getall(hdrs.HOST, [])
         if len(hosts) > 1 or (hosts and not policy.allows(hosts[0])):
             log.warning("http.host.rejected", method=request.method, hosts=len(hosts))  # the value is not logged
-            return _refuse(request, InvalidHostError(
+            raise InvalidHostError(
                 "This bridge does not answer for that Host (DNS-rebinding protection); an operator can add it "
-                "to ALLOWED_HOSTS."), INVALID_REQUEST)
+                "to ALLOWED_HOSTS.")
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is not None and not origin_allowed(origin, request.app[SETTINGS]):
             log.warning("http.origin.rejected", method=request.method)
-            return _refuse(request, ForbiddenError(
+            raise ForbiddenError(
                 "Origin not allowed: browser requests are accepted only from the origins in MCP_ALLOWED_ORIGINS "
-                "(DNS-rebinding protection).", code="origin_not_allowed"), FORBIDDEN)
+                "(DNS-rebinding protection).", code="origin_not_allowed")
         return await handler(request)
 
     return edge_middleware

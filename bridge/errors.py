@@ -5,26 +5,34 @@
     BridgeError(status, code, message, extra, headers)
     ├── InvalidRequestError     400 invalid_request / invalid_path / batch_too_large / key_type_not_allowed
     ├── UnauthenticatedError    401 unauthenticated
-    ├── ForbiddenError          403 forbidden / invalid_subject / insufficient_scope
-    ├── NotFoundError           404 not_found / secret_deleted / secret_destroyed
+    ├── ForbiddenError          403 forbidden / invalid_subject / insufficient_scope / origin_not_allowed
+    ├── NotFoundError           404 not_found / secret_deleted / secret_destroyed / version_not_found /
+    │                               key_not_found
+    ├── MethodNotAllowedError   405 method_not_allowed
     ├── RequestTimeoutError     408 request_timeout (the body did not arrive within BODY_READ_TIMEOUT)
-    ├── ConflictError           409 cas_mismatch / key_type_mismatch / key_limit_reached
+    ├── ConflictError           409 cas_mismatch (+ current_version) / key_type_mismatch / key_limit_reached
     ├── PayloadTooLargeError    413
     ├── UnsupportedMediaError   415
     ├── RateLimitedError        429 rate_limited / vault_rate_limited / too_many_concurrent_requests
     ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
     └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error
 
-Rendering happens in one place per protocol: ``bridge.middlewares`` (REST JSON) and ``bridge.mcp`` (JSON-RPC
-tool results). No error text ever carries a secret value or a token.
+Rendering happens in one place per protocol, ``bridge.middlewares.error_renderer``: REST JSON everywhere,
+a JSON-RPC error body on ``/mcp`` (``bridge.mcp.protocol``); a failing MCP tool is an ``isError`` result
+(``bridge.mcp.server``). No error text ever carries a secret value or a token, and Vault's own text of a 5xx
+answer is logged, never relayed: the agent gets a fixed message and the request id.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from bridge.vault import errors as v
 from bridge.vault.breaker import CircuitOpenError, retry_after_header
+
+log = structlog.get_logger("bridge.errors")
 
 
 class BridgeError(Exception):
@@ -41,6 +49,10 @@ class BridgeError(Exception):
             self.status = status
         self.extra = extra or {}
         self.headers = headers or {}
+        self.operation: str | None = None
+        """The service operation refused (``kv_write`` …) when the raiser knows it; for the audit record."""
+        self.audited = False
+        """Set once an audit record names this error, so that no second record is written for it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
@@ -112,8 +124,55 @@ class RateLimiterUnavailableError(BridgeError):
     code = "rate_limiter_unavailable"
 
 
+STATUS_CODES: dict[int, str] = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "vault_error",
+    503: "service_unavailable",
+    504: "vault_timeout",
+}
+
+
+def code_for_status(status: int) -> str:
+    """The bridge error code for an HTTP status raised outside our own errors (the router's 404/405,
+    aiohttp's 413 ...): the same vocabulary as the API, never ``http_<status>``."""
+    return STATUS_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+
+
+def from_http_status(status: int, message: str) -> BridgeError:
+    """A :class:`BridgeError` for an ``aiohttp`` HTTP exception (router, body size, bad request)."""
+    return BridgeError(message, code=code_for_status(status), status=status)
+
+
+def request_id_hint() -> str:
+    """`` (request id …)`` for messages that send the reader to the log; empty outside a request."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return f" (request id {request_id})" if request_id else ""
+
+
+def _vault_server_text(exc: v.VaultHTTPError, event: str) -> None:
+    """Vault's own words about a 5xx go to the log (bound to the request id), never to the agent."""
+    log.warning(event, vault_status=exc.status, vault_errors=[e[:300] for e in exc.errors[:3]])
+
+
+_CAS_MISMATCH = "check-and-set parameter did not match"
+
+
 def from_vault_error(exc: v.VaultError, *, what: str = "the request") -> BridgeError:
-    """The one translation of Vault client errors into bridge errors. Never a 500."""
+    """The one translation of Vault client errors into bridge errors. Never a 500.
+
+    4xx texts of Vault (a rejected input) are passed on, they help the agent fix its request; the text of a
+    5xx is logged and replaced by a fixed message with the request id.
+    """
     if isinstance(exc, v.VaultTimeoutError):
         return VaultUnavailableBridgeError(
             "Vault did not answer in time; retry later.", code="vault_timeout", status=504)
@@ -137,15 +196,25 @@ def from_vault_error(exc: v.VaultError, *, what: str = "the request") -> BridgeE
         return NotFoundError(f"Nothing found for {what}.")
     if isinstance(exc, v.VaultInvalidRequestError):
         detail = exc.detail
-        if "check-and-set" in detail:
+        if _CAS_MISMATCH in detail:
             return ConflictError(
                 "Check-and-set failed: 'cas' must equal the secret's current version (0 = must not exist).",
                 extra={"vault_message": detail})
+        if "check-and-set" in detail:  # "error parsing check-and-set parameter", "... parameter required"
+            return InvalidRequestError(f"Vault rejected {what}: {detail}. 'cas' is the version number the "
+                                       "write expects to be current (0 = the secret must not exist).")
+        if detail.endswith("key not found"):  # "encryption key not found", "signing key not found", ...
+            return NotFoundError(f"No such Transit key for {what} (Vault: {detail}).", code="key_not_found")
         return InvalidRequestError(f"Vault rejected {what}: {detail}" if detail else f"Vault rejected {what}.")
     if isinstance(exc, v.VaultUnsupportedMediaError):
         return InvalidRequestError(f"Vault rejected {what}: {exc.detail}")
     if isinstance(exc, v.VaultUnavailableError):
-        return VaultUnavailableBridgeError("Vault is unavailable; retry in a few seconds.",
-                                           headers={"Retry-After": "5"})
-    return VaultUnavailableBridgeError("Vault failed to serve the request; retry later.",
-                                       code="vault_error", status=502)
+        _vault_server_text(exc, "vault.unavailable")
+        return VaultUnavailableBridgeError(
+            "Vault is unavailable (down behind a proxy, starting, standby or stepping down); retry in a few seconds"
+            + request_id_hint() + ".", headers={"Retry-After": "5"})
+    if isinstance(exc, v.VaultHTTPError):
+        _vault_server_text(exc, "vault.server_error")
+    return VaultUnavailableBridgeError(
+        "Vault failed to serve the request; retry later. The bridge log has Vault's answer"
+        + request_id_hint() + ".", code="vault_error", status=502)

@@ -8,6 +8,7 @@ from bridge.audit import AuditLog
 from bridge.auth import AuthChain, Identity
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
+from bridge.mcp.protocol import RpcPeek
 from bridge.mcp.session import SessionCodec
 from bridge.metrics import Metrics, OpsStats
 from bridge.probe import VaultProbe
@@ -34,3 +35,9 @@ PROBE = web.AppKey("vault_probe", VaultProbe)
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)
 RATE_DECISION = web.RequestKey("rate_decision", Decision)
+CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)
+"""A client-sent, well-formed ``X-Request-Id``: logged and audited beside the bridge's own ``REQUEST_ID``."""
+ERROR_CODE = web.RequestKey("error_code", str)
+"""The bridge error code of a non-2xx answer made without raising (a JSON-RPC error of ``/mcp``), for metrics."""
+MCP_MESSAGE = web.RequestKey("mcp_message", RpcPeek)
+"""The ``/mcp`` message's id, method and tool once read (by the handler, or peeked to render a refusal)."""

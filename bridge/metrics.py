@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, code_for_status
 from bridge.vault.client import CallStats
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -240,7 +240,7 @@ class OpsStats:
                 del self._last_seen[min(self._last_seen, key=self._last_seen.__getitem__)]
             self._last_seen[agent] = now
         if failed:
-            self._errors.append(ErrorRow(now, status, code or f"http_{status}", request_id, route))
+            self._errors.append(ErrorRow(now, status, code or code_for_status(status), request_id, route))
 
     def per_minute(self) -> list[MinuteRow]:
         """One row per minute of the window, oldest first, zeros where nothing happened."""
@@ -281,20 +281,21 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     Sits inside the error renderer so it sees a ``BridgeError``'s code (``rate_limited`` counts as a
     rate-limit rejection).
     """
-    from bridge.keys import IDENTITY, METRICS, OPS_STATS, REQUEST_ID
+    from bridge.keys import ERROR_CODE, IDENTITY, METRICS, OPS_STATS, REQUEST_ID
 
     started = time.perf_counter()
     status = 500
     code = "internal_error"
     try:
         response = await handler(request)
-        status, code = response.status, ""
+        status = response.status
+        code = "" if status < 400 else request.get(ERROR_CODE) or code_for_status(status)
         return response
     except BridgeError as err:
         status, code = err.status, err.code
         raise
     except web.HTTPException as exc:
-        status, code = exc.status, ("" if exc.status < 400 else f"http_{exc.status}")
+        status, code = exc.status, ("" if exc.status < 400 else code_for_status(exc.status))
         raise
     finally:
         identity = request.get(IDENTITY)

@@ -1,9 +1,12 @@
 """Middlewares, outermost first: request context → error rendering → identity → rate limit → in-flight cap →
 handler.
 
-``render_error`` is the one place a :class:`BridgeError` becomes a REST JSON response. ``charge`` is how a
-handler bills the rest of a request's cost once its body is parsed (a Transit batch of N items costs N: the
-rate-limit middleware has charged 1 before the body was read).
+``render_error`` is the one place a :class:`BridgeError` becomes a response: REST JSON, or on ``/mcp`` a
+JSON-RPC error body (``bridge.mcp.protocol.rpc_error_for``) with the same HTTP status and headers. The error
+renderer also writes the audit record of a refusal that no service method audited (an authenticated
+identity refused by a middleware or a handler: scope, limits, body), so every refusal is audited once.
+``charge`` is how a handler bills the rest of a request's cost once its body is parsed (a Transit batch of N
+items costs N: the rate-limit middleware has charged 1 before the body was read).
 """
 
 from __future__ import annotations
@@ -16,18 +19,31 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from bridge.auth.identity import Identity
+from bridge.auth.api_key import CHALLENGE as API_KEY_CHALLENGE
+from bridge.billing import bucket, rate_limited
 from bridge.errors import (
     BridgeError,
-    InvalidRequestError,
-    MethodNotAllowedError,
-    NotFoundError,
-    PayloadTooLargeError,
-    RateLimitedError,
     UnauthenticatedError,
+    from_http_status,
 )
-from bridge.keys import AUTH, IDENTITY, INFLIGHT, LIMITER, PUBLIC_ROUTES, RATE_DECISION, REQUEST_ID, SETTINGS
-from bridge.ratelimit import Decision, Quota
+from bridge.keys import (
+    AUDIT,
+    AUTH,
+    CLIENT_REQUEST_ID,
+    ERROR_CODE,
+    IDENTITY,
+    INFLIGHT,
+    LIMITER,
+    MCP_MESSAGE,
+    PUBLIC_ROUTES,
+    RATE_DECISION,
+    REQUEST_ID,
+    SETTINGS,
+)
+from bridge.mcp.metadata import MCP_PATH, resource_metadata_url
+from bridge.mcp.protocol import peek_message, rpc_error, rpc_error_for
+from bridge.mcp.tools import tools_by_name
+from bridge.rest import rest_operation
 
 log = structlog.get_logger("bridge.access")
 
@@ -41,7 +57,18 @@ def route_template(request: web.Request) -> str:
     return info.canonical if info is not None else "<unmatched>"
 
 
+def is_mcp(request: web.Request) -> bool:
+    """Whether errors are answered in JSON-RPC: ``/mcp`` (and ``/mcp/``), routed or not."""
+    return request.path.rstrip("/") == MCP_PATH
+
+
 def render_error(request: web.Request, err: BridgeError) -> web.Response:
+    """The one renderer: REST JSON, or the JSON-RPC error of ``/mcp`` (the request's id when it was read,
+    see :func:`error_renderer`; else ``null``)."""
+    request[ERROR_CODE] = err.code
+    if is_mcp(request):
+        peek = request.get(MCP_MESSAGE)
+        return rpc_error(peek.id if peek is not None else None, rpc_error_for(err))
     resp = web.json_response(err.to_dict(), status=err.status)
     for name, value in err.headers.items():
         resp.headers[name] = value
@@ -50,12 +77,17 @@ def render_error(request: web.Request, err: BridgeError) -> web.Response:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request id is always the bridge's own (logs, audit, ``X-Request-Id`` of the answer); a client's
+    well-formed ``X-Request-Id`` is kept beside it as ``client_request_id``."""
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else os.urandom(16).hex()
+    request_id = os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    if _REQUEST_ID_RE.match(incoming):
+        request[CLIENT_REQUEST_ID] = incoming
+        structlog.contextvars.bind_contextvars(client_request_id=incoming)
     try:
         response = await handler(request)
         status = response.status
@@ -72,14 +104,20 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        structlog.contextvars.unbind_contextvars("request_id")
+        structlog.contextvars.unbind_contextvars("request_id", "client_request_id")
 
 
-_HTTP_CODES: dict[int, type[BridgeError]] = {
-    404: NotFoundError,
-    405: MethodNotAllowedError,
-    413: PayloadTooLargeError,
-}
+def _http_error(request: web.Request, exc: web.HTTPException) -> BridgeError:
+    """An aiohttp HTTP exception (the router's 404/405, the body limit's 413, a 400) as a bridge error."""
+    message = {
+        404: "No such route.",
+        405: f"Method {request.method} is not allowed here.",
+        413: f"The request body is larger than {request.app[SETTINGS].max_body_bytes} bytes.",
+    }.get(exc.status, exc.reason)
+    err = from_http_status(exc.status, message)
+    if exc.status == 405 and "Allow" in exc.headers:
+        err.headers["Allow"] = exc.headers["Allow"]
+    return err
 
 
 @web.middleware
@@ -87,27 +125,47 @@ async def error_renderer(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except BridgeError as err:
-        return render_error(request, err)
+        return await _refused(request, err)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        cls = _HTTP_CODES.get(exc.status, InvalidRequestError)
-        message = {
-            404: "No such route.",
-            405: f"Method {request.method} is not allowed here.",
-            413: f"The request body is larger than {request.app[SETTINGS].max_body_bytes} bytes.",
-        }.get(exc.status, exc.reason)
-        resp = render_error(request, cls(message, status=exc.status))
-        if exc.status == 405 and "Allow" in exc.headers:
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
+        return await _refused(request, _http_error(request, exc))
     except Exception:
         log.exception("http.unhandled_error", route=route_template(request))
         return render_error(request, BridgeError("Internal error; the request id identifies it in the logs."))
 
 
+async def _refused(request: web.Request, err: BridgeError) -> web.Response:
+    """Render a refusal: on ``/mcp`` first learn the message's id (a bounded peek at the body, never for a
+    413), then write the audit record unless a service method already did."""
+    if is_mcp(request) and MCP_MESSAGE not in request and err.status != 413:
+        request[MCP_MESSAGE] = await peek_message(request)
+    await _audit_refusal(request, err)
+    return render_error(request, err)
+
+
+def operation_of(request: web.Request) -> str | None:
+    """The service operation a refused request asked for: a ``tools/call``'s tool, or the REST route's."""
+    if is_mcp(request):
+        peek = request.get(MCP_MESSAGE)
+        spec = tools_by_name().get(peek.tool or "") if peek is not None else None
+        return spec.operation if spec is not None else None
+    return rest_operation(request)
+
+
+async def _audit_refusal(request: web.Request, err: BridgeError) -> None:
+    identity = request.get(IDENTITY)
+    if identity is None or err.audited or err.status >= 500 or AUDIT not in request.app:
+        return
+    err.audited = True
+    await request.app[AUDIT].refusal(identity, err.operation or operation_of(request), err,
+                                     route=route_template(request))
+
+
 def www_authenticate(request: web.Request, *, error: str | None = None, scope: str | None = None) -> str:
-    """The ``WWW-Authenticate`` challenge, with RFC 9728 resource metadata when JWT issuer is configured."""
+    """The ``Bearer`` challenge (JWT, insufficient scope), with RFC 9728 resource metadata when JWT issuer
+    is configured. Every value in it is ours or built from ``MCP_RESOURCE_URL`` / a validated host, never a
+    raw ``Host`` header (``bridge.mcp.metadata.base_url``)."""
     settings = request.app[SETTINGS]
     parts = ['Bearer realm="vault-mcp-bridge"']
     if error:
@@ -115,10 +173,24 @@ def www_authenticate(request: web.Request, *, error: str | None = None, scope: s
     if scope:
         parts.append(f'scope="{scope}"')
     if settings.auth_jwt_enabled and settings.jwt_issuer:
-        from bridge.mcp.metadata import resource_metadata_url
-
         parts.append(f'resource_metadata="{resource_metadata_url(request)}"')
     return ", ".join(parts)
+
+
+def unauthenticated_challenge(request: web.Request) -> str:
+    """The 401 challenge. It names the scheme of the credential that failed: a wrong or repeated
+    ``X-API-Key`` gets the ``ApiKey`` scheme, never ``Bearer`` (an MCP client reads a Bearer challenge as "start
+    OAuth"); a bad bearer token gets ``Bearer error="invalid_token"``. Without any credential: ``Bearer`` with
+    the RFC 9728 metadata when JWT with an issuer is configured (OAuth is then the way in), else ``ApiKey``
+    when API keys are enabled."""
+    settings = request.app[SETTINGS]
+    if "Authorization" in request.headers:
+        return www_authenticate(request, error="invalid_token")
+    if "X-API-Key" in request.headers:
+        return API_KEY_CHALLENGE
+    if (settings.auth_jwt_enabled and settings.jwt_issuer) or not settings.auth_api_key_enabled:
+        return www_authenticate(request)
+    return API_KEY_CHALLENGE
 
 
 @web.middleware
@@ -129,31 +201,10 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         request[IDENTITY] = await request.app[AUTH].resolve(request)
     except UnauthenticatedError as err:
-        presented = any(h in request.headers for h in ("Authorization", "X-API-Key"))
-        err.headers["WWW-Authenticate"] = www_authenticate(
-            request, error="invalid_token" if presented else None)
+        # the authenticator that refused may have named its own scheme (an invalid API key: ApiKey)
+        err.headers.setdefault("WWW-Authenticate", unauthenticated_challenge(request))
         raise
     return await handler(request)
-
-
-def bucket(identity: Identity, default: Quota) -> tuple[str, Quota]:
-    """The identity's bucket and quota. One bucket per agent and limit: an agent's keys without a ``rate_limit``
-    share the default one; a key with its own limit has a bucket for that limit (one key's spending never turns
-    into another limit's debt)."""
-    own = identity.rate_limit
-    if own is None:
-        return identity.subject, default
-    return f"{identity.subject}#{own.requests}/{own.window:g}/{own.burst}", own
-
-
-def _refused(request: web.Request, quota: Quota, decision: Decision, cost: int) -> RateLimitedError:
-    identity = request[IDENTITY]
-    log.info("ratelimit.rejected", agent=identity.subject, cost=cost, remaining=decision.remaining)
-    what = "request" if cost == 1 else f"request (cost {cost})"
-    return RateLimitedError(
-        f"Rate limit exceeded for this {what}: {quota.requests} requests per {quota.window:g}s, in bursts of at "
-        f"most {quota.burst}; retry after the Retry-After seconds.", headers=decision.headers(),
-        extra={"cost": cost})  # the cost known when refused: 1 before the body is read, a batch's items after
 
 
 @web.middleware
@@ -167,7 +218,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     key, quota = bucket(identity, limiter.default)
     decision = await limiter.hit(key, quota)
     if not decision.allowed:
-        raise _refused(request, quota, decision, 1)
+        raise rate_limited(request, quota, decision, 1)
     request[RATE_DECISION] = decision
     try:
         response = await handler(request)
@@ -179,32 +230,6 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     for name, value in request[RATE_DECISION].headers().items():
         response.headers.setdefault(name, value)
     return response
-
-
-async def charge(request: web.Request, cost: int) -> None:
-    """Bill a request whose cost is ``cost`` tokens in all (known once its body is parsed, before Vault is
-    called): the middleware charged 1, this charges the other ``cost - 1``, in one step through the same limiter
-    API. A cost larger than the whole bucket can never pass and is 400 ``batch_too_large``; a refusal is 429 like
-    the middleware's, and costs nothing (the middleware's token is given back)."""
-    identity = request.get(IDENTITY)
-    if cost <= 1 or identity is None or not request.app[SETTINGS].rate_limit_enabled:
-        return
-    limiter = request.app[LIMITER]
-    key, quota = bucket(identity, limiter.default)
-    if cost > quota.burst:
-        raise InvalidRequestError(
-            f"This request costs {cost} (one per batch item), more than this identity's whole rate-limit burst "
-            f"of {quota.burst}; send at most {quota.burst} items per request.", code="batch_too_large",
-            extra={"max_items": quota.burst})
-    decision = await limiter.hit(key, quota, cost - 1)
-    if not decision.allowed:
-        # A refusal consumes nothing: give back the middleware's token. Then the answer is this whole request's:
-        # Retry-After (the time until cost - 1 more tokens after that one) is the time until all cost fit.
-        await limiter.hit(key, quota, -1)
-        whole = Decision(False, decision.limit, min(decision.limit, decision.remaining + 1),
-                         max(0.0, decision.reset_after - quota.interval), decision.retry_after)
-        raise _refused(request, quota, whole, cost)
-    request[RATE_DECISION] = decision
 
 
 @web.middleware

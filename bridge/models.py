@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -14,6 +14,8 @@ from bridge.errors import InvalidRequestError
 M = TypeVar("M", bound=BaseModel)
 
 MAX_VERSIONS = 100
+MAX_VERSION = 999_999_999
+"""The largest version number (and ``cas``) accepted, REST and MCP alike: nine digits, as ``?version=``."""
 # JSON-schema hints for the OpenAPI document (validation itself is done by the validators below)
 KEY_PATTERN = IDENT_RE.pattern.replace("\\Z", "$")  # ECMA-262 has no \Z
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
@@ -25,24 +27,26 @@ class _Strict(BaseModel):
 
 class WriteBody(_Strict):
     data: dict[str, Any] = Field(description="The secret's key/value pairs (any JSON values).")
-    cas: int | None = Field(default=None, ge=0,
+    cas: int | None = Field(default=None, ge=0, le=MAX_VERSION,
                             description="Check-and-set: the current version the write expects (0 = create only).")
 
 
 class PatchBody(_Strict):
     data: dict[str, Any] = Field(description="JSON merge patch: keys to set; a null value removes the key.")
-    cas: int | None = Field(default=None, ge=0, description="Check-and-set: expected current version.")
+    cas: int | None = Field(default=None, ge=0, le=MAX_VERSION,
+                            description="Check-and-set: expected current version.")
 
 
 class VersionsBody(_Strict):
     versions: list[int] = Field(min_length=1, max_length=MAX_VERSIONS, description="Version numbers (>= 1).",
-                                json_schema_extra={"items": {"type": "integer", "minimum": 1}})
+                                json_schema_extra={"items": {"type": "integer", "minimum": 1,
+                                                             "maximum": MAX_VERSION}})
 
     @field_validator("versions")
     @classmethod
     def _positive(cls, value: list[int]) -> list[int]:
-        if any(v < 1 for v in value):
-            raise ValueError("versions are positive integers")
+        if any(v < 1 or v > MAX_VERSION for v in value):
+            raise ValueError(f"versions are integers from 1 to {MAX_VERSION}")
         return sorted(set(value))
 
 
@@ -98,6 +102,40 @@ class _Item(_Strict):
     reference: str | None = _reference()
 
 
+class BatchItemError(BaseModel):
+    """A ``batch_input`` item that failed validation: answered in its own ``batch_results`` entry (``error``,
+    and its ``reference`` when that was readable), never sent to Vault. The other items are processed."""
+
+    error: str
+    reference: str | None = None
+
+
+def _batch_of(item: type[_Item]) -> Any:
+    """``field_validator`` for ``batch_input``: the list itself (the envelope) must be a list of 1..MAX_BATCH
+    (else the request is a 400); each item is validated on its own, a bad one becomes a :class:`BatchItemError`.
+    The JSON schema stays that of ``list[item]``."""
+
+    def validate(cls: type[BaseModel], value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise ValueError("must be a list of items")
+        if not 1 <= len(value) <= MAX_BATCH:
+            raise ValueError(f"must hold 1 to {MAX_BATCH} items")
+        out: list[Any] = []
+        for raw in value:
+            try:
+                out.append(item.model_validate(raw))
+            except ValidationError as exc:
+                ref = raw.get("reference") if isinstance(raw, dict) else None
+                out.append(BatchItemError(error="Invalid item: " + describe_errors(exc, whole="item"),
+                                          reference=ref if isinstance(ref, str) and len(ref) <= 128 else None))
+        return out
+
+    schema = Annotated[list[item], Field(min_length=1, max_length=MAX_BATCH)] | None  # type: ignore[valid-type]
+    return field_validator("batch_input", mode="plain", json_schema_input_type=schema)(classmethod(validate))
+
+
 class PlaintextItem(_Item):
     plaintext: str = Field(description="Base64 of the bytes to encrypt.", max_length=_MAX_B64)
     context: str | None = _context()
@@ -137,12 +175,14 @@ class EncryptBody(_Strict):
     plaintext: str | None = Field(default=None, description="Base64 of the bytes to encrypt.",
                                   max_length=_MAX_B64)
     context: str | None = _context()
-    key_version: int | None = Field(default=None, ge=1, description="Encrypt with this key version.")
-    batch_input: list[PlaintextItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                    description="Encrypt with this key version.")
+    batch_input: list[PlaintextItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _p = field_validator("plaintext")(_b64)
     _c = field_validator("context")(_b64)
+    _b = _batch_of(PlaintextItem)
 
     @model_validator(mode="after")
     def _shape(self) -> EncryptBody:
@@ -155,10 +195,11 @@ class DecryptBody(_Strict):
     ciphertext: str | None = Field(default=None, description="Ciphertext as returned by encrypt (vault:vN:…).",
                                    min_length=1, max_length=_MAX_CIPHERTEXT)
     context: str | None = _context()
-    batch_input: list[CiphertextItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    batch_input: list[CiphertextItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _c = field_validator("context")(_b64)
+    _b = _batch_of(CiphertextItem)
 
     @model_validator(mode="after")
     def _shape(self) -> DecryptBody:
@@ -167,7 +208,8 @@ class DecryptBody(_Strict):
 
 
 class RewrapBody(DecryptBody):
-    key_version: int | None = Field(default=None, ge=1, description="Rewrap to this key version (default latest).")
+    key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                    description="Rewrap to this key version (default latest).")
 
 
 class SignBody(_Strict):
@@ -178,12 +220,14 @@ class SignBody(_Strict):
     signature_algorithm: Literal["pss", "pkcs1v15"] | None = Field(default=None, description="RSA keys only.")
     marshaling_algorithm: Literal["asn1", "jws"] | None = Field(default=None, description="ECDSA keys only.")
     prehashed: bool | None = Field(default=None, description="'input' is already a hash.")
-    key_version: int | None = Field(default=None, ge=1, description="Sign with this key version.")
-    batch_input: list[InputItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                    description="Sign with this key version.")
+    batch_input: list[InputItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _i = field_validator("input")(_b64)
     _c = field_validator("context")(_b64)
+    _b = _batch_of(InputItem)
 
     @model_validator(mode="after")
     def _shape(self) -> SignBody:
@@ -201,11 +245,12 @@ class VerifyBody(_Strict):
     signature_algorithm: Literal["pss", "pkcs1v15"] | None = None
     marshaling_algorithm: Literal["asn1", "jws"] | None = None
     prehashed: bool | None = None
-    batch_input: list[VerifyItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    batch_input: list[VerifyItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _i = field_validator("input")(_b64)
     _c = field_validator("context")(_b64)
+    _b = _batch_of(VerifyItem)
 
     @model_validator(mode="after")
     def _shape(self) -> VerifyBody:
@@ -221,11 +266,12 @@ class HmacBody(_Strict):
     key: str = Field(description=KEY_DESCRIPTION + " Any key type that supports HMAC (aes*, chacha20, hmac).")
     input: str | None = Field(default=None, description="Base64 of the data.", max_length=_MAX_B64)
     hash_algorithm: HashAlgorithm | None = Field(default=None, description="Default sha2-256.")
-    key_version: int | None = Field(default=None, ge=1)
-    batch_input: list[InputItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
+    batch_input: list[InputItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _i = field_validator("input")(_b64)
+    _b = _batch_of(InputItem)
 
     @model_validator(mode="after")
     def _shape(self) -> HmacBody:
@@ -362,8 +408,13 @@ def parse(model: type[M], obj: Any) -> M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(p) for p in err["loc"]) or "body"
-            parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-        raise InvalidRequestError("Invalid request: " + "; ".join(parts) + ".") from None
+        raise InvalidRequestError("Invalid request: " + describe_errors(exc) + ".") from None
+
+
+def describe_errors(exc: ValidationError, *, whole: str = "body") -> str:
+    """The first few failures as ``field: reason``, never the values (``whole`` names the object itself)."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or whole
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

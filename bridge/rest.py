@@ -8,11 +8,18 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from bridge.errors import InvalidPathError, InvalidRequestError, MethodNotAllowedError, UnsupportedMediaError
+from bridge.billing import charge
+from bridge.errors import (
+    BridgeError,
+    InvalidPathError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    UnsupportedMediaError,
+)
 from bridge.jsonbody import JsonBodyError, load_json
 from bridge.keys import IDENTITY, PROBE, SERVICE, SETTINGS
-from bridge.middlewares import charge
 from bridge.models import (
+    MAX_VERSION,
     CreateKeyBody,
     DecryptBody,
     EncryptBody,
@@ -69,8 +76,8 @@ def _version(request: web.Request) -> int | None:
     raw = request.query.get("version")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 9:
-        raise InvalidRequestError("'version' must be a non-negative integer (0 = latest).")
+    if not raw.isdigit() or len(raw) > len(str(MAX_VERSION)):
+        raise InvalidRequestError(f"'version' must be an integer from 0 (latest) to {MAX_VERSION}.")
     return int(raw) or None
 
 
@@ -186,6 +193,28 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if state.ready else 503)
 
 
+_SECRET_OPERATIONS: dict[tuple[str, str], str] = {
+    ("GET", ""): "kv_read", ("GET", ":metadata"): "kv_metadata", ("PUT", ""): "kv_write",
+    ("PATCH", ""): "kv_patch", ("DELETE", ""): "kv_delete", ("POST", ":undelete"): "kv_undelete",
+    ("POST", ":destroy"): "kv_destroy",
+}
+
+
+def rest_operation(request: web.Request) -> str | None:
+    """The service operation a REST request asks for, from its route alone (the body is not read): named in
+    the audit record of a request refused before its handler ran (rate limit, body limits ...)."""
+    name = request.match_info.route.name or ""
+    if name in ("secrets_list", "whoami") or name.startswith("transit_"):
+        return "kv_list" if name == "secrets_list" else name
+    if not name.startswith("secret_"):
+        return None
+    try:
+        _path, suffix = raw_tail(request)
+    except BridgeError:
+        suffix = ""
+    return _SECRET_OPERATIONS.get((request.method, suffix))
+
+
 def setup_routes(app: web.Application) -> set[str]:
     """Add the REST routes; returns the names of the public (unauthenticated) ones."""
     r = app.router
@@ -194,9 +223,9 @@ def setup_routes(app: web.Application) -> set[str]:
     r.add_get("/whoami", whoami, name="whoami")
     r.add_get("/echo-headers", echo_headers, name="echo_headers")
     r.add_get("/secrets", secrets_list, name="secrets_list")
-    r.add_get("/secrets/", secrets_list, name="secrets_list_slash")
     # The tail matches any characters, newlines and the empty path included, so that every bad path reaches
-    # the path check (400 invalid_path) instead of falling out of the router as a 404/405.
+    # the path check (400 invalid_path) instead of falling out of the router as a 404/405. ``GET /secrets/``
+    # is such an empty path (400), not a list: listing is ``GET /secrets?prefix=``.
     r.add_get(r"/secrets/{tail:[\s\S]*}", secret_get, name="secret_get")
     r.add_put(r"/secrets/{tail:[\s\S]*}", secret_put, name="secret_put")
     r.add_patch(r"/secrets/{tail:[\s\S]*}", secret_patch, name="secret_patch")

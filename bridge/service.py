@@ -25,6 +25,7 @@ from bridge.errors import (
 )
 from bridge.keyguard import TransitKeyGuard
 from bridge.models import (
+    BatchItemError,
     CreateKeyBody,
     DecryptBody,
     DecryptOut,
@@ -68,7 +69,7 @@ OPERATION_SCOPES: dict[str, str | None] = {
     "kv_delete": "delete",
     "kv_list": "list",
     "kv_undelete": "write",
-    "kv_destroy": "write",
+    "kv_destroy": "delete",  # permanent: at least what the recoverable soft delete needs
     "kv_metadata": "read",
     "transit_encrypt": "write",
     "transit_decrypt": "read",
@@ -126,7 +127,11 @@ class SecretService:
     def authorize(self, identity: Identity, operation: str) -> None:
         scope = OPERATION_SCOPES[operation]
         if scope is not None:
-            identity.require(scope)
+            try:
+                identity.require(scope)
+            except BridgeError as err:
+                err.operation = operation  # named in the audit record of the refusal
+                raise
 
     def request_cost(self, body: BaseModel) -> int:
         """What a request costs against the rate limit: the number of items of a Transit batch, else 1. A batch
@@ -213,11 +218,55 @@ class SecretService:
         try:
             result = await self._call(identity, "the read", go)
         except NotFoundError as exc:
-            raise self._not_found(path, exc) from None
+            err = self._not_found(path, exc)
+            if version and err.code == "not_found":
+                err = await self._version_not_found(identity, full, path, version) or err
+            raise err from None
         meta = result.get("metadata") or {}
         return SecretOut(path=path, data=result.get("data") or {}, version=int(meta.get("version") or 0),
                          created_time=str(meta.get("created_time") or ""),
                          custom_metadata=meta.get("custom_metadata"))
+
+    async def _versions(self, identity: Identity, full: str) -> tuple[int, int] | None:
+        """``(current_version, oldest_version)`` of a secret, ``(0, 0)`` when it does not exist, ``None`` when
+        Vault could not say (the caller then keeps its first answer)."""
+
+        async def go(token: str) -> dict[str, Any]:
+            return await self._vault.kv.metadata(self._mount, full, token=token)
+
+        try:
+            meta = await self._call(identity, "the metadata read", go)
+        except NotFoundError:
+            return (0, 0)
+        except BridgeError:
+            return None
+        return int(meta.get("current_version") or 0), int(meta.get("oldest_version") or 0)
+
+    async def _version_not_found(self, identity: Identity, full: str, path: str,
+                                 version: int) -> BridgeError | None:
+        """Vault answers a missing version as it answers a missing secret (404, no body): tell them apart."""
+        versions = await self._versions(identity, full)
+        if versions is None or versions[0] == 0:
+            return None
+        current, oldest = versions
+        return NotFoundError(
+            f"Version {version} of '{path}' does not exist: its versions run from {oldest or 1} to {current}.",
+            code="version_not_found",
+            extra={"version": version, "current_version": current, "oldest_version": oldest or 1})
+
+    async def _cas_conflict(self, identity: Identity, full: str, path: str, cas: int | None,
+                            exc: ConflictError) -> BridgeError:
+        """A check-and-set mismatch, naming the secret's current version (read from Vault after the conflict:
+        Vault's message does not carry it)."""
+        versions = await self._versions(identity, full)
+        if versions is None:
+            return exc
+        current = versions[0]
+        now = f"'{path}' does not exist yet (current version 0)" if current == 0 else \
+            f"the current version of '{path}' is {current}"
+        return ConflictError(
+            f"Check-and-set failed: 'cas' was {cas} but {now}. Read the secret, then write with cas={current} "
+            "(0 = only if it does not exist).", extra={"current_version": current})
 
     def _not_found(self, path: str, exc: BridgeError) -> BridgeError:
         cause = exc.__cause__ or exc.__context__
@@ -245,7 +294,10 @@ class SecretService:
         async def go(token: str) -> dict[str, Any]:
             return await self._vault.kv.write(self._mount, full, body.data, cas=body.cas, token=token)
 
-        meta = await self._call(identity, "the write", go)
+        try:
+            meta = await self._call(identity, "the write", go)
+        except ConflictError as exc:
+            raise await self._cas_conflict(identity, full, path, body.cas, exc) from None
         return WriteOut(path=path, data=body.data, version=int(meta.get("version") or 0),
                         created_time=str(meta.get("created_time") or ""))
 
@@ -260,6 +312,8 @@ class SecretService:
 
         try:
             meta = await self._call(identity, "the patch", go)
+        except ConflictError as exc:
+            raise await self._cas_conflict(identity, full, path, body.cas, exc) from None
         except NotFoundError:
             raise NotFoundError(f"No secret at '{path}' to patch (or its latest version is deleted); "
                                 "write it first.") from None
@@ -339,23 +393,44 @@ class SecretService:
 
     async def _transit_op(self, identity: Identity, op: str, what: str, body: BaseModel, *,
                        algorithm: str | None = None) -> dict[str, Any]:
-        """One Transit operation on the caller's key, with Vault's field names; batch results cleaned up."""
+        """One Transit operation on the caller's key, with Vault's field names; batch results cleaned up.
+
+        Batch items that failed validation (:class:`BatchItemError`) are not sent: each keeps its place in
+        ``batch_results`` with its error, and the valid items go to Vault (none valid: no Vault call)."""
         self.authorize(identity, f"transit_{op}")
-        self.request_cost(body)
-        key = self.transit_key(identity, str(getattr(body, "key")))  # noqa: B009 - every transit body has it
-        payload = body.model_dump(exclude_none=True, exclude={"key", "hash_algorithm"})
+        self.request_cost(body)  # TRANSIT_MAX_BATCH (the handler charged the cost before this call)
+        name = str(getattr(body, "key"))  # noqa: B009 - every transit body has it
+        key = self.transit_key(identity, name)
+        payload = body.model_dump(exclude_none=True, exclude={"key", "hash_algorithm", "batch_input"})
+        items: list[BaseModel] | None = getattr(body, "batch_input", None)
+        valid: list[BaseModel] = []
+        if items is not None:
+            valid = [item for item in items if not isinstance(item, BatchItemError)]
+            payload["batch_input"] = [item.model_dump(exclude_none=True) for item in valid]
 
         async def go(token: str) -> dict[str, Any]:
             return await self._vault.transit.call(self._transit, op, key, payload, algorithm=algorithm, token=token)
 
-        if op == "encrypt":  # Vault creates a missing key on encrypt: that key counts against the cap too
-            async with self.key_guard.admit(identity.subject, key, lambda: self._key_exists(identity, key)):
-                out = await self._call(identity, what, go)
-        else:
-            out = await self._call(identity, what, go)
-        if "batch_input" in payload:
-            return {"batch_results": batch_results(out.get("batch_results"), len(payload["batch_input"]))}
-        return out
+        out: dict[str, Any] = {}
+        if items is None or valid:
+            try:
+                if op == "encrypt":  # Vault creates a missing key on encrypt: that key counts against the cap too
+                    async with self.key_guard.admit(identity.subject, key, lambda: self._key_exists(identity, key)):
+                        out = await self._call(identity, what, go)
+                else:
+                    out = await self._call(identity, what, go)
+            except NotFoundError as exc:
+                if exc.code != "key_not_found":
+                    raise
+                raise NotFoundError(
+                    f"You have no Transit key '{name}' for {what}. Create it first: transit_encrypt (POST "
+                    "/transit/encrypt) creates an encryption key on first use, transit_create_key (POST "
+                    "/transit/keys) a key of any type.", code="key_not_found", extra={"key": name}) from None
+        if items is None:
+            return out
+        answers = iter(batch_results(out.get("batch_results"), len(valid)) if valid else [])
+        return {"batch_results": [item.model_dump(exclude_none=True) if isinstance(item, BatchItemError)
+                                  else next(answers) for item in items]}
 
     @audited("transit_encrypt")
     async def encrypt(self, identity: Identity, body: EncryptBody) -> EncryptOut:

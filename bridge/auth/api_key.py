@@ -14,6 +14,9 @@ from bridge.config import ApiKeyEntry
 from bridge.errors import ForbiddenError, UnauthenticatedError
 
 HEADER = "X-API-Key"
+CHALLENGE = f'ApiKey realm="vault-mcp-bridge", header="{HEADER}"'
+"""``WWW-Authenticate`` of a 401 for an API-key client: it names the scheme, so that no MCP client reads it as
+an OAuth challenge (a ``Bearer`` challenge sends the MCP Inspector and others into an OAuth flow)."""
 
 
 def key_digest(key: str) -> bytes:
@@ -73,7 +76,8 @@ class ApiKeyAuthenticator:
             if hmac.compare_digest(digest, known):
                 entry, matched = candidate, known
         if entry is None:
-            raise UnauthenticatedError("The API key is not valid.")
+            raise UnauthenticatedError("invalid API key: the X-API-Key header matches no key configured on this "
+                                       "bridge.", headers={"WWW-Authenticate": CHALLENGE})
         identity = identities[matched]
         if identity is None:
             normalize_subject(entry.agent, "api_key")  # raises 403 invalid_subject and logs the warning

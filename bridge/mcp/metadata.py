@@ -4,24 +4,50 @@ Served when JWT auth is on and ``JWT_ISSUER`` is set (the issuer is the authoriz
 for a token), at ``/.well-known/oauth-protected-resource/mcp`` (RFC 9728 §3.1: the well-known segment goes
 between the host and the resource's path) and, for clients that only try the root, at
 ``/.well-known/oauth-protected-resource``. ``resource`` is ``MCP_RESOURCE_URL`` (set it behind a proxy), else
-this server's ``/mcp`` URL as the client reached it. 401 and insufficient-scope 403 challenges point here with
-``resource_metadata`` (``bridge.middlewares.www_authenticate``).
+this server's ``/mcp`` URL as the client reached it, provided its ``Host`` is a plain ``host[:port]`` (else the
+bind address). 401 and insufficient-scope 403 challenges point here with ``resource_metadata``
+(``bridge.middlewares.www_authenticate``): a raw ``Host`` never reaches a challenge or a document.
 """
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from yarl import URL
 
-from bridge.config import SCOPES
+from bridge.config import SCOPES, Settings
 from bridge.keys import SETTINGS
 
 MCP_PATH = "/mcp"
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_PORT_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]{{2,45}}\])(?::[0-9]{{1,5}})?")
+"""A DNS name, an IPv4 address or a bracketed IPv6 address, and an optional port: nothing that could close a
+quoted string in a header or change a URL's meaning."""
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def bind_authority(settings: Settings) -> str:
+    """``host:port`` of the configured bind address (``localhost`` for a wildcard or an odd ``HOST``)."""
+    host = settings.host
+    if host in _WILDCARDS or not HOST_PORT_RE.fullmatch(host if ":" not in host else f"[{host}]"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{settings.port}"
 
 
 def base_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+    """``scheme://host[:port]`` of this server: the origin of ``MCP_RESOURCE_URL`` when set, else the request's
+    ``Host`` when it is a plain ``host[:port]``, else the bind address."""
+    settings = request.app[SETTINGS]
+    if settings.mcp_resource_url:
+        return str(URL(settings.mcp_resource_url).origin())
+    host = request.headers.get("Host", "")
+    if len(host) > 262 or not HOST_PORT_RE.fullmatch(host):
+        host = bind_authority(settings)
+    return f"{request.scheme}://{host}"
 
 
 def resource_url(request: web.Request) -> str:

@@ -6,18 +6,27 @@ Error codes (``RpcError.code``), by where they come from:
   -32603 internal error.
 - MCP 2026-07-28 (``basic/index.mdx`` §Error Codes): -32020 header mismatch, -32022 unsupported protocol
   version (``data.supported``/``data.requested``).
-- Ours, outside the JSON-RPC reserved range as the spec asks: -31403 forbidden (a bad ``Origin``, or a tool
-  outside the caller's scopes; always sent with HTTP 403).
+- Ours, outside the JSON-RPC reserved range as the spec asks: ``-31000 - <HTTP status>`` for a refusal that
+  travels with a non-2xx HTTP status and has no JSON-RPC meaning of its own: -31401 unauthenticated, -31403
+  forbidden (a bad ``Origin``, a tool outside the caller's scopes), -31404, -31405, -31413, -31429 rate limited,
+  -31503 unavailable, -31504 ... (a 400 is -32600, a 500 -32603).
+
+Every error that travels with a non-2xx HTTP status carries ``data.code``, the bridge's error code (the REST
+API's), and ``data.retry_after`` (seconds) when the answer has a ``Retry-After``: :func:`rpc_error_for`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 import bridge
+from bridge.errors import BridgeError, code_for_status
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -27,6 +36,11 @@ INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 FORBIDDEN = -31403
+HTTP_ERROR_BASE = -31000
+"""Ours: ``HTTP_ERROR_BASE - status`` (-31401, -31429 ...) for an HTTP-level refusal on ``/mcp``."""
+PEEK_LIMIT = 64 * 1024
+"""The most body bytes read to find the id of a request refused before the handler read it."""
+PEEK_SECONDS = 1.0
 
 MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
 """Stateless revisions: per-request ``_meta``, ``server/discover``, no sessions."""
@@ -58,24 +72,89 @@ INSTRUCTIONS = (
 
 
 class RpcError(Exception):
-    """A JSON-RPC error response, with the HTTP status it travels with."""
+    """A JSON-RPC error response, with the HTTP status it travels with.
+
+    ``bridge_code`` is the bridge's error code for ``data.code`` (default: the one of ``http_status``); it is
+    sent when the HTTP status is not 2xx, so that a client that only shows the HTTP status still has it."""
 
     def __init__(self, code: int, message: str, *, data: Any = None, http_status: int = 200,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, bridge_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.data = data
         self.http_status = http_status
         self.headers = headers or {}
+        self.bridge_code = bridge_code or (code_for_status(http_status) if http_status >= 400 else None)
         self.request_id: str | int | None = None
         """The request's id when it was read before the error (else the response carries ``id: null``)."""
 
     def to_dict(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
+        data = self.data
+        if self.http_status >= 400:
+            data = {"code": self.bridge_code, **(data if isinstance(data, dict) else {})}
+            retry = self.headers.get("Retry-After", "")
+            if retry.isdigit():
+                data["retry_after"] = int(retry)
+        if data is not None:
+            error["data"] = data
         return error
+
+
+def rpc_code_for_status(status: int) -> int:
+    """The JSON-RPC error code of an HTTP-level refusal: -32600 for a 400, -32603 for a 500, else ours."""
+    if status == 400:
+        return INVALID_REQUEST
+    if status == 500:
+        return INTERNAL_ERROR
+    return HTTP_ERROR_BASE - status
+
+
+def rpc_error_for(err: BridgeError) -> RpcError:
+    """A bridge error (raised by a middleware or a handler) as the JSON-RPC error of ``/mcp``: same HTTP
+    status and headers, the bridge's message, ``data.code`` and the error's extra fields."""
+    return RpcError(rpc_code_for_status(err.status), err.message, data=dict(err.extra), http_status=err.status,
+                    headers=err.headers, bridge_code=err.code)
+
+
+@dataclass(frozen=True, slots=True)
+class RpcPeek:
+    """What is known of a ``/mcp`` request's JSON-RPC message: its id, method and, for ``tools/call``, the
+    tool's name (all ``None`` when the body was not, or could not be, read)."""
+
+    id: str | int | None = None
+    method: str | None = None
+    tool: str | None = None
+
+
+def peek_of(body: Any) -> RpcPeek:
+    if not isinstance(body, dict):
+        return RpcPeek()
+    msg_id = body.get("id")
+    if isinstance(msg_id, bool) or not isinstance(msg_id, str | int):
+        msg_id = None
+    method = body.get("method") if isinstance(body.get("method"), str) else None
+    params = body.get("params")
+    tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+    return RpcPeek(msg_id, method, tool if isinstance(tool, str) else None)
+
+
+async def peek_message(request: web.Request) -> RpcPeek:
+    """The id (method, tool) of a request refused before its handler read the body: read only a JSON body
+    whose ``Content-Length`` is at most :data:`PEEK_LIMIT`, for at most :data:`PEEK_SECONDS`; anything else
+    is an unknown id (``null``). The body is read once: aiohttp keeps it for a later ``read()``."""
+    length = request.content_length
+    if request.method != "POST" or length is None or length > PEEK_LIMIT:
+        return RpcPeek()
+    raw = b""
+    with contextlib.suppress(Exception):  # a slow, broken or oversized body: the id stays unknown
+        async with asyncio.timeout(PEEK_SECONDS):
+            raw = await request.read()
+    try:
+        return peek_of(json.loads(raw)) if raw else RpcPeek()
+    except ValueError:
+        return RpcPeek()
 
 
 def rpc_response(payload: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None

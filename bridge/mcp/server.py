@@ -1,7 +1,9 @@
 """``POST /mcp``: our own JSON-RPC 2.0 handler for MCP over Streamable HTTP, both eras on one endpoint.
 
 Before this handler runs, the middlewares have answered a bad ``Origin`` (403), a missing or bad credential
-(401) and an exhausted rate limit (429) as plain HTTP statuses. Then, in order:
+(401) and an exhausted rate limit (429): each keeps its HTTP status and headers and carries a JSON-RPC error
+body (``bridge.middlewares.render_error``), as does every non-2xx answer of this handler (``data.code`` is the
+bridge's error code). Then, in order:
 
 1. transport: ``Accept`` must list ``application/json`` and ``text/event-stream`` (406), the body must be JSON
    (415 / -32700), one message, not a batch (-32600);
@@ -10,8 +12,8 @@ Before this handler runs, the middlewares have answered a bad ``Origin`` (403), 
    ``MCP-Protocol-Version`` of the stateless era) selects 2026-07-28 (header/body checks -32020, version
    -32022, ``resultType``, ``ttlMs``/``cacheScope``);
 3. method: ``tools/list`` (paginated, filtered by the caller's scopes) and ``tools/call`` (a tool outside the
-   caller's scopes is HTTP 403 ``insufficient_scope``; a failing tool is an ``isError`` result carrying the
-   REST error code).
+   caller's scopes is HTTP 403 ``insufficient_scope``, rendered and audited as every refusal; a failing tool
+   is an ``isError`` result carrying the REST error code).
 
 ``GET``/``DELETE /mcp`` answer 405: we push no server-initiated stream and sessions are stateless.
 """
@@ -28,13 +30,13 @@ import structlog
 from aiohttp import web
 
 from bridge.auth.identity import Identity
-from bridge.errors import BridgeError, RateLimitedError
+from bridge.billing import charge
+from bridge.errors import BridgeError, ForbiddenError, RateLimitedError
 from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
-from bridge.keys import IDENTITY, MCP_SESSIONS, METRICS, SERVICE, SETTINGS
+from bridge.keys import ERROR_CODE, IDENTITY, MCP_MESSAGE, MCP_SESSIONS, METRICS, SERVICE, SETTINGS
 from bridge.mcp.metadata import MCP_PATH
 from bridge.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
-    FORBIDDEN,
     HANDSHAKE_VERSIONS,
     HEADER_METHOD,
     HEADER_MISMATCH,
@@ -56,12 +58,14 @@ from bridge.mcp.protocol import (
     SUPPORTED_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
     RpcError,
+    RpcPeek,
+    peek_message,
     rpc_error,
     rpc_result,
 )
 from bridge.mcp.session import SessionCodec
 from bridge.mcp.tools import result_content, tools_by_name, visible_tools
-from bridge.middlewares import charge, www_authenticate
+from bridge.middlewares import www_authenticate
 from bridge.models import parse
 
 log = structlog.get_logger("bridge.mcp")
@@ -84,8 +88,8 @@ class Message:
     is_request: bool
 
 
-def _bad_request(message: str, code: int = INVALID_REQUEST) -> RpcError:
-    return RpcError(code, message, http_status=400)
+def _bad_request(message: str, code: int = INVALID_REQUEST, bridge_code: str | None = None) -> RpcError:
+    return RpcError(code, message, http_status=400, bridge_code=bridge_code)
 
 
 def _short(value: str) -> str:
@@ -134,14 +138,14 @@ async def read_message(request: web.Request) -> Message:
                                         "text/event-stream.", http_status=406)
     if request.content_type != "application/json":
         raise RpcError(INVALID_REQUEST, "Send the JSON-RPC message with 'Content-Type: application/json'.",
-                       http_status=415)
+                       http_status=415)  # data.code: unsupported_media_type
     raw = await request.read()
     try:
         body = load_json(raw, max_depth=request.app[SETTINGS].max_json_depth)
     except JsonLimitError as exc:
         raise _bad_request(f"Invalid Request: {exc}") from None
     except JsonBodyError:
-        raise _bad_request("Parse error: the body is not valid JSON.", PARSE_ERROR) from None
+        raise _bad_request("Parse error: the body is not valid JSON.", PARSE_ERROR, "parse_error") from None
     if isinstance(body, list):
         raise _bad_request("Batches are not supported: send one JSON-RPC message per POST.")
     if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
@@ -196,10 +200,16 @@ async def mcp_post(request: web.Request) -> web.Response:
     try:
         msg = await read_message(request)
         msg_id = msg.id
+        tool = msg.params.get("name") if msg.method == "tools/call" else None
+        request[MCP_MESSAGE] = RpcPeek(msg.id, msg.method, tool if isinstance(tool, str) else None)
         if _is_modern(request, msg):
             return await _modern(request, msg)
         return await _legacy(request, msg)
     except RpcError as err:
+        if err.bridge_code is not None:
+            request[ERROR_CODE] = err.bridge_code
+        if msg_id is None and err.request_id is None:
+            msg_id = (await peek_message(request)).id  # refused before reading (406, 415): a bounded peek
         return rpc_error(msg_id if msg_id is not None else err.request_id, err)
     except (web.HTTPException, BridgeError):
         raise  # HTTP-level answers (413 ...) rendered by error_renderer
@@ -222,13 +232,16 @@ async def _modern(request: web.Request, msg: Message) -> web.Response:
                            f"'{META_CLIENT_CAPABILITIES}'.", INVALID_PARAMS)
     header_version = request.headers.get(HEADER_PROTOCOL_VERSION)
     if header_version is None:
-        raise _bad_request(f"Header mismatch: the {HEADER_PROTOCOL_VERSION} header is required.", HEADER_MISMATCH)
+        raise _bad_request(f"Header mismatch: the {HEADER_PROTOCOL_VERSION} header is required.", HEADER_MISMATCH,
+                           "header_mismatch")
     if header_version != version:
         raise _bad_request(f"Header mismatch: {HEADER_PROTOCOL_VERSION} header '{_short(header_version)}' does "
-                           f"not match _meta protocolVersion '{_short(version)}'.", HEADER_MISMATCH)
+                           f"not match _meta protocolVersion '{_short(version)}'.", HEADER_MISMATCH,
+                           "header_mismatch")
     if version not in MODERN_VERSIONS:
         raise RpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
-                       data={"supported": list(SUPPORTED_VERSIONS), "requested": version}, http_status=400)
+                       data={"supported": list(SUPPORTED_VERSIONS), "requested": version}, http_status=400,
+                       bridge_code="unsupported_protocol_version")
     if not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict):
         raise _bad_request(f"Invalid params: params._meta must carry '{META_CLIENT_CAPABILITIES}' (an object).",
                            INVALID_PARAMS)
@@ -236,9 +249,10 @@ async def _modern(request: web.Request, msg: Message) -> web.Response:
     if header_method != msg.method:
         what = "is required" if header_method is None else f"'{_short(header_method)}' does not match the body"
         raise _bad_request(f"Header mismatch: the {HEADER_METHOD} header {what} (method '{_short(msg.method)}').",
-                           HEADER_MISMATCH)
+                           HEADER_MISMATCH, "header_mismatch")
     if msg.method not in MODERN_METHODS:
-        raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.", http_status=404)
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.", http_status=404,
+                       bridge_code="method_not_found")
     assert msg.id is not None
     if msg.method == "server/discover":
         result: dict[str, Any] = {
@@ -257,7 +271,7 @@ async def _modern(request: web.Request, msg: Message) -> web.Response:
         decoded = decode_header_value(header_name) if header_name is not None else None
         if isinstance(name, str) and decoded != name:
             what = "is required" if header_name is None else "does not match params.name"
-            raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH)
+            raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH, "header_mismatch")
         result = await _tools_call(request, msg.params)
     result["resultType"] = "complete"
     result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
@@ -278,12 +292,14 @@ async def _legacy(request: web.Request, msg: Message) -> web.Response:
                            "(or use protocol 2026-07-28 with per-request _meta).")
     if codec.verify(session_id, identity.subject) is None:
         raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is not "
-                                        "one of ours. Send 'initialize' again.", http_status=404)
+                                        "one of ours. Send 'initialize' again.", http_status=404,
+                       bridge_code="session_not_found")
     header_version = request.headers.get(HEADER_PROTOCOL_VERSION, DEFAULT_HEADERLESS_VERSION)
     if header_version not in HANDSHAKE_VERSIONS:
         raise RpcError(INVALID_REQUEST, f"Bad Request: unsupported {HEADER_PROTOCOL_VERSION} "
                                         f"'{_short(header_version)}'.",
-                       data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version}, http_status=400)
+                       data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version}, http_status=400,
+                       bridge_code="unsupported_protocol_version")
     if not msg.is_request or msg.method is None:
         return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
     assert msg.id is not None
@@ -353,11 +369,13 @@ async def _tools_call(request: web.Request, params: dict[str, Any]) -> dict[str,
         assert spec.scope is not None
         log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=spec.scope)
         request.app[METRICS].mcp_call(name, "insufficient_scope")
-        raise RpcError(
-            FORBIDDEN, f"The tool '{name}' needs the '{spec.scope}' scope; this identity has: "
-                       f"{', '.join(sorted(identity.scopes)) or 'none'}.",
-            data={"code": "insufficient_scope", "required_scope": spec.scope}, http_status=403,
+        denied = ForbiddenError(
+            f"The tool '{name}' needs the '{spec.scope}' scope; this identity has: "
+            f"{', '.join(sorted(identity.scopes)) or 'none'}.",
+            code="insufficient_scope", extra={"required_scope": spec.scope},
             headers={"WWW-Authenticate": www_authenticate(request, error="insufficient_scope", scope=spec.scope)})
+        denied.operation = spec.operation
+        raise denied  # HTTP 403, JSON-RPC -31403 (bridge.middlewares.render_error), audited as denied
     arguments = params.get("arguments")
     if arguments is None:
         arguments = {}
@@ -381,7 +399,8 @@ async def _tools_call(request: web.Request, params: dict[str, Any]) -> dict[str,
         return _tool_error(request, name, err)
     log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
     request.app[METRICS].mcp_call(name, "ok")
-    return result_content(out.model_dump(mode="json"), is_error=False)
+    # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
+    return result_content(out.model_dump(mode="json", exclude_none=True), is_error=False)
 
 
 def _tool_error(request: web.Request, name: str, err: BridgeError) -> dict[str, Any]:

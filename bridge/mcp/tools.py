@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.auth.identity import Identity
 from bridge.models import (
+    MAX_VERSION,
     CreateKeyBody,
     DecryptBody,
     DecryptOut,
@@ -85,7 +86,7 @@ class PathArgs(_Args):
 
 
 class KvReadArgs(PathArgs):
-    version: int | None = Field(default=None, ge=0,
+    version: int | None = Field(default=None, ge=0, le=MAX_VERSION,  # as REST's ?version= (nine digits)
                                 description="Version to read; omit (or 0) for the latest version.")
 
 
@@ -214,13 +215,27 @@ def input_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """An optional output field (``X | None = None``) without its ``null`` branch: results leave a field that
+    does not apply out (``exclude_none``), they never send it as ``null``."""
+    branches = prop.get("anyOf")
+    if prop.get("default", ...) is not None or not isinstance(branches, list):
+        return prop
+    kept = [b for b in branches if b != {"type": "null"}]
+    if len(kept) == len(branches):
+        return prop
+    rest = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+    return {**rest, **kept[0]} if len(kept) == 1 else {**rest, "anyOf": kept}
+
+
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     """An object schema admitting the success shape (``model``) and the ``{"error": {...}}`` shape."""
-    success: dict[str, Any] = _strip_titles(model.model_json_schema())
+    success: dict[str, Any] = _strip_titles(model.model_json_schema(mode="serialization"))
     defs = success.pop("$defs", None)
+    properties = {name: _not_null(prop) for name, prop in success.get("properties", {}).items()}
     schema: dict[str, Any] = {
         "type": "object",
-        "properties": {**success.get("properties", {}), "error": ERROR_SCHEMA},
+        "properties": {**properties, "error": ERROR_SCHEMA},
         "anyOf": [{"required": success.get("required", [])}, {"required": ["error"]}],
     }
     if defs:

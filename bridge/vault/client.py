@@ -282,8 +282,12 @@ class VaultClient:
                 loaded = None
             if isinstance(loaded, dict):
                 body = loaded
-        if status < 400:
+        if status < 300:
             return VaultResponse.from_body(status, body)
+        if status < 400:
+            # A redirect not followed (the lean transport follows none; aiohttp gives up after 10): a standby
+            # node pointing elsewhere. Never a success: the write did not happen.
+            raise error_for_status(status, [f"vault answered a {status} redirect (standby node?)"])
         errors = [str(e) for e in (body or {}).get("errors") or []]
         if body is None and raw and status >= 500:
             errors = [raw[:200].decode("utf-8", "replace")]

@@ -14,7 +14,9 @@
         ├── VaultRateLimitedError        429 (``retry_after``)
         ├── VaultServerError             500, other 5xx
         ├── VaultSealedError             503 "Vault is sealed"
-        └── VaultUnavailableError        502/503/504 otherwise (standby, down behind a proxy)
+        └── VaultUnavailableError        502/503/504 otherwise (standby, down behind a proxy), a 5xx that
+                                         says the node is not active yet / any more (starting, standby,
+                                         stepping down), a redirect to another node
 
 Messages carry Vault's own error strings and the request path template, never a token or body value.
 """
@@ -102,11 +104,32 @@ _BY_STATUS: dict[int, type[VaultHTTPError]] = {
 }
 
 
+_NOT_ACTIVE = (
+    "standby",  # "Vault is in standby mode"
+    "local node not active",  # "local node not active but active cluster node not found" (starting, electing)
+    "active cluster node not found",
+    "node is not the leader",  # Raft, stepping down
+    "leadership lost",
+    "leadership transfer in progress",
+    "context canceled",  # the server cancelled the request: it is sealing or stepping down
+)
+"""What Vault/OpenBao say in a 5xx while a node starts, waits for an election or steps down (verified on
+OpenBao 2.7.2 with Raft: ``500 local node not active but active cluster node not found`` right after an unseal,
+``500 1 error occurred: * context canceled`` for a write in flight while it seals). Retrying shortly succeeds,
+so these are ``VaultUnavailableError``, not a server fault."""
+
+
+def not_active(errors: list[str]) -> bool:
+    return any(sign in e.lower() for e in errors for sign in _NOT_ACTIVE)
+
+
 def error_for_status(status: int, errors: list[str], *, body: dict[str, Any] | None = None,
                      retry_after: float | None = None) -> VaultHTTPError:
     """The one status → exception table."""
     if status == 503 and any("sealed" in e.lower() for e in errors):
         cls: type[VaultHTTPError] = VaultSealedError
+    elif 300 <= status < 400 or (status >= 500 and not_active(errors)):
+        cls = VaultUnavailableError
     elif status in _BY_STATUS:
         cls = _BY_STATUS[status]
     elif status >= 500:

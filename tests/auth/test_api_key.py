@@ -44,7 +44,7 @@ async def test_scopes_object_form(make_client: MakeClient, fake_vault: FakeVault
         assert resp.status == 403, (method, path)
         err = (await resp.json())["error"]
         assert err["code"] == "forbidden"
-        need = "delete" if method == "DELETE" else "write"
+        need = "delete" if method == "DELETE" or path.endswith(":destroy") else "write"
         assert f"'{need}'" in err["message"]
         assert err["required_scope"] == need
     assert fake_vault.calls("secret/") == []
@@ -57,8 +57,9 @@ async def test_invalid_key_is_401_with_challenge(make_client: MakeClient, presen
     resp = await client.get("/whoami", headers={"X-API-Key": presented})
     assert resp.status == 401
     assert (await resp.json())["error"]["code"] == "unauthenticated"
-    assert resp.headers["WWW-Authenticate"].startswith('Bearer realm="vault-mcp-bridge"')
-    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert (await resp.json())["error"]["message"].startswith("invalid API key")
+    # the API-key scheme, never Bearer: MCP clients read a Bearer challenge as "start OAuth"
+    assert resp.headers["WWW-Authenticate"] == 'ApiKey realm="vault-mcp-bridge", header="X-API-Key"'
     assert presented not in (await resp.text()) or presented == ""
 
 
@@ -73,7 +74,7 @@ async def test_no_credential_is_401_with_challenge(make_client: MakeClient) -> N
     client = await make_client()
     resp = await client.get("/whoami")
     assert resp.status == 401
-    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="vault-mcp-bridge"'
+    assert resp.headers["WWW-Authenticate"] == 'ApiKey realm="vault-mcp-bridge", header="X-API-Key"'
     assert "X-API-Key" in (await resp.json())["error"]["message"]
 
 

@@ -82,10 +82,12 @@ async def test_no_credentials_is_401_before_jsonrpc(mcp_client: McpClientFactory
     resp = await client.post("/mcp", data="garbage", headers={"Accept": MCP_ACCEPT,
                                                                "Content-Type": "application/json"})
     assert resp.status == 401
-    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    # no JWT issuer here: the challenge names the API-key scheme (a Bearer challenge would start OAuth)
+    assert resp.headers["WWW-Authenticate"] == 'ApiKey realm="vault-mcp-bridge", header="X-API-Key"'
+    assert (await _json(resp))["error"]["data"] == {"code": "unauthenticated"}
     resp = await client.post("/mcp", json=rpc("ping"), headers=legacy_headers("wrong-key-xxxxxxxx"))
     assert resp.status == 401
-    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert resp.headers["WWW-Authenticate"] == 'ApiKey realm="vault-mcp-bridge", header="X-API-Key"'
 
 
 async def test_every_tools_call_counts_against_the_rate_limit(mcp_client: McpClientFactory) -> None:
@@ -99,7 +101,9 @@ async def test_every_tools_call_counts_against_the_rate_limit(mcp_client: McpCli
     resp = await client.post("/mcp", data="not json", headers=headers)  # 429 comes before any parsing
     assert resp.status == 429
     assert int(resp.headers["Retry-After"]) >= 1
-    assert (await resp.json())["error"]["code"] == "rate_limited"
+    error = (await resp.json())["error"]
+    assert error["code"] == -31429
+    assert error["data"] == {"code": "rate_limited", "retry_after": int(resp.headers["Retry-After"]), "cost": 1}
 
 
 async def test_get_and_delete_are_405(mcp_client: McpClientFactory) -> None:
@@ -168,7 +172,8 @@ async def test_parse_error(mcp_client: McpClientFactory) -> None:
     resp = await client.post("/mcp", data='{"jsonrpc": "2.0", "id": 1,', headers=legacy_headers(API_KEY_ALICE))
     assert resp.status == 400
     body = await _json(resp)
-    assert body == {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": body["error"]["message"]}}
+    assert body == {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": body["error"]["message"],
+                                                            "data": {"code": "parse_error"}}}
 
 
 @pytest.mark.parametrize("payload", [
@@ -346,7 +351,8 @@ async def test_unsupported_version_is_32022(mcp_client: McpClientFactory, versio
     assert resp.status == 400
     error = (await _json(resp))["error"]
     assert error["code"] == -32022
-    assert error["data"] == {"supported": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"],
+    assert error["data"] == {"code": "unsupported_protocol_version",
+                             "supported": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"],
                              "requested": version}
 
 

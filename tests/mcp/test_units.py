@@ -93,7 +93,7 @@ def test_argument_schemas_come_from_the_rest_models() -> None:
     write = tools_by_name()["kv_write"].definition["inputSchema"]
     assert set(write["required"]) == {"path", "data"}
     assert write["additionalProperties"] is False
-    assert write["properties"]["cas"]["anyOf"][0] == {"minimum": 0, "type": "integer"}
+    assert write["properties"]["cas"]["anyOf"][0] == {"minimum": 0, "maximum": 999_999_999, "type": "integer"}
     assert tools_by_name()["whoami"].definition["inputSchema"]["properties"] == {}
 
 

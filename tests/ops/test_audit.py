@@ -65,16 +65,17 @@ async def test_canary_never_reaches_the_audit_file(ops_client: OpsClient, tmp_pa
                    bao.root_token):
         assert needle not in text
     lines = records(audit)
-    ops = [(r["operation"], r["outcome"]) for r in lines]
+    ops = [(r["operation"], r["outcome"], r.get("code")) for r in lines]
     assert ops == [
-        ("kv_write", "ok"), ("kv_patch", "ok"), ("kv_read", "ok"), ("kv_read", "ok"), ("kv_metadata", "ok"),
-        ("kv_list", "ok"), ("transit_encrypt", "ok"), ("transit_decrypt", "ok"), ("kv_delete", "ok"),
-        ("kv_undelete", "ok"), ("kv_destroy", "ok"), ("kv_read", "not_found"), ("kv_delete", "forbidden"),
+        ("kv_write", "ok", None), ("kv_patch", "ok", None), ("kv_read", "ok", None), ("kv_read", "ok", None),
+        ("kv_metadata", "ok", None), ("kv_list", "ok", None), ("transit_encrypt", "ok", None),
+        ("transit_decrypt", "ok", None), ("kv_delete", "ok", None), ("kv_undelete", "ok", None),
+        ("kv_destroy", "ok", None), ("kv_read", "error", "not_found"), ("kv_delete", "denied", "forbidden"),
     ]
     by_op = {r["operation"]: r for r in lines}
     for r in lines:
         assert set(r) <= {"time", "type", "request_id", "agent", "auth_method", "operation", "path", "prefix",
-                          "key", "version", "versions", "cas", "outcome", "status", "vault_request_id",
+                          "key", "version", "versions", "cas", "outcome", "code", "status", "vault_request_id",
                           "duration_ms"}
         assert r["agent"] == "alice"
         assert r["auth_method"] == "api_key"
@@ -135,3 +136,69 @@ async def test_fsync_mode_writes_and_syncs(tmp_path: Path) -> None:
     log.close()
     assert records(tmp_path / "a.jsonl") == [{"operation": "kv_write", "outcome": "ok"}]
     assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+# -- every refusal, once (docs/hardening-tests.md, "Errors and contracts") --------------------------------
+
+async def test_every_refusal_of_an_identity_is_audited_once_as_denied(ops_client: OpsClient, tmp_path: Path) -> None:
+    """Refusals raised before or outside a service method (the REST handler's scope check, the MCP scope check,
+    the rate limiter, the body limit) leave one record with ``outcome: denied`` and the error code, as do
+    those raised inside one (path, scope); none is recorded twice; unauthenticated requests are not audited."""
+    from tests.mcp.conftest import modern_body, modern_headers
+
+    audit = tmp_path / "audit.jsonl"
+    client = await ops_client(audit_log=str(audit), rate_limit_requests=8, max_body_bytes=4096)
+    readonly = {"X-API-Key": API_KEY_READONLY}
+    sent: list[tuple[int, str]] = []
+
+    async def send(method: str, url: str, headers: dict[str, str], **kw: Any) -> None:
+        resp = await client.request(method, url, headers=headers, **kw)
+        sent.append((resp.status, resp.headers["X-Request-Id"]))
+
+    await send("PUT", "/secrets/denied/x", readonly, json={"data": {"a": 1}})  # handler: scope, before the body
+    await send("DELETE", "/secrets/denied/x", readonly)  # service: scope
+    await send("GET", "/secrets/bad*name", ALICE)  # service: path
+    await send("PUT", "/secrets/denied/big", ALICE, json={"data": {"v": "a" * 8000}})  # body limit
+    await send("POST", "/mcp", modern_headers(API_KEY_READONLY, "tools/call", "kv_write"),
+               json=modern_body("tools/call", {"name": "kv_write", "arguments": {"path": "x", "data": {}}}))
+    await send("GET", "/whoami", {"X-API-Key": "wrong-key-" + "x" * 20})  # no identity: not an audit record
+    for _ in range(4):  # alice (the read-only key is alice too): 5 so far, 8 allowed; the 9th on are refused
+        await send("GET", "/whoami", ALICE)
+    await send("POST", "/mcp", modern_headers(API_KEY_ALICE, "tools/call", "kv_read"),
+               json=modern_body("tools/call", {"name": "kv_read", "arguments": {"path": "x"}}))
+    await send("GET", "/secrets/denied/x", ALICE)
+    assert [s for s, _ in sent] == [403, 403, 400, 413, 403, 401, 200, 200, 200, 429, 429, 429]
+
+    lines = records(audit)
+    by_request: dict[str, list[dict[str, Any]]] = {}
+    for r in lines:
+        by_request.setdefault(r["request_id"], []).append(r)
+    assert all(len(rs) == 1 for rs in by_request.values()), by_request  # never two records for one refusal
+    denied = [(r["operation"], r["outcome"], r["code"], r["status"]) for r in lines if r["outcome"] != "ok"]
+    assert denied == [
+        ("kv_write", "denied", "forbidden", 403),
+        ("kv_delete", "denied", "forbidden", 403),
+        ("kv_read", "denied", "invalid_path", 400),
+        ("kv_write", "denied", "payload_too_large", 413),
+        ("kv_write", "denied", "insufficient_scope", 403),
+        ("whoami", "denied", "rate_limited", 429),
+        ("kv_read", "denied", "rate_limited", 429),
+        ("kv_read", "denied", "rate_limited", 429),
+    ]
+    refused_ids = {rid for status, rid in sent if status >= 400 and status != 401}
+    assert refused_ids == {r["request_id"] for r in lines if r["outcome"] == "denied"}
+    assert all(r["agent"] == "alice" for r in lines)
+
+
+async def test_client_request_id_is_kept_beside_the_bridges_own(ops_client: OpsClient, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    client = await ops_client(audit_log=str(audit))
+    resp = await client.get("/secrets/audit-rid/none", headers={**ALICE, "X-Request-Id": "client-trace-42"})
+    assert resp.status == 404
+    ours = resp.headers["X-Request-Id"]
+    assert ours != "client-trace-42"
+    resp = await client.get("/secrets/audit-rid/none", headers={**ALICE, "X-Request-Id": "bad id; drop"})
+    first, second = records(audit)
+    assert (first["request_id"], first["client_request_id"]) == (ours, "client-trace-42")
+    assert second["request_id"] == resp.headers["X-Request-Id"]
+    assert "client_request_id" not in second  # malformed: not recorded at all

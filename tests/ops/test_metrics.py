@@ -208,6 +208,6 @@ async def test_mcp_calls_and_child_tokens_are_counted_and_audited(ops_client: Op
 
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
     assert [(r["operation"], r["path"], r["outcome"]) for r in lines] == [
-        ("kv_write", path, "ok"), ("kv_read", path, "ok"), ("kv_read", path + "-missing", "not_found"),
+        ("kv_write", path, "ok"), ("kv_read", path, "ok"), ("kv_read", path + "-missing", "error"),
         ("kv_read", path, "ok")]
     assert canary not in audit.read_text()

@@ -98,5 +98,5 @@ async def test_schemathesis_against_live_bridge(ops_client: OpsClient, tmp_path:
     assert "passed" in summary, summary
     assert "Tested:" in summary, summary
     tested = int(summary.split("Tested:")[1].split()[0])
-    # schemathesis folds a trailing slash (/secrets and /secrets/ are one operation to it)
-    assert tested == len({(op.method, op.path.rstrip("/")) for op in OPERATIONS}), summary
+    # every documented operation but the document itself (schemathesis does not fuzz the schema's own URL)
+    assert tested == len({(op.method, op.path) for op in OPERATIONS if op.path != "/openapi.json"}), summary

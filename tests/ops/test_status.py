@@ -74,6 +74,28 @@ async def test_status_access_control(ops_client: OpsClient) -> None:
     assert (await client.get("/status", headers={"X-API-Key": ADMIN_KEY})).status == 200
 
 
+async def test_status_page_shows_the_apis_error_codes(ops_client: OpsClient) -> None:
+    """Router 404/405, aiohttp's 413 and the JSON-RPC errors of /mcp appear with the API's codes (the same as
+    in the error bodies), never as ``http_<status>``."""
+    from tests.mcp.conftest import legacy_headers, rpc
+
+    client = await ops_client(max_body_bytes=1024)
+    alice = {"X-API-Key": API_KEY_ALICE}
+    assert (await client.get("/no-such-route", headers=alice)).status == 404
+    assert (await client.delete("/whoami", headers=alice)).status == 405
+    assert (await client.put("/secrets/big", data="x" * 2048, headers={**alice, "Content-Type": "application/json"})
+            ).status == 413
+    assert (await client.post("/mcp", json=rpc("ping"), headers=legacy_headers(API_KEY_ALICE, "v1.forged"))
+            ).status == 404
+    assert (await client.post("/mcp", json=rpc("ping"), headers={**legacy_headers(API_KEY_ALICE),
+                                                                  "Accept": "text/html"})).status == 406
+    html = await (await client.get("/status")).text()
+    codes = re.findall(r"<td>(\d{3})</td><td><code>([a-z_]+)</code></td>", html)
+    assert sorted(codes) == [("404", "not_found"), ("404", "session_not_found"), ("405", "method_not_allowed"),
+                             ("406", "not_acceptable"), ("413", "payload_too_large")], codes
+    assert "http_" not in html
+
+
 def test_display_addr_drops_credentials() -> None:
     assert display_addr("https://user:pw@vault.example:8200") == "https://vault.example:8200"
     assert display_addr("http://127.0.0.1:8200") == "http://127.0.0.1:8200"

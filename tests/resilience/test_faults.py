@@ -323,3 +323,70 @@ async def test_a_retried_read_still_ends_within_vault_timeout() -> None:
         assert elapsed < 0.75, elapsed  # one budget of 0.5 s, not 0.35 + 0.5
     finally:
         await server.close()
+
+
+async def test_a_vault_that_is_not_active_yet_is_503_never_502(
+        aiohttp_client: Callable[..., Any], pbao_settings: Callable[..., Settings], live_pbao: PersistentBao) -> None:
+    """Right after an unseal a Raft node answers ``500 local node not active but active cluster node not found``
+    until it has won its election: the 502 once seen in the no-lost-write test on a loaded machine (a restart
+    opens the same window). Readers and writers hammer the bridge while Vault is sealed and through the unseal,
+    sent without waiting for the node to become active, six times: every failure is a 503 with Retry-After
+    (sealed, then unavailable), never a 502. (The requests are paused while Vault seals: a request caught by
+    the seal itself may get a bare ``500 internal error``, which says nothing about an election.)"""
+    client: TestClient[Any, Any] = await aiohttp_client(
+        create_app(pbao_settings(vault_breaker_threshold=1_000_000)))  # no fail-fast: every request asks Vault
+    run = str(time.time_ns())
+    assert (await client.put(f"/secrets/active/{run}", json={"data": {"v": 0}}, headers=ALICE)).status == 200
+    seen: list[tuple[int, str, str | None]] = []
+    served = asyncio.Event()
+    gate = asyncio.Condition()
+    state = {"open": True, "inflight": 0, "done": False}
+
+    async def hammer(n: int) -> None:
+        while True:
+            async with gate:
+                await gate.wait_for(lambda: bool(state["open"] or state["done"]))
+                if state["done"]:
+                    return
+                state["inflight"] += 1
+            try:
+                if n % 2:
+                    resp = await client.get(f"/secrets/active/{run}", headers=ALICE)
+                else:
+                    resp = await client.put(f"/secrets/active/{run}-{n}", json={"data": {"n": n}}, headers=ALICE)
+                body = await resp.json()
+                seen.append((resp.status, body["error"]["code"] if resp.status >= 400 else "",
+                             resp.headers.get("Retry-After")))
+                if resp.status == 200:
+                    served.set()
+            finally:
+                async with gate:
+                    state["inflight"] -= 1
+                    gate.notify_all()
+
+    async def set_open(value: bool) -> None:
+        async with gate:
+            state["open"] = value
+            gate.notify_all()
+            await gate.wait_for(lambda: value or state["inflight"] == 0)
+
+    tasks = [asyncio.create_task(hammer(n)) for n in range(8)]
+    try:
+        for _ in range(6):  # each unseal opens the window once; most are hit on a 2-core machine
+            await set_open(False)
+            await asyncio.to_thread(live_pbao.seal)
+            served.clear()
+            await set_open(True)
+            await asyncio.sleep(0.1)  # sealed: 503 vault_sealed
+            status, body = await asyncio.to_thread(live_pbao.api, "PUT", "sys/unseal", {"key": live_pbao.unseal_key})
+            assert status == 200, body
+            await asyncio.wait_for(served.wait(), 30)  # serving again once the node is active
+    finally:
+        async with gate:
+            state["done"] = True
+            gate.notify_all()
+        await asyncio.gather(*tasks)
+
+    failures = {(s, c) for s, c, _ in seen if s != 200}
+    assert failures <= {(503, "vault_sealed"), (503, "vault_unavailable")}, failures
+    assert all(r is not None and int(r) >= 1 for s, _, r in seen if s == 503)

@@ -63,12 +63,12 @@ async def test_redis_down_then_back(fail_mode: str, redis_server: RedisServer, a
     app = create_app(_settings(redis_server.url, fail_mode, make_settings))
     client: TestClient[Any, Any] = await aiohttp_client(app)
     assert isinstance(app[LIMITER], RedisRateLimiter)
-    resp = await client.get("/secrets/", headers=ALICE)
+    resp = await client.get("/secrets", headers=ALICE)
     assert resp.status in (200, 404)
     assert resp.headers["RateLimit-Remaining"] == "4"
     redis_server.stop()
     t0 = time.monotonic()
-    resp = await client.get("/secrets/", headers=ALICE)
+    resp = await client.get("/secrets", headers=ALICE)
     assert time.monotonic() - t0 < 2.0
     if fail_mode == "open":
         assert resp.status in (200, 404)  # served, and logged
@@ -79,7 +79,7 @@ async def test_redis_down_then_back(fail_mode: str, redis_server: RedisServer, a
     redis_server.start()  # same port, empty: recovers by itself on the next request
     deadline = time.monotonic() + 5
     while True:
-        resp = await client.get("/secrets/", headers=ALICE)
+        resp = await client.get("/secrets", headers=ALICE)
         if resp.status != 503 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
@@ -105,7 +105,7 @@ async def test_two_bridge_processes_share_one_limit(
     async with aiohttp.ClientSession() as session:
 
         async def hit(url: str, key: str) -> None:
-            async with session.get(f"{url}/secrets/", headers={"X-API-Key": key}) as resp:
+            async with session.get(f"{url}/secrets", headers={"X-API-Key": key}) as resp:
                 await resp.read()
                 statuses[url].append(resp.status)
 
@@ -113,7 +113,7 @@ async def test_two_bridge_processes_share_one_limit(
         await asyncio.gather(*(hit((one.url, two.url)[i % 2], API_KEY_ALICE) for i in range(30)))
         bob: list[int] = []
         for i in range(4):
-            async with session.get(f"{(one.url, two.url)[i % 2]}/secrets/", headers={"X-API-Key": API_KEY_BOB}) as r:
+            async with session.get(f"{(one.url, two.url)[i % 2]}/secrets", headers={"X-API-Key": API_KEY_BOB}) as r:
                 bob.append(r.status)
     served = [s for url in statuses for s in statuses[url] if s != 429]
     assert len(served) == 10, statuses  # the combined limit, not 10 per replica

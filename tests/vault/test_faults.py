@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from bridge.app import create_app
 from bridge.config import Settings
@@ -30,6 +32,7 @@ from bridge.vault.errors import (
 )
 from tests.conftest import API_KEY_ALICE, API_KEYS, until, until_status
 from tests.fakevault import POLICY_DENIED_BODY, FakeVault
+from tests.mcp.conftest import modern_body, modern_headers
 
 ALICE = {"X-API-Key": API_KEY_ALICE}
 Client = TestClient[Any, Any]
@@ -281,3 +284,65 @@ async def test_approle_token_revoked_outside_is_replaced(fake_vault: FakeVault, 
     assert resp.status == 200
     assert (await resp.json())["data"] == {"a": 1}
     assert fake_vault.calls("secret/data/", method="GET")[-1].token != first
+
+
+# -- errors and contracts (docs/hardening-tests.md) ------------------------------------------------------
+
+@pytest.mark.parametrize("message", [
+    "local node not active but active cluster node not found",  # OpenBao 2.7.2 (Raft) right after an unseal
+    "Vault is in standby mode",
+    "node is not the leader",
+    "leadership lost while committing log",
+    "1 error occurred:\n\t* context canceled\n\n",  # OpenBao 2.7.2: a write in flight while it seals
+])
+async def test_a_node_that_is_not_active_is_503_with_retry_after(fake_vault: FakeVault, make_bridge: MakeBridge,
+                                                                 message: str) -> None:
+    """A Vault 5xx while it starts or steps down is 503 vault_unavailable with Retry-After, as a refused
+    connection is; never a 502 (the 502 of the no-lost-write fault test on a loaded machine)."""
+    api = await make_bridge()
+    fake_vault.set("secret/*", status=500, body={"errors": [message]})
+    for method, url, payload in [("GET", "/secrets/db", None), ("PUT", "/secrets/db", {"data": {"a": 1}})]:
+        resp = await api.request(method, url, json=payload, headers=ALICE)
+        assert resp.status == 503, (method, message)
+        assert (await resp.json())["error"]["code"] == "vault_unavailable"
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert message not in await resp.text()
+
+
+@pytest.mark.parametrize("http_client", ["aiohttp", "lean"])
+async def test_a_redirect_is_never_a_success(fake_vault: FakeVault, make_bridge: MakeBridge,
+                                             http_client: str) -> None:
+    """A standby's redirect that is not (or cannot be) followed: the write did not happen, so never a 200."""
+    api = await make_bridge(vault_http_client=http_client)
+    fake_vault.set("secret/*", status=307, headers={"Location": f"{fake_vault.addr}/v1/secret/data/elsewhere"})
+    resp = await api.put("/secrets/db", json={"data": {"a": 1}}, headers=ALICE)
+    assert resp.status == 503, await resp.text()
+    assert (await resp.json())["error"]["code"] == "vault_unavailable"
+
+
+@pytest.mark.parametrize("body", [{"errors": ["pq: password authentication failed for canary-5xx-text"]},
+                                  "<html>canary-5xx-text at 10.1.2.3</html>"])
+async def test_vault_5xx_text_is_logged_never_relayed(fake_vault: FakeVault, make_bridge: MakeBridge,
+                                                      body: Any) -> None:
+    api = await make_bridge()
+    fake_vault.set("secret/*", status=500, body=body)
+    fake_vault.set("transit/*", status=503, body=body)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        rest = await api.get("/secrets/db", headers=ALICE)
+        transit = await api.post("/transit/encrypt", json={"key": "k", "plaintext": "eA=="}, headers=ALICE)
+        mcp = await api.post("/mcp", json=modern_body("tools/call", {"name": "kv_read", "arguments": {"path": "db"}}),
+                             headers=modern_headers(API_KEY_ALICE, "tools/call", "kv_read"))
+    for resp, status, code in ((rest, 502, "vault_error"), (transit, 503, "vault_unavailable"),
+                               (mcp, 200, "vault_error")):
+        assert resp.status == status
+        text = await resp.text()
+        assert "canary-5xx-text" not in text
+        assert "10.1.2.3" not in text
+        body_json = await resp.json()
+        err = body_json["result"]["structuredContent"]["error"] if resp is mcp else body_json["error"]
+        assert err["code"] == code
+        assert resp.headers["X-Request-Id"] in err["message"]  # the id that finds Vault's answer in the log
+    logged = [e for e in logs if e["event"] in ("vault.server_error", "vault.unavailable")]
+    assert len(logged) == 3
+    assert all("canary-5xx-text" in str(e["vault_errors"]) for e in logged)
+    assert {e["request_id"] for e in logged} == {r.headers["X-Request-Id"] for r in (rest, transit, mcp)}
