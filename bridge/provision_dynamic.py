@@ -405,7 +405,7 @@ class DynamicProvisioner:
                     "default_ttl": role.default_ttl or 0, "max_ttl": role.max_ttl}
             await self._role(f"{quote_path(self._db)}/roles/{quote_path(name)}", body,
                              f"database role {name} at {self._db}/")
-        await self._stale(f"{quote_path(self._db)}/roles", set(names), f"database role at {self._db}/")
+        await self._stale(f"{quote_path(self._db)}/roles", set(names), "database role", self._db)
 
     async def _connection(self, name: str, conn: Connection, allowed: list[str], password: SecretStr) -> None:
         path = f"{quote_path(self._db)}/config/{quote_path(name)}"
@@ -498,7 +498,7 @@ class DynamicProvisioner:
                 body["key_bits"] = role.key_bits
             await self._role(f"{quote_path(self._pki)}/roles/{quote_path(name)}", body,
                              f"PKI role {name} at {self._pki}/", unordered=("allowed_domains",))
-        await self._stale(f"{quote_path(self._pki)}/roles", set(names), f"PKI role at {self._pki}/")
+        await self._stale(f"{quote_path(self._pki)}/roles", set(names), "PKI role", self._pki)
 
     # -- SSH ---------------------------------------------------------------------------------------------------
 
@@ -532,7 +532,7 @@ class DynamicProvisioner:
                 "default_extensions": role.default_extensions}
             await self._role(f"{quote_path(self._ssh)}/roles/{quote_path(name)}", body,
                              f"SSH role {name} at {self._ssh}/")
-        await self._stale(f"{quote_path(self._ssh)}/roles", set(names), f"SSH role at {self._ssh}/")
+        await self._stale(f"{quote_path(self._ssh)}/roles", set(names), "SSH role", self._ssh)
 
     # -- shared ------------------------------------------------------------------------------------------------
 
@@ -544,8 +544,9 @@ class DynamicProvisioner:
         await self._write(path, body)
         self._note(f"{'updated' if current is not None else 'created'} {label}", True)
 
-    async def _stale(self, path: str, wanted: set[str], label: str) -> None:
-        """Roles named like ours (``{prefix}.<agent>.<name>``) that the file does not declare."""
+    async def _stale(self, path: str, wanted: set[str], kind: str, mount: str) -> None:
+        """Roles named like ours (``{prefix}.<agent>.<name>``) that the file does not declare: deleted with
+        ``--prune``, reported otherwise. Other roles of the mount are never touched."""
         if self._scope != "agent":
             return
         try:
@@ -556,11 +557,12 @@ class DynamicProvisioner:
             parts = name.split(".")
             if name in wanted or len(parts) != 3 or parts[0] != self._prefix:
                 continue
+            label = f"{kind} {name} at {mount}/"
             if self._prune:
                 await self._client.request("DELETE", f"{path}/{quote_path(name)}", operation="provision.delete")
-                self._note(f"deleted {label.replace(' at ', f' {name} at ', 1)} (not in the file)", True)
+                self._note(f"deleted {label} (not in the file)", True)
             else:
-                self._warn(f"{label.replace(' at ', f' {name} at ', 1)} is not in the file (--prune deletes it)")
+                self._warn(f"{label} is not in the file (--prune deletes it)")
 
 
 __all__ = ["DynamicPlan", "DynamicProvisioner", "DynamicSpec", "DynamicSpecError", "DynamicStateError",
