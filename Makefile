@@ -24,11 +24,14 @@ test: $(STAMP) sysdeps
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
-## make sysdeps: Debian packages some tests need (commands in SYSDEPS); installed only as root, only when missing.
-## Without them those tests are skipped.
-SYSDEPS ?= redis-server chromium nginx
+## make sysdeps: Debian packages some tests need; installed only as root, only when missing. Without them those
+## tests are skipped. Each entry is a package that provides a command on PATH of the same name, or
+## PACKAGE=PATH for one that installs elsewhere (Debian's PostgreSQL server: /usr/lib/postgresql/<major>/bin).
+SYSDEPS ?= redis-server chromium nginx postgresql=/usr/lib/postgresql/*/bin/postgres
 sysdeps:
-	@missing=""; for c in $(SYSDEPS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	@missing=""; for d in $(SYSDEPS); do pkg=$${d%%=*}; probe=$${d#*=}; \
+	  case "$$probe" in /*) set -- $$probe; [ -x "$$1" ] || missing="$$missing $$pkg";; \
+	  *) command -v "$$probe" >/dev/null 2>&1 || missing="$$missing $$pkg";; esac; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "sysdeps: installing$$missing"; \

@@ -1,4 +1,4 @@
-"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision`` and ``hash-key``."""
+"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision``, ``secret-policy`` and ``hash-key``."""
 
 from __future__ import annotations
 
@@ -91,7 +91,10 @@ def gen_policy(args: argparse.Namespace) -> int:
 
     try:
         sys.stdout.write(render_agent_policy(args.agent, mount=args.mount, prefix=args.prefix,
-                                             transit=args.transit, transit_scope=args.transit_key_scope))
+                                             transit=args.transit, transit_scope=args.transit_key_scope,
+                                             database=args.database_mount, pki=args.pki_mount, ssh=args.ssh_mount,
+                                             dynamic_scope=args.dynamic_role_scope,
+                                             fingerprint_key=args.fingerprint_key))
     except ValueError as exc:
         print(f"gen-policy: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +122,14 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transit", default="transit", help="Transit mount (default: transit)")
     parser.add_argument("--transit-key-scope", choices=("agent", "shared"), default="agent",
                         help="= TRANSIT_KEY_SCOPE: the agent's own keys (default) or every key of the mount")
+    parser.add_argument("--database-mount", default="database", help="= DATABASE_MOUNT (default: database)")
+    parser.add_argument("--pki-mount", default="pki", help="= PKI_MOUNT (default: pki)")
+    parser.add_argument("--ssh-mount", default="ssh", help="= SSH_MOUNT (default: ssh)")
+    parser.add_argument("--dynamic-role-scope", choices=("agent", "shared"), default="agent",
+                        help="= DYNAMIC_ROLE_SCOPE: the agent's own dynamic roles (default) or every role")
+    parser.add_argument("--fingerprint-key", default="",
+                        help="= FINGERPRINT_KEY, denied to agents with shared Transit keys "
+                             "(default: {prefix}-bridge-fingerprint)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,12 +142,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p_provision = sub.add_parser("provision", help="prepare a Vault for the bridge (admin VAULT_TOKEN); idempotent")
     add_provision_args(p_provision)
+    from bridge.secret_policy import add_secret_policy_args, secret_policy_main
+
+    p_secret = sub.add_parser("secret-policy", help="set a secret's bridge.* settings (reveal, allowed hosts, canary) "
+                                                    "in its KV custom metadata (admin VAULT_TOKEN)")
+    add_secret_policy_args(p_secret)
     sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key read from stdin, for API_KEYS_JSON")
     args = parser.parse_args(argv)
     if args.command == "gen-policy":
         return gen_policy(args)
-    if args.command == "provision":
-        return provision_main(args)
+    if args.command in ("provision", "secret-policy"):
+        from bridge.logging import configure_logging
+
+        # their stdout is their output (an env file, the settings): log lines go to stderr, warnings only
+        # (what changed is printed to stderr anyway)
+        configure_logging("warning", "console", stream=sys.stderr)
+        return provision_main(args) if args.command == "provision" else secret_policy_main(args)
     if args.command == "hash-key":
         return hash_key()
     try:

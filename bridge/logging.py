@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Mapping, MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from yarl import URL
@@ -111,8 +111,9 @@ def _log_uncaught_thread(args: threading.ExceptHookArgs) -> None:
             exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog and the standard ``logging`` module (process-wide, as logging is) for the service."""
+def configure_logging(level: str = "info", fmt: str = "json", *, stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard ``logging`` module (process-wide, as logging is) for the service
+    (stdout), or for a command whose stdout is its output (``stream=sys.stderr``)."""
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
     numeric = getattr(logging, level.upper())
@@ -126,7 +127,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     # Everything logged through the standard library: the same processors, the same stream.
@@ -135,7 +136,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
                     redact_processor, structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
     )
-    handler = _BridgeHandler(sys.stdout)
+    handler = _BridgeHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

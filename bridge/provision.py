@@ -6,15 +6,22 @@ With an admin token it makes sure that:
 - every agent has its policy ``{policy_prefix}{agent}`` (rendered from the ``gen-policy`` templates);
 - the token roles ``mcp-agent-batch`` (orphan batch tokens) and ``mcp-agent`` (service tokens with an explicit
   max TTL) exist, both limited to ``{policy_prefix}*`` and refusing ``root``, ``default`` and the bridge's own
-  policy;
+  policy; so does ``mcp-agent-lease`` (orphan, periodic, renewable service tokens: the per-agent token that
+  dynamic-secret leases are obtained with, so they outlive request tokens and the bridge's own login, and die
+  when it is revoked; docs/dynamic.md);
 - what a child token can live is capped: the service role by its explicit max TTL; a batch role cannot carry
   one (OpenBao 2.7.2 refuses it), so the token auth mount's ``max_lease_ttl`` is lowered to
   ``child_max_ttl`` (never raised). It caps every token created through ``auth/token/``. OpenBao 2.7.2 applies
   only the root namespace's value, in every namespace (a namespace's own tune is stored and ignored), so
   provisioning into a namespace checks the effective cap and warns when it is missing instead of writing;
-- the bridge's own minimal policy (mint through those two roles, keep its own token alive, list Transit key
-  names to count an agent's keys; nothing on any secret and no use of any key) and its AppRole role exist;
-  the role's secret ids expire (``secret_id_ttl``, 30 days by default) and its tokens have a ``token_max_ttl``.
+- the Transit key ``{prefix}-bridge-fingerprint`` (type hmac) exists: the bridge's fingerprint key;
+- the bridge's own minimal policy (mint through those roles, keep its own token alive, list Transit key names to
+  count an agent's keys, HMAC with its fingerprint key, its own state below ``{mount}/data/{prefix}/_bridge/``;
+  nothing on any agent's secret and no use of any agent's key) and its AppRole role exist; the role's secret ids
+  expire (``secret_id_ttl``, 30 days by default) and its tokens have a ``token_max_ttl``.
+
+With ``--dynamic roles.yaml`` it also provisions database connections, per-agent dynamic roles and the PKI and
+SSH CAs (:mod:`bridge.provision_dynamic`).
 
 Each step reads first and writes only what differs, so a second run changes nothing and says so. The
 AppRole ``role_id`` is always reported; a ``secret_id`` only on the first run (no secret id exists yet) or
@@ -36,7 +43,22 @@ from typing import Any
 import structlog
 
 from bridge.config import IDENT_RE
-from bridge.policy import policy_name, render_agent_policy, render_bridge_policy
+from bridge.policy import (
+    check_fingerprint_key,
+    check_mount,
+    default_fingerprint_key,
+    policy_name,
+    render_agent_policy,
+    render_bridge_policy,
+)
+from bridge.provision_dynamic import (
+    DynamicPlan,
+    DynamicProvisioner,
+    DynamicSpecError,
+    DynamicStateError,
+    load_dynamic,
+    plan_dynamic,
+)
 from bridge.vault.client import VaultClient, quote_path
 from bridge.vault.errors import VaultError, VaultInvalidRequestError, VaultNotFoundError
 
@@ -44,6 +66,8 @@ log = structlog.get_logger("bridge.provision")
 
 BATCH_ROLE = "mcp-agent-batch"
 SERVICE_ROLE = "mcp-agent"
+LEASE_ROLE = "mcp-agent-lease"
+DEFAULT_LEASE_TOKEN_PERIOD = 3600  # = LEASE_MAX_TTL's default
 BRIDGE_NAME = "vault-mcp-bridge"
 DEFAULT_CHILD_MAX_TTL = 3600
 DEFAULT_SECRET_ID_TTL = 30 * 86400
@@ -70,11 +94,22 @@ class ProvisionOptions:
     token_ttl: int = 3600
     token_max_ttl: int = 4 * 3600
     secret_id_ttl: int = DEFAULT_SECRET_ID_TTL  # 0: the secret ids never expire (not recommended)
+    lease_token_period: int = DEFAULT_LEASE_TOKEN_PERIOD  # the mcp-agent-lease role's token_period
+    fingerprint_key: str = ""  # "" = {prefix}-bridge-fingerprint
+    database_mount: str = "database"
+    pki_mount: str = "pki"
+    ssh_mount: str = "ssh"
+    dynamic_scope: str = "agent"
+    dynamic: DynamicPlan | None = None  # --dynamic roles.yaml, validated (bridge.provision_dynamic.plan_dynamic)
+    write_db_passwords: bool = False
+    prune: bool = False
 
     def __post_init__(self) -> None:
         for agent in self.agents:
             if not IDENT_RE.match(agent):
                 raise ValueError(f"agent id {agent!r} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$")
+        if not IDENT_RE.match(self.prefix):
+            raise ValueError("the prefix must match ^[a-z0-9][a-z0-9_-]{0,63}$")
         if not IDENT_RE.match(self.bridge_name):
             raise ValueError("the bridge role name must match ^[a-z0-9][a-z0-9_-]{0,63}$")
         if not POLICY_PREFIX_RE.match(self.policy_prefix):
@@ -89,6 +124,32 @@ class ProvisionOptions:
             raise ValueError("the bridge token TTL must be positive and at most its max TTL")
         if self.secret_id_ttl < 0:
             raise ValueError("the secret id TTL cannot be negative")
+        if self.lease_token_period < 60:
+            raise ValueError("the lease token period must be at least 60 seconds")
+        if self.child_max_ttl and self.lease_token_period > self.child_max_ttl:
+            # the token mount's max_lease_ttl caps a periodic token's period too (checked on OpenBao 2.7.2)
+            raise ValueError("the lease token period cannot exceed the child max TTL: the token mount's "
+                             "max_lease_ttl caps it (raise --child-max-ttl or lower --lease-token-period)")
+        for name in ("mount", "transit", "database_mount", "pki_mount", "ssh_mount"):
+            check_mount(name.replace("_", " "), getattr(self, name))
+        if self.dynamic_scope not in ("agent", "shared"):
+            raise ValueError("the dynamic role scope is 'agent' or 'shared'")
+        if self.fingerprint_key:
+            check_fingerprint_key(self.fingerprint_key)
+        if self.prune and self.dynamic is None:
+            raise ValueError("--prune needs --dynamic")
+        if self.write_db_passwords and self.dynamic is None:
+            raise ValueError("--write-db-passwords needs --dynamic")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.fingerprint_key or default_fingerprint_key(self.prefix)
+
+    @property
+    def all_agents(self) -> list[str]:
+        """``agents`` and every agent the ``--dynamic`` file names (each needs its policy)."""
+        named = self.dynamic.spec.agents() if self.dynamic is not None else []
+        return list(dict.fromkeys([*self.agents, *named]))
 
 
 @dataclass
@@ -127,6 +188,18 @@ def service_role_body(policy_prefix: str, child_ttl: int, bridge_name: str = BRI
             "disallowed_policies": refused_policies(bridge_name), "disallowed_policies_glob": [],
             "orphan": False, "renewable": False, "token_type": "service", "token_no_default_policy": True,
             "token_explicit_max_ttl": child_ttl + SERVICE_TTL_MARGIN}
+
+
+def lease_role_body(policy_prefix: str, period: int, bridge_name: str = BRIDGE_NAME) -> dict[str, Any]:
+    """The per-agent lease token: a periodic service token carrying the agent's policy. Orphan, so it survives
+    the revocation of the bridge's own token (at shutdown, at re-login) instead of taking every lease with it;
+    renewable (``renew-self``, which the agent policy grants), so a replica keeps it alive while the agent holds
+    leases; revoking it (``revoke-self``) revokes every lease obtained with it. No explicit max TTL: an unused
+    lease token dies one period after its last renewal."""
+    return {"allowed_policies": [], "allowed_policies_glob": [f"{policy_prefix}*"],
+            "disallowed_policies": refused_policies(bridge_name), "disallowed_policies_glob": [],
+            "orphan": True, "renewable": True, "token_type": "service", "token_no_default_policy": True,
+            "token_period": period, "token_explicit_max_ttl": 0}
 
 
 def _same(current: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -219,6 +292,33 @@ class Provisioner:
         await self._role(f"auth/token/roles/{SERVICE_ROLE}",
                          service_role_body(o.policy_prefix, o.child_ttl, o.bridge_name),
                          f"token role {SERVICE_ROLE}", "token.role")
+        await self._role(f"auth/token/roles/{LEASE_ROLE}",
+                         lease_role_body(o.policy_prefix, o.lease_token_period, o.bridge_name),
+                         f"token role {LEASE_ROLE}", "token.role")
+
+    async def fingerprint_key(self) -> None:
+        """The bridge's Transit HMAC key (type hmac, 32 bytes, not exportable, not deletable): HMACs are stable
+        per value and key version; an existing key of another type is an error, never replaced."""
+        o = self._o
+        path = f"{quote_path(o.transit)}/keys/{quote_path(o.fingerprint)}"
+        current = await self._get(path, "transit.key.read")
+        if current is None:
+            await self._c.request("POST", path, operation="transit.key", json_body={"type": "hmac", "key_size": 32})
+            self._note(f"created Transit key {o.fingerprint} (hmac) at {o.transit}/", True)
+        elif current.get("type") != "hmac":
+            raise ProvisionError(f"Transit key {o.fingerprint} exists with type {current.get('type')}; the "
+                                 "fingerprint key must be of type hmac (choose another with --fingerprint-key)")
+        else:
+            self._note(f"Transit key {o.fingerprint} at {o.transit}/", False)
+
+    async def dynamic(self) -> None:
+        o = self._o
+        if o.dynamic is None:
+            return
+        await DynamicProvisioner(self._c, o.dynamic, prefix=o.prefix, scope=o.dynamic_scope,
+                                 database_mount=o.database_mount, pki_mount=o.pki_mount, ssh_mount=o.ssh_mount,
+                                 note=self._note, warn=self.result.warnings.append,
+                                 write_db_passwords=o.write_db_passwords, prune=o.prune).run()
 
     async def token_mount_cap(self) -> None:
         """Cap batch children on the server: a batch role cannot carry an explicit max TTL, but the token auth
@@ -229,10 +329,14 @@ class Provisioner:
         are capped by the root namespace's value, which the namespace's tune read shows): writing would change
         nothing, so a missing cap is reported as a warning for the operator of the root namespace."""
         cap = self._o.child_max_ttl
-        if not cap:
-            return
         tune = await self._c.request("GET", "sys/auth/token/tune", operation="sys.auth.tune.read")
         current = int((tune.data or {}).get("max_lease_ttl") or 0)  # 0 would mean the system default
+        if 0 < current < self._o.lease_token_period:
+            self.result.warnings.append(
+                f"auth/token/ max_lease_ttl ({_human(current)}) caps the lease tokens' period "
+                f"({_human(self._o.lease_token_period)}): they must be renewed more often than that")
+        if not cap:
+            return
         if 0 < current <= cap:
             self._note(f"token lifetime cap at auth/token/ ({_human(current)})", False)
             return
@@ -283,18 +387,25 @@ class Provisioner:
                   bridge: bool = True) -> ProvisionResult:
         o = self._o
         await self.mounts()
-        for agent in o.agents:
-            await self.policy(policy_name(agent, o.policy_prefix),
-                              render_agent_policy(agent, mount=o.mount, prefix=o.prefix, transit=o.transit,
-                                                  transit_scope=o.transit_scope))
+        for agent in o.all_agents:
+            await self.policy(policy_name(agent, o.policy_prefix), agent_policy(o, agent))
         await self.token_roles()
         if bridge:
-            await self.policy(o.bridge_name, render_bridge_policy([BATCH_ROLE, SERVICE_ROLE],
-                                                                  policy_prefix=o.policy_prefix, transit=o.transit))
+            await self.fingerprint_key()
+            await self.policy(o.bridge_name, render_bridge_policy(
+                [BATCH_ROLE, SERVICE_ROLE, LEASE_ROLE], policy_prefix=o.policy_prefix, mount=o.mount,
+                prefix=o.prefix, transit=o.transit, fingerprint_key=o.fingerprint))
             await self.bridge_role()
             await self.credentials(new_secret_id=new_secret_id, wrap_ttl=wrap_ttl)
         await self.token_mount_cap()
+        await self.dynamic()
         return self.result
+
+
+def agent_policy(o: ProvisionOptions, agent: str) -> str:
+    return render_agent_policy(agent, mount=o.mount, prefix=o.prefix, transit=o.transit,
+                               transit_scope=o.transit_scope, database=o.database_mount, pki=o.pki_mount,
+                               ssh=o.ssh_mount, dynamic_scope=o.dynamic_scope, fingerprint_key=o.fingerprint)
 
 
 def _human(seconds: int) -> str:
@@ -315,7 +426,8 @@ async def provision(addr: str, admin_token: str, options: ProvisionOptions, *, n
 
 
 def add_provision_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agents", required=True, help="comma-separated agent ids, e.g. a,b,c")
+    parser.add_argument("--agents", default="",
+                        help="comma-separated agent ids, e.g. a,b,c (required unless --dynamic names the agents)")
     parser.add_argument("--mount", default="secret", help="KV v2 mount (default: secret)")
     parser.add_argument("--prefix", default="mcp", help="namespace prefix = DEFAULT_PREFIX (default: mcp)")
     parser.add_argument("--transit", default="transit", help="Transit mount (default: transit)")
@@ -333,6 +445,24 @@ def add_provision_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-ttl", default="1h", help="TTL of the bridge's AppRole token (default 1h)")
     parser.add_argument("--token-max-ttl", default="4h",
                         help="max TTL of the bridge's AppRole token, renewals included (default 4h)")
+    parser.add_argument("--lease-token-period", default="1h",
+                        help="token_period of the mcp-agent-lease role: a lease token lives this long after its last "
+                             "renewal (default 1h = LEASE_MAX_TTL's default; at most --child-max-ttl)")
+    parser.add_argument("--fingerprint-key", default="",
+                        help="= FINGERPRINT_KEY, the bridge's Transit HMAC key (default: {prefix}-bridge-fingerprint)")
+    parser.add_argument("--database-mount", default="database", help="= DATABASE_MOUNT (default: database)")
+    parser.add_argument("--pki-mount", default="pki", help="= PKI_MOUNT (default: pki)")
+    parser.add_argument("--ssh-mount", default="ssh", help="= SSH_MOUNT (default: ssh)")
+    parser.add_argument("--dynamic-role-scope", choices=("agent", "shared"), default="agent",
+                        help="= DYNAMIC_ROLE_SCOPE: agent a's role r is {prefix}.a.r (default) or names as given")
+    parser.add_argument("--dynamic", default=None, metavar="ROLES_YAML",
+                        help="also provision database connections, dynamic roles and CAs from this file "
+                             "(docs/dynamic.md)")
+    parser.add_argument("--write-db-passwords", action="store_true",
+                        help="write the connections' passwords from the --dynamic file again (Vault never shows "
+                             "them, so a changed password is not noticed otherwise)")
+    parser.add_argument("--prune", action="store_true",
+                        help="delete {prefix}.<agent>.<name> roles the --dynamic file no longer declares")
     parser.add_argument("--new-secret-id", action="store_true", help="issue a new secret id even if one exists")
     parser.add_argument("--wrap-ttl", default=None,
                         help="response-wrap the secret id for this long (e.g. 120s): VAULT_WRAPPED_SECRET_ID")
@@ -349,15 +479,31 @@ def provision_main(args: argparse.Namespace, environ: Mapping[str, str] | None =
         print("provision: set VAULT_TOKEN to an admin token", file=sys.stderr)
         return 2
     try:
+        prefix = args.prefix
+        dynamic_scope = args.dynamic_role_scope
+        plan = None
+        if args.dynamic:
+            plan = plan_dynamic(load_dynamic(args.dynamic), prefix=prefix, scope=dynamic_scope, prune=args.prune,
+                                environ=env)
+        agents = [a.lower() for a in parse_list(args.agents)]
+        if not agents and (plan is None or not plan.spec.agents()):
+            raise ValueError("name the agents with --agents a,b,c (or in the --dynamic file)")
         options = ProvisionOptions(
-            agents=[a.lower() for a in parse_list(args.agents)], mount=args.mount.strip("/"), prefix=args.prefix,
+            agents=agents, mount=args.mount.strip("/"), prefix=prefix,
             transit=args.transit.strip("/"), approle_mount=args.approle_mount.strip("/"),
             policy_prefix=args.policy_prefix, transit_scope=args.transit_key_scope,
             child_ttl=int(parse_duration(args.child_ttl)), child_max_ttl=int(parse_duration(args.child_max_ttl)),
             bridge_name=args.role_name, secret_id_ttl=int(parse_duration(args.secret_id_ttl)),
-            token_ttl=int(parse_duration(args.token_ttl)), token_max_ttl=int(parse_duration(args.token_max_ttl)))
+            token_ttl=int(parse_duration(args.token_ttl)), token_max_ttl=int(parse_duration(args.token_max_ttl)),
+            lease_token_period=int(parse_duration(args.lease_token_period)), fingerprint_key=args.fingerprint_key,
+            database_mount=args.database_mount.strip("/"), pki_mount=args.pki_mount.strip("/"),
+            ssh_mount=args.ssh_mount.strip("/"), dynamic_scope=dynamic_scope, dynamic=plan,
+            write_db_passwords=args.write_db_passwords, prune=args.prune)
         if args.wrap_ttl is not None:
             parse_duration(args.wrap_ttl)
+    except DynamicSpecError as exc:
+        print(f"provision: {args.dynamic}: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 2
@@ -365,7 +511,7 @@ def provision_main(args: argparse.Namespace, environ: Mapping[str, str] | None =
         result = asyncio.run(provision(addr, token, options, namespace=env.get("VAULT_NAMESPACE", ""),
                                        cacert=env.get("VAULT_CACERT", ""), new_secret_id=args.new_secret_id,
                                        wrap_ttl=args.wrap_ttl))
-    except (ProvisionError, VaultError) as exc:
+    except (ProvisionError, DynamicStateError, VaultError) as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 1
     for change in result.changes:
@@ -378,7 +524,9 @@ def provision_main(args: argparse.Namespace, environ: Mapping[str, str] | None =
              f"VAULT_ROLE_ID={result.role_id}", "CHILD_TOKEN_ENABLED=true",
              f"CHILD_TOKEN_POLICY_PREFIX={options.policy_prefix}", f"CHILD_TOKEN_TTL={options.child_ttl}s",
              f"KV_MOUNT={options.mount}", f"TRANSIT_MOUNT={options.transit}", f"DEFAULT_PREFIX={options.prefix}",
-             f"TRANSIT_KEY_SCOPE={options.transit_scope}"]
+             f"TRANSIT_KEY_SCOPE={options.transit_scope}", f"FINGERPRINT_KEY={options.fingerprint}",
+             f"DATABASE_MOUNT={options.database_mount}", f"PKI_MOUNT={options.pki_mount}",
+             f"SSH_MOUNT={options.ssh_mount}", f"DYNAMIC_ROLE_SCOPE={options.dynamic_scope}"]
     if result.secret_id:
         lines.append(f"VAULT_SECRET_ID={result.secret_id}")
     elif result.wrapped_secret_id:

@@ -22,7 +22,9 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault, provision_demo_sync, start_dev_vault
 
-pytest_plugins = ("tests.fakevault",)  # the ``fake_vault`` fixture (in-process fake Vault)
+# ``fake_vault`` (in-process fake Vault), ``postgres`` (Debian's PostgreSQL, session), ``fresh_namespace`` (an empty
+# OpenBao namespace per test): tests/fakevault.py, tests/support/
+pytest_plugins = ("tests.fakevault", "tests.support.postgres", "tests.support.vault")
 
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20

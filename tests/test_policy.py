@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.devvault import DevVault
-from bridge.policy import policy_name, render_agent_policy
+from bridge.policy import policy_name, render_agent_policy, render_bridge_policy
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultPermissionDeniedError
 
@@ -45,6 +45,67 @@ def test_names_are_validated_before_rendering() -> None:
     for mount in ('se"cret', "/secret", "a//b", "se cret", "*", ""):
         with pytest.raises(ValueError, match="mount"):
             render_agent_policy("alice", mount=mount)
+
+
+def _stanza(hcl: str, path: str) -> str:
+    start = hcl.index(f'path "{path}"')
+    return hcl[start:hcl.index("\n}", start)]
+
+
+def test_rendered_policy_grants_exactly_the_agents_dynamic_roles_and_leases() -> None:
+    hcl = render_agent_policy("alice", database="db", pki="pki-int", ssh="ssh-users")
+    expected = {
+        "db/creds/mcp.alice.*": '["read"]',
+        "pki-int/issue/mcp.alice.*": '["update"]',
+        "pki-int/sign/mcp.alice.*": '["update"]',
+        "ssh-users/sign/mcp.alice.*": '["update"]',
+        "sys/leases/renew/db/creds/mcp.alice.*": '["update"]',
+        "sys/leases/revoke/db/creds/mcp.alice.*": '["update"]',
+        "sys/leases/revoke/pki-int/issue/mcp.alice.*": '["update"]',
+        "sys/leases/revoke/pki-int/sign/mcp.alice.*": '["update"]',
+        "auth/token/renew-self": '["update"]',
+        "auth/token/revoke-self": '["update"]',
+        "sys/capabilities-self": '["update"]',
+    }
+    for path, caps in expected.items():
+        assert f"capabilities = {caps}" in _stanza(hcl, path), path
+    # a lease id in the body would override the URL's: only these parameters are allowed
+    assert '"increment" = []' in _stanza(hcl, "sys/leases/renew/db/creds/mcp.alice.*")
+    assert '"sync" = []' in _stanza(hcl, "sys/leases/revoke/db/creds/mcp.alice.*")
+    assert "pki-int/revoke" not in hcl  # certificates are revoked by lease (generate_lease), never by serial
+    assert "_bridge" not in hcl
+    shared = render_agent_policy("alice", dynamic_scope="shared")
+    assert 'path "database/creds/*"' in shared
+    assert 'path "sys/leases/revoke/pki/issue/*"' in shared
+    for kwargs, match in (({"database": 'db"'}, "database"), ({"pki": "*"}, "pki"), ({"ssh": "/ssh"}, "ssh"),
+                          ({"dynamic_scope": "all"}, "dynamic_scope"), ({"fingerprint_key": "a.b"}, "fingerprint")):
+        with pytest.raises(ValueError, match=match):
+            render_agent_policy("alice", **kwargs)
+
+
+def test_shared_transit_keys_deny_the_fingerprint_key() -> None:
+    assert "deny" not in render_agent_policy("alice")
+    shared = render_agent_policy("alice", transit_scope="shared", prefix="corp")
+    for op in ("encrypt", "decrypt", "rewrap", "sign", "verify", "hmac", "keys"):
+        for suffix in ("", "/*"):
+            assert 'capabilities = ["deny"]' in _stanza(shared, f"transit/{op}/corp-bridge-fingerprint{suffix}")
+
+
+def test_bridge_policy_grants_minting_its_fingerprint_key_and_its_state() -> None:
+    hcl = render_bridge_policy(["mcp-agent-batch", "mcp-agent", "mcp-agent-lease"], mount="kv", prefix="corp",
+                               transit="tr")
+    for role in ("mcp-agent-batch", "mcp-agent", "mcp-agent-lease"):
+        assert 'capabilities = ["update"]' in _stanza(hcl, f"auth/token/create/{role}")
+    assert 'capabilities = ["update"]' in _stanza(hcl, "tr/hmac/corp-bridge-fingerprint")
+    state = '["create", "read", "update", "patch", "delete", "list"]'
+    assert state in _stanza(hcl, "kv/data/corp/_bridge/*")
+    assert state in _stanza(hcl, "kv/metadata/corp/_bridge/*")
+    assert hcl.count('path "') == 10  # nothing else: no agent path, no use of another key (+ list of key names)
+    assert 'path "transit/hmac/fp"' in render_bridge_policy([], fingerprint_key="fp")
+    for kwargs, match in (({"prefix": "a/b"}, "prefix"), ({"mount": "*"}, "mount"),
+                          ({"fingerprint_key": "mcp.alice.k"}, "fingerprint")):
+        with pytest.raises(ValueError, match=match):
+            render_bridge_policy([], **kwargs)
 
 
 @pytest.fixture

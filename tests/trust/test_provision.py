@@ -4,6 +4,7 @@ auth methods, no policies), so the first run really creates everything and the s
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -161,6 +162,8 @@ def test_cli_prints_credentials_then_no_changes(bao: DevVault, namespace: str) -
     cmd = [sys.executable, "-m", "bridge", "provision", "--agents", "alice,bob"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert first.returncode == 0, first.stderr
+    # stdout is an env file (`provision > bridge.env`): env lines only, the log goes to stderr
+    assert all(re.fullmatch(r"[A-Z_]+=\S*", line) for line in first.stdout.splitlines()), first.stdout
     values = dict(line.split("=", 1) for line in first.stdout.splitlines())
     assert values["VAULT_ROLE_ID"]
     assert values["VAULT_SECRET_ID"]
