@@ -29,6 +29,7 @@ from aiohttp import web
 from yarl import URL
 
 from bridge.audit import AuditLog
+from bridge.auth.mtls import PROXY_SECRET_HEADER
 from bridge.errors import ForbiddenError
 from bridge.keys import AUDIT, AUTH, KEEPER, METRICS, OPS_STATS, SETTINGS, VAULT
 from bridge.metrics import Metrics, MinuteRow, OpsStats, fan_out, metrics_handler
@@ -93,14 +94,11 @@ def _peer(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address
         return None
 
 
-def relayed(request: web.Request, peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
-    """Whether a proxy relayed the request: it carries a forwarding header, or (with mTLS header identity on)
-    the direct peer is one of ``MTLS_TRUSTED_PROXIES``. Its direct peer then says nothing about the client."""
-    if any(name in request.headers for name in FORWARDING_HEADERS):
-        return True
-    settings = request.app[SETTINGS]
-    return (settings.auth_mtls_enabled and peer is not None
-            and any(peer in net for net in settings.mtls_trusted_proxies))
+def relayed(request: web.Request) -> bool:
+    """Whether a proxy relayed the request: it carries a forwarding header, or the ``X-Proxy-Secret`` header the
+    mTLS proxy adds to everything it relays (matching or not: either way the direct peer says nothing about the
+    client). A browser on the bridge's own host (``make run``, whose demo proxy is loopback) sends neither."""
+    return any(name in request.headers for name in (*FORWARDING_HEADERS, PROXY_SECRET_HEADER))
 
 
 def status_allowed(request: web.Request) -> bool:
@@ -109,7 +107,7 @@ def status_allowed(request: web.Request) -> bool:
     settings = request.app[SETTINGS]
     peer = _peer(request)
     if (peer is not None and any(peer in net for net in settings.status_allowed_networks)
-            and not relayed(request, peer)):
+            and not relayed(request)):
         return True
     presented = request.headers.get("X-API-Key", "")
     if presented and settings.admin_api_keys:
