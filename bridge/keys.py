@@ -6,6 +6,7 @@ from aiohttp import web
 
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain, Identity
+from bridge.broker import Broker
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.mcp.protocol import RpcPeek
@@ -31,6 +32,8 @@ AUDIT = web.AppKey("audit", AuditLog)
 TRACING = web.AppKey("tracing", Tracing)
 MCP_SESSIONS = web.AppKey("mcp_sessions", SessionCodec)
 PROBE = web.AppKey("vault_probe", VaultProbe)
+BROKER = web.AppKey("broker", Broker)
+"""Brokered HTTP (issue 12): made and closed by ``bridge.broker.ctx.broker_ctx``."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)
