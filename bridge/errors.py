@@ -16,8 +16,9 @@
     ├── BrokerRefusedError      403 broker_not_brokerable / broker_host_not_allowed / broker_address_refused
     ├── BrokerUpstreamError     502 broker_connect_failed / broker_tls_failed / broker_bad_response /
     │                               broker_response_too_large; 504 broker_timeout (bridge/broker/)
-    ├── IntakeError             404 intake_invalid, 410 intake_expired / intake_used, 403 intake_csrf_failed,
-    │                           409 intake_conflict (bridge/intake/; rendered as HTML pages for the human)
+    ├── IntakeError             404 intake_invalid, 410 intake_expired / intake_used, 403 intake_csrf_failed
+    │   │                           (bridge/intake/; rendered as HTML pages for the human who opened the link)
+    │   └── IntakeFormError         400 intake_form_invalid (a field left empty ...: the form is shown again)
     ├── UnsupportedMediaError   415
     ├── RateLimitedError        429 rate_limited / vault_rate_limited / too_many_concurrent_requests
     ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
@@ -153,6 +154,13 @@ class IntakeError(BridgeError):
 
     status = 404
     code = "intake_invalid"
+
+
+class IntakeFormError(IntakeError):
+    """A submission that does not fill the intake form correctly: the form is shown again with the message."""
+
+    status = 400
+    code = "intake_form_invalid"
 
 
 class RateLimiterUnavailableError(BridgeError):
