@@ -24,6 +24,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from bridge.cli import main
 from bridge.devvault import DevVault, free_port, stop_process
 from bridge.exec_secrets import ExecError, parse_binding
 from bridge.references import Reference
@@ -149,30 +150,41 @@ def test_values_in_the_environment_and_scrubbed_from_the_output(bridge: Bridge) 
     assert "newer-" not in out  # @1 pinned the first version
 
 
-def test_exit_codes_and_refusals(bridge: Bridge) -> None:
-    assert run_exec(bridge, [], "import sys; sys.exit(0)").returncode == 0
-    assert run_exec(bridge, [], "import sys; sys.exit(42)").returncode == 42
-    missing = run_exec(bridge, [f"X=secret://{bridge.prefix}/nope#v"], "print('never')")
-    assert missing.returncode == 125
-    assert b"404 not_found" in missing.stderr
-    assert b"never" not in missing.stdout
-    no_field = run_exec(bridge, [f"X=secret://{bridge.prefix}/api#nope"], "print('never')")
-    assert no_field.returncode == 125
-    assert b"has no field 'nope'" in no_field.stderr
-    no_read = run_exec(bridge, [f"X=secret://{bridge.prefix}/api#token"], "print('never')",
-                       key_file=bridge.list_key_file)
-    assert no_read.returncode == 125
-    assert b"403" in no_read.stderr
-    assert TOKEN.encode() not in no_read.stderr + no_read.stdout
-    bad = run_exec(bridge, ["X=secret://../x#y"], "print('never')")
-    assert bad.returncode == 2
-    assert b"invalid" in bad.stderr.lower()
-    twice = run_exec(bridge, [f"X=secret://{bridge.prefix}/api#token", f"X=secret://{bridge.prefix}/api#n"], "")
-    assert twice.returncode == 2
-    missing_cmd = subprocess.run([sys.executable, "-m", "bridge", "exec", "--url", bridge.url, "--api-key-file",
-                                  str(bridge.key_file), "--", "/nonexistent/cmd"], capture_output=True, check=False,
-                                 timeout=30)
-    assert missing_cmd.returncode == 127
+def exec_in_process(bridge: Bridge, envs: list[str], command: list[str], capfd: pytest.CaptureFixture[str], *,
+                    key_file: Path | None = None) -> tuple[int, str, str]:
+    """``vault-mcp-bridge exec`` run in this process (``bridge.cli.main``): its status, stdout and stderr."""
+    argv = ["exec", "--url", bridge.url, "--api-key-file", str(key_file or bridge.key_file)]
+    for item in envs:
+        argv += ["--env", item]
+    status = main([*argv, "--", *command])
+    out, err = capfd.readouterr()
+    return status, out, err
+
+
+def test_exit_codes_and_refusals(bridge: Bridge, capfd: pytest.CaptureFixture[str]) -> None:
+    py = [sys.executable, "-c"]
+    assert exec_in_process(bridge, [], [*py, "import sys; sys.exit(0)"], capfd)[0] == 0
+    assert exec_in_process(bridge, [], [*py, "import sys; sys.exit(42)"], capfd)[0] == 42
+    never = [*py, "print('never')"]
+    status, out, err = exec_in_process(bridge, [f"X=secret://{bridge.prefix}/nope#v"], never, capfd)
+    assert status == 125
+    assert "404 not_found" in err
+    assert "never" not in out
+    status, _, err = exec_in_process(bridge, [f"X=secret://{bridge.prefix}/api#nope"], never, capfd)
+    assert status == 125
+    assert "has no field 'nope'" in err
+    status, out, err = exec_in_process(bridge, [f"X=secret://{bridge.prefix}/api#token"], never, capfd,
+                                       key_file=bridge.list_key_file)
+    assert status == 125
+    assert "403" in err
+    assert TOKEN not in err + out
+    status, _, err = exec_in_process(bridge, ["X=secret://../x#y"], never, capfd)
+    assert status == 2
+    assert "invalid" in err.lower()
+    twice = [f"X=secret://{bridge.prefix}/api#token", f"X=secret://{bridge.prefix}/api#n"]
+    assert exec_in_process(bridge, twice, never, capfd)[0] == 2
+    assert exec_in_process(bridge, [], ["/nonexistent/cmd"], capfd)[0] == 127
+    assert exec_in_process(bridge, [], [], capfd)[0] == 2
 
 
 SIGNALLED = r"""
@@ -216,9 +228,10 @@ def on_int(signum, frame):
     count += 1
 signal.signal(signal.SIGINT, on_int)
 print("ready", flush=True)
-deadline = time.monotonic() + 1.5
-while time.monotonic() < deadline:
-    time.sleep(0.05)
+deadline = time.monotonic() + 20
+while count == 0 and time.monotonic() < deadline:
+    time.sleep(0.02)
+time.sleep(0.7)  # room for a second, forwarded SIGINT
 sys.exit(10 + count)
 """
 

@@ -73,6 +73,7 @@ from bridge.broker.hosts import (
     parse_allowed_hosts,
 )
 from bridge.broker.redact import Redactor
+from bridge.config import Settings
 from bridge.errors import (
     BrokerRefusedError,
     BrokerUpstreamError,
@@ -268,7 +269,7 @@ class Broker:
         self._client = OutboundClient(ssl_context=ssl_context or make_ssl_context(ca_file))
 
     @classmethod
-    def from_settings(cls, settings: Any, *, dns: HostResolver | None = None) -> Broker:
+    def from_settings(cls, settings: Settings, *, dns: HostResolver | None = None) -> Broker:
         """A broker configured by ``BROKER_TIMEOUT``, ``BROKER_MAX_RESPONSE_BYTES``, ``BROKER_MAX_REQUEST_BYTES``
         and ``BROKER_CACERT``."""
         return cls(timeout=settings.broker_timeout, max_response_bytes=settings.broker_max_response_bytes,

@@ -33,9 +33,8 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from bridge.config import IDENT_RE
+from bridge.config import IDENT_RE, Settings
 from bridge.errors import IntakeError, InvalidPathError, InvalidRequestError
 from bridge.models import MAX_VERSION
 from bridge.paths import validate_path
@@ -125,7 +124,7 @@ class IntakeCodec:
         return hmac.new(hashlib.sha256(secret.encode()).digest(), _KEY_LABEL, hashlib.sha256).digest()
 
     @classmethod
-    def from_settings(cls, settings: Any, *, clock: Callable[[], float] = time.time) -> IntakeCodec:
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> IntakeCodec:
         """Keyed by ``INTAKE_SECRET``, else derived from ``MCP_SESSION_SECRET``, else random (see the module)."""
         secret = settings.intake_secret or settings.mcp_session_secret
         key = cls.derive_key(secret.get_secret_value()) if secret is not None else secrets.token_bytes(32)

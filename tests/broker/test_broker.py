@@ -271,7 +271,7 @@ async def test_timeout_bounds_the_whole_call(make_upstream: MakeUpstream, secret
                                              dns: FakeDNS) -> None:
     api = await make_upstream()
     secrets_table.add("a", "v", "value-" + "1" * 12, f"api.test:{api.port}")
-    async with Broker(timeout=1.0, dns=dns) as broker:
+    async with Broker(timeout=0.5, dns=dns) as broker:
         for path in ("/slow", "/trickle"):  # no answer; an answer that never ends (each read is quick)
             started = time.monotonic()
             with pytest.raises(BrokerUpstreamError) as info:
