@@ -1,4 +1,5 @@
-"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision``, ``secret-policy`` and ``hash-key``."""
+"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision``, ``secret-policy``, ``hash-key`` and
+``exec``."""
 
 from __future__ import annotations
 
@@ -148,7 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                     "in its KV custom metadata (admin VAULT_TOKEN)")
     add_secret_policy_args(p_secret)
     sub.add_parser("hash-key", help="print the sha256:<hex> form of an API key read from stdin, for API_KEYS_JSON")
+    from bridge.exec_secrets import add_exec_args, exec_main
+
+    p_exec = sub.add_parser("exec", help="run a command with secrets in its environment (resolved through the "
+                                         "bridge) and its output scrubbed of them")
+    add_exec_args(p_exec)
     args = parser.parse_args(argv)
+    if args.command == "exec":
+        return exec_main(args)
     if args.command == "gen-policy":
         return gen_policy(args)
     if args.command in ("provision", "secret-policy"):

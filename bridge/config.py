@@ -61,6 +61,7 @@ SECRET_FILE_FORMS: dict[str, str] = {
     "api_keys_json": "api_keys_file",
     "vault_wrapped_secret_id": "vault_wrapped_secret_id_file",
     "redis_url": "redis_url_file",
+    "intake_secret": "intake_secret_file",
 }
 """Secret setting → its ``*_FILE`` form (Docker/Kubernetes secrets), read at start-up; ``API_KEYS_FILE`` is
 also re-read while running (:mod:`bridge.auth.keyfile`). ``VAULT_SECRET_ID_FILE`` is read at every AppRole
@@ -363,6 +364,57 @@ class Settings(BaseModel):
     max_connections: int = Field(default=2048, ge=1, le=1_000_000)  # per process; over it: 503 and close
     max_json_depth: int = Field(default=32, ge=4, le=512)  # nesting of objects/arrays in a request body
     ready_probe_interval: float = 2.0  # /readyz answers from a probe that calls Vault at most this often
+
+    # use, don't reveal (issue 12): brokered HTTP and intake links (README "Keeping secrets out of the model's
+    # context", docs/use-dont-reveal.md)
+    broker_timeout: float = 30.0  # a brokered request: DNS, connection, sending and the whole answer
+    broker_max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)  # decoded body
+    broker_max_request_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)  # after substitution
+    broker_cacert: str = ""  # PEM CA bundle trusted for brokered HTTPS besides the system's
+    intake_ttl: float = 600.0  # how long an intake link can be used
+    intake_secret: SecretStr | None = Field(default=None, repr=False)  # signs intake links (default: derived)
+    intake_secret_file: str = ""
+    intake_public_url: str = ""  # the bridge's public base URL for intake links (https://bridge.example.com)
+
+    @field_validator("broker_timeout", "intake_ttl", mode="before")
+    @classmethod
+    def _issue12_durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("broker_timeout")
+    @classmethod
+    def _broker_timeout(cls, value: float) -> float:
+        if not 0.1 <= value <= 600:
+            raise ValueError("must be from 100ms to 10m")
+        return value
+
+    @field_validator("intake_ttl")
+    @classmethod
+    def _intake_ttl(cls, value: float) -> float:
+        if not 30 <= value <= 86400:
+            raise ValueError("must be from 30s to 24h")
+        return value
+
+    @field_validator("intake_secret")
+    @classmethod
+    def _intake_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. openssl rand -hex 32)")
+        return value
+
+    @field_validator("intake_public_url")
+    @classmethod
+    def _intake_public_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", value):
+            raise ValueError("expected http(s)://host[:port][/path], e.g. https://bridge.example.com")
+        return value.rstrip("/")
+
+    @field_validator("broker_cacert")
+    @classmethod
+    def _broker_cacert(cls, value: str) -> str:
+        if value and not os.path.isfile(value):
+            raise ValueError(f"no such file: {value}")
+        return value
 
     @field_validator("mcp_session_secret")
     @classmethod

@@ -4,6 +4,7 @@
 
     BridgeError(status, code, message, extra, headers)
     ├── InvalidRequestError     400 invalid_request / invalid_path / batch_too_large / key_type_not_allowed
+    │   └── InvalidReferenceError   400 invalid_reference (a ``secret://`` reference, bridge/references.py)
     ├── UnauthenticatedError    401 unauthenticated
     ├── ForbiddenError          403 forbidden / invalid_subject / insufficient_scope / origin_not_allowed
     ├── NotFoundError           404 not_found / secret_deleted / secret_destroyed / version_not_found /
@@ -11,7 +12,13 @@
     ├── MethodNotAllowedError   405 method_not_allowed
     ├── RequestTimeoutError     408 request_timeout (the body did not arrive within BODY_READ_TIMEOUT)
     ├── ConflictError           409 cas_mismatch (+ current_version) / key_type_mismatch / key_limit_reached
-    ├── PayloadTooLargeError    413
+    ├── PayloadTooLargeError    413 payload_too_large / broker_request_too_large
+    ├── BrokerRefusedError      403 broker_not_brokerable / broker_host_not_allowed / broker_address_refused
+    ├── BrokerUpstreamError     502 broker_connect_failed / broker_tls_failed / broker_bad_response /
+    │                               broker_response_too_large; 504 broker_timeout (bridge/broker/)
+    ├── IntakeError             404 intake_invalid, 410 intake_expired / intake_used, 403 intake_csrf_failed
+    │   │                           (bridge/intake/; rendered as HTML pages for the human who opened the link)
+    │   └── IntakeFormError         400 intake_form_invalid (a field left empty ...: the form is shown again)
     ├── UnsupportedMediaError   415
     ├── RateLimitedError        429 rate_limited / vault_rate_limited / too_many_concurrent_requests
     ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
@@ -115,6 +122,45 @@ class RateLimitedError(BridgeError):
 class VaultUnavailableBridgeError(BridgeError):
     status = 503
     code = "vault_unavailable"
+
+
+# -- issue 12 (use, don't reveal): references, brokered HTTP, intake --------------------------------------
+
+
+class InvalidReferenceError(InvalidRequestError):
+    """A malformed ``secret://<path>#<field>[@<version>]`` reference or ``{{…}}`` placeholder."""
+
+    code = "invalid_reference"
+
+
+class BrokerRefusedError(ForbiddenError):
+    """A brokered request the bridge will not send: the secret cannot be brokered, the destination is not in
+    every used secret's ``bridge.allowed_hosts``, or its address is one the bridge never connects to."""
+
+    code = "broker_host_not_allowed"
+
+
+class BrokerUpstreamError(BridgeError):
+    """The brokered request was sent (or tried) and the destination failed: no connection, TLS, a malformed or
+    oversized answer (502), or no complete answer within ``BROKER_TIMEOUT`` (504 ``broker_timeout``)."""
+
+    status = 502
+    code = "broker_connect_failed"
+
+
+class IntakeError(BridgeError):
+    """An intake link that cannot be used (forged, expired, used) or a submission that failed; the intake
+    pages render it as HTML for the human who opened the link."""
+
+    status = 404
+    code = "intake_invalid"
+
+
+class IntakeFormError(IntakeError):
+    """A submission that does not fill the intake form correctly: the form is shown again with the message."""
+
+    status = 400
+    code = "intake_form_invalid"
 
 
 class RateLimiterUnavailableError(BridgeError):

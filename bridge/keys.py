@@ -6,8 +6,10 @@ from aiohttp import web
 
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain, Identity
+from bridge.broker import Broker
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
+from bridge.intake import IntakeFlow
 from bridge.mcp.protocol import RpcPeek
 from bridge.mcp.session import SessionCodec
 from bridge.metrics import Metrics, OpsStats
@@ -31,6 +33,10 @@ AUDIT = web.AppKey("audit", AuditLog)
 TRACING = web.AppKey("tracing", Tracing)
 MCP_SESSIONS = web.AppKey("mcp_sessions", SessionCodec)
 PROBE = web.AppKey("vault_probe", VaultProbe)
+BROKER = web.AppKey("broker", Broker)
+"""Brokered HTTP (issue 12): made and closed by ``bridge.broker.ctx.broker_ctx``."""
+INTAKE = web.AppKey("intake", IntakeFlow)
+"""Intake links and pages (issue 12): set by ``bridge.intake.routes.setup_intake_routes``."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY = web.RequestKey("identity", Identity)

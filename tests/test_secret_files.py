@@ -27,6 +27,7 @@ SECRET_FILE_FORMS = {  # = bridge.config.SECRET_FILE_FORMS (checked below)
     "api_keys_json": "api_keys_file",
     "vault_wrapped_secret_id": "vault_wrapped_secret_id_file",
     "redis_url": "redis_url_file",
+    "intake_secret": "intake_secret_file",
 }
 
 VALUES = {
@@ -36,6 +37,7 @@ VALUES = {
     "mtls_proxy_secret": "proxy-secret-from-a-file-" + "p" * 16,
     "vault_wrapped_secret_id": "s.wrapping-token-from-a-file",
     "redis_url": "redis://:redis-password-from-a-file@127.0.0.1:6379/0",
+    "intake_secret": "intake-secret-from-a-file-" + "i" * 16,
 }
 
 
