@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import structlog
 from aiohttp import web
+from pydantic import SecretStr
 
 from bridge.auth import build_auth_chain
 from bridge.config import Settings
@@ -33,9 +34,16 @@ from bridge.rest import setup_routes
 from bridge.service import SecretService
 from bridge.status import ops_vault_observer, setup_operations
 from bridge.vault import TokenKeeper, VaultClient
+from bridge.vault.auth import (
+    AppRoleLogin,
+    AuthMethod,
+    StaticToken,
+    secret_id_from_file,
+    secret_id_from_wrapping_token,
+    secret_id_value,
+)
 from bridge.vault.breaker import CircuitBreaker
 from bridge.vault.childtokens import ChildTokenBroker
-from bridge.vault.lifetime import SecretIdSource, secret_id_from_file, secret_id_from_wrapping_token
 
 log = structlog.get_logger("bridge.app")
 
@@ -51,18 +59,8 @@ async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
                              on_change=_log_breaker)
     client = VaultClient(settings.vault_addr, namespace=settings.vault_namespace, timeout=settings.vault_timeout,
                          cacert=settings.vault_cacert, pool_size=settings.vault_pool_size, breaker=breaker,
-                         http_client=settings.vault_http_client,
                          observer=ops_vault_observer(app))
-    await client.start()
-    keeper = TokenKeeper(
-        client,
-        static_token=settings.vault_token.get_secret_value() if settings.vault_token else None,
-        role_id=settings.vault_role_id,
-        secret_id=settings.vault_secret_id.get_secret_value() if settings.vault_secret_id else None,
-        approle_mount=settings.vault_approle_mount,
-        on_event=app[METRICS].token_event,
-        secret_id_source=_secret_id_source(settings, client),
-    )
+    keeper = TokenKeeper(client, auth_method(settings, client), on_event=app[METRICS].token_event)
     children = None
     if settings.child_token_enabled:
         children = ChildTokenBroker(
@@ -125,12 +123,19 @@ async def api_keys_file_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-def _secret_id_source(settings: Settings, client: VaultClient) -> SecretIdSource | None:
-    if settings.vault_secret_id_file:
-        return secret_id_from_file(settings.vault_secret_id_file)
-    if settings.vault_wrapped_secret_id is not None:
-        return secret_id_from_wrapping_token(client, settings.vault_wrapped_secret_id.get_secret_value())
-    return None
+def auth_method(settings: Settings, client: VaultClient) -> AuthMethod:
+    """How the bridge obtains its own token: AppRole (with its secret-id source) when a role id is set, else the
+    static ``VAULT_TOKEN`` (the settings check guarantees one of them for ``serve``)."""
+    if settings.vault_role_id:
+        if settings.vault_secret_id_file:
+            source = secret_id_from_file(settings.vault_secret_id_file)
+        elif settings.vault_wrapped_secret_id is not None:
+            source = secret_id_from_wrapping_token(client, settings.vault_wrapped_secret_id)
+        else:
+            assert settings.vault_secret_id is not None  # the settings check: one source with a role id
+            source = secret_id_value(settings.vault_secret_id)
+        return AppRoleLogin(settings.vault_role_id, source, mount=settings.vault_approle_mount)
+    return StaticToken(settings.vault_token or SecretStr(""))
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -6,6 +6,7 @@ the right token, and turns Vault errors into bridge errors (``bridge.errors.from
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -54,10 +55,12 @@ from bridge.models import (
     WriteOut,
 )
 from bridge.paths import agent_path, validate_path, validate_prefix
-from bridge.vault.childtokens import ChildTokenBroker, ChildTokenError
+from bridge.vault.childtokens import ChildTokenBroker
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultError, VaultNotFoundError, VaultPermissionDeniedError
 from bridge.vault.lifetime import TokenKeeper
+from bridge.vault.models import KvMetadata, KvSecret, KvVersion, TransitItem, TransitKey, TransitResult
+from bridge.vault.tokens import TokenSource, with_token
 
 T = TypeVar("T")
 
@@ -83,27 +86,12 @@ OPERATION_SCOPES: dict[str, str | None] = {
 }
 
 
-def batch_results(raw: Any, expected: int) -> list[dict[str, Any]]:
+def batch_results(items: tuple[TransitItem, ...], expected: int) -> list[dict[str, Any]]:
     """Vault's ``batch_results``, one per item: a failed item is ``{"error", "reference"?}``, a good one keeps
-    its non-empty fields. Vault answers in input order; a short answer marks the missing items failed."""
-    items = raw if isinstance(raw, list) else []
-    out: list[dict[str, Any]] = []
-    for item in items[:expected]:
-        item = item if isinstance(item, dict) else {}
-        if item.get("error"):
-            cleaned: dict[str, Any] = {"error": str(item["error"])}
-        else:
-            cleaned = {k: v for k, v in item.items() if k not in ("error", "reference") and v not in (None, "")}
-        if item.get("reference"):
-            cleaned["reference"] = item["reference"]
-        out.append(cleaned)
+    its fields. Vault answers in input order; a short answer marks the missing items failed."""
+    out = [item.fields() for item in items[:expected]]
     out.extend({"error": "Vault returned no result for this item"} for _ in range(expected - len(out)))
     return out
-
-
-def _token_rejected(exc: VaultPermissionDeniedError) -> bool:
-    """Vault's bare ``permission denied`` means the token itself is bad; a policy denial is wrapped."""
-    return exc.errors == ["permission denied"]
 
 
 class SecretService:
@@ -157,24 +145,9 @@ class SecretService:
     async def _call(self, identity: Identity, what: str, fn: Callable[[str], Awaitable[T]]) -> T:
         """Run ``fn(token)`` with the right Vault token (the agent's child token when enabled, else the
         bridge's); retry once with a new token if Vault says the token was gone."""
+        source: TokenSource[Any] = self.children if self.children is not None else self._keeper
         try:
-            if self.children is not None:
-                return await self.children.run(identity.subject, identity.auth_method, fn)
-            token = await self._keeper.ensure()
-            try:
-                return await fn(token)
-            except VaultPermissionDeniedError as exc:
-                if not _token_rejected(exc):
-                    raise
-                fresh = await self._keeper.recover(token)
-                if fresh is None:
-                    raise
-                return await fn(fresh)
-        except ChildTokenError:
-            raise VaultUnavailableBridgeError(
-                "The bridge could not obtain a Vault token for this agent; an operator must check the token "
-                "role and the bridge's policy (see the bridge log).", code="child_token_unavailable",
-                status=502) from None
+            return await with_token(source, identity.subject, identity.auth_method, fn)
         except VaultError as exc:
             raise from_vault_error(exc, what=what) from None
 
@@ -192,9 +165,11 @@ class SecretService:
 
     async def _list_transit_keys(self) -> list[str]:
         """Every key name of the Transit mount, listed with the bridge's own token (never an agent's)."""
-        token = await self._keeper.ensure()
-        try:
+        async def names(token: str) -> builtins.list[str]:
             return await self._vault.transit.list_keys(self._transit, token=token)
+
+        try:
+            return await with_token(self._keeper, "", "", names)
         except VaultPermissionDeniedError:
             raise VaultUnavailableBridgeError(
                 "The bridge cannot count this agent's Transit keys (TRANSIT_MAX_KEYS_PER_AGENT): its own Vault "
@@ -212,7 +187,7 @@ class SecretService:
         path = validate_path(path)
         full = self.vault_path(identity, path)
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> KvSecret:
             return await self._vault.kv.read(self._mount, full, version=version, token=token)
 
         try:
@@ -222,16 +197,15 @@ class SecretService:
             if version and err.code == "not_found":
                 err = await self._version_not_found(identity, full, path, version) or err
             raise err from None
-        meta = result.get("metadata") or {}
-        return SecretOut(path=path, data=result.get("data") or {}, version=int(meta.get("version") or 0),
-                         created_time=str(meta.get("created_time") or ""),
-                         custom_metadata=meta.get("custom_metadata"))
+        meta = result.metadata
+        return SecretOut(path=path, data=result.data, version=meta.version, created_time=meta.created_time,
+                         custom_metadata=meta.custom_metadata)
 
     async def _versions(self, identity: Identity, full: str) -> tuple[int, int] | None:
         """``(current_version, oldest_version)`` of a secret, ``(0, 0)`` when it does not exist, ``None`` when
         Vault could not say (the caller then keeps its first answer)."""
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> KvMetadata:
             return await self._vault.kv.metadata(self._mount, full, token=token)
 
         try:
@@ -240,7 +214,7 @@ class SecretService:
             return (0, 0)
         except BridgeError:
             return None
-        return int(meta.get("current_version") or 0), int(meta.get("oldest_version") or 0)
+        return meta.current_version, meta.oldest_version
 
     async def _version_not_found(self, identity: Identity, full: str, path: str,
                                  version: int) -> BridgeError | None:
@@ -270,19 +244,18 @@ class SecretService:
 
     def _not_found(self, path: str, exc: BridgeError) -> BridgeError:
         cause = exc.__cause__ or exc.__context__
-        body = cause.body if isinstance(cause, VaultNotFoundError) else None
-        meta = ((body or {}).get("data") or {}).get("metadata") if body else None
-        if isinstance(meta, dict):
-            version = meta.get("version")
-            if meta.get("destroyed"):
+        meta = cause.version_meta if isinstance(cause, VaultNotFoundError) else None
+        if meta is not None:
+            version = meta.version
+            if meta.destroyed:
                 return NotFoundError(f"Version {version} of '{path}' was destroyed and cannot be recovered.",
                                      code="secret_destroyed",
-                                     extra={"version": version, "deletion_time": meta.get("deletion_time") or None})
-            if meta.get("deletion_time"):
+                                     extra={"version": version, "deletion_time": meta.deletion_time or None})
+            if meta.deletion_time:
                 return NotFoundError(
                     f"Version {version} of '{path}' is deleted; undelete it to read it again.",
                     code="secret_deleted",
-                    extra={"version": version, "deletion_time": meta.get("deletion_time")})
+                    extra={"version": version, "deletion_time": meta.deletion_time})
         return NotFoundError(f"No secret at '{path}'.")
 
     @audited("kv_write")
@@ -291,15 +264,14 @@ class SecretService:
         path = validate_path(path)
         full = self.vault_path(identity, path)
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> KvVersion:
             return await self._vault.kv.write(self._mount, full, body.data, cas=body.cas, token=token)
 
         try:
             meta = await self._call(identity, "the write", go)
         except ConflictError as exc:
             raise await self._cas_conflict(identity, full, path, body.cas, exc) from None
-        return WriteOut(path=path, data=body.data, version=int(meta.get("version") or 0),
-                        created_time=str(meta.get("created_time") or ""))
+        return WriteOut(path=path, data=body.data, version=meta.version, created_time=meta.created_time)
 
     @audited("kv_patch")
     async def patch(self, identity: Identity, path: str, body: PatchBody) -> PatchOut:
@@ -307,7 +279,7 @@ class SecretService:
         path = validate_path(path)
         full = self.vault_path(identity, path)
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> KvVersion:
             return await self._vault.kv.patch(self._mount, full, body.data, cas=body.cas, token=token)
 
         try:
@@ -317,8 +289,7 @@ class SecretService:
         except NotFoundError:
             raise NotFoundError(f"No secret at '{path}' to patch (or its latest version is deleted); "
                                 "write it first.") from None
-        return PatchOut(path=path, version=int(meta.get("version") or 0),
-                        created_time=str(meta.get("created_time") or ""))
+        return PatchOut(path=path, version=meta.version, created_time=meta.created_time)
 
     @audited("kv_delete")
     async def delete(self, identity: Identity, path: str) -> None:
@@ -373,27 +344,23 @@ class SecretService:
         path = validate_path(path)
         full = self.vault_path(identity, path)
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> KvMetadata:
             return await self._vault.kv.metadata(self._mount, full, token=token)
 
         try:
             meta = await self._call(identity, "the metadata read", go)
         except NotFoundError:
             raise NotFoundError(f"No secret at '{path}'.") from None
-        return MetadataOut(
-            current_version=int(meta.get("current_version") or 0),
-            oldest_version=int(meta.get("oldest_version") or 0),
-            created_time=str(meta.get("created_time") or ""),
-            updated_time=str(meta.get("updated_time") or ""),
-            versions=dict(meta.get("versions") or {}),
-            custom_metadata=meta.get("custom_metadata"),
-        )
+        return MetadataOut(current_version=meta.current_version, oldest_version=meta.oldest_version,
+                           created_time=meta.created_time, updated_time=meta.updated_time, versions=meta.versions,
+                           custom_metadata=meta.custom_metadata)
 
     # -- Transit -------------------------------------------------------------------------------------
 
     async def _transit_op(self, identity: Identity, op: str, what: str, body: BaseModel, *,
-                       algorithm: str | None = None) -> dict[str, Any]:
-        """One Transit operation on the caller's key, with Vault's field names; batch results cleaned up.
+                          algorithm: str | None = None) -> tuple[TransitItem, builtins.list[dict[str, Any]] | None]:
+        """One Transit operation on the caller's key, with Vault's field names: the single result, or (with
+        ``batch_input``) the results per item.
 
         Batch items that failed validation (:class:`BatchItemError`) are not sent: each keeps its place in
         ``batch_results`` with its error, and the valid items go to Vault (none valid: no Vault call)."""
@@ -408,10 +375,10 @@ class SecretService:
             valid = [item for item in items if not isinstance(item, BatchItemError)]
             payload["batch_input"] = [item.model_dump(exclude_none=True) for item in valid]
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> TransitResult:
             return await self._vault.transit.call(self._transit, op, key, payload, algorithm=algorithm, token=token)
 
-        out: dict[str, Any] = {}
+        out = TransitResult()
         if items is None or valid:
             try:
                 if op == "encrypt":  # Vault creates a missing key on encrypt: that key counts against the cap too
@@ -427,62 +394,62 @@ class SecretService:
                     "/transit/encrypt) creates an encryption key on first use, transit_create_key (POST "
                     "/transit/keys) a key of any type.", code="key_not_found", extra={"key": name}) from None
         if items is None:
-            return out
-        answers = iter(batch_results(out.get("batch_results"), len(valid)) if valid else [])
-        return {"batch_results": [item.model_dump(exclude_none=True) if isinstance(item, BatchItemError)
-                                  else next(answers) for item in items]}
+            return out.single or TransitItem(), None
+        answers = iter(batch_results(out.batch or (), len(valid)) if valid else [])
+        return TransitItem(), [item.model_dump(exclude_none=True) if isinstance(item, BatchItemError)
+                               else next(answers) for item in items]
 
     @audited("transit_encrypt")
     async def encrypt(self, identity: Identity, body: EncryptBody) -> EncryptOut:
-        out = await self._transit_op(identity, "encrypt", "the encryption", body)
-        if "batch_results" in out:
-            return EncryptOut(batch_results=out["batch_results"])
-        return EncryptOut(ciphertext=str(out.get("ciphertext") or ""), key_version=int(out.get("key_version") or 0))
+        out, batch = await self._transit_op(identity, "encrypt", "the encryption", body)
+        if batch is not None:
+            return EncryptOut(batch_results=batch)
+        return EncryptOut(ciphertext=out.ciphertext or "", key_version=out.key_version or 0)
 
     @audited("transit_decrypt")
     async def decrypt(self, identity: Identity, body: DecryptBody) -> DecryptOut:
-        out = await self._transit_op(identity, "decrypt", "the decryption", body)
-        if "batch_results" in out:
-            return DecryptOut(batch_results=out["batch_results"])
-        return DecryptOut(plaintext=str(out.get("plaintext") or ""))
+        out, batch = await self._transit_op(identity, "decrypt", "the decryption", body)
+        if batch is not None:
+            return DecryptOut(batch_results=batch)
+        return DecryptOut(plaintext=out.plaintext or "")
 
     @audited("transit_rewrap")
     async def rewrap(self, identity: Identity, body: RewrapBody) -> RewrapOut:
-        out = await self._transit_op(identity, "rewrap", "the rewrap", body)
-        if "batch_results" in out:
-            return RewrapOut(batch_results=out["batch_results"])
-        return RewrapOut(ciphertext=str(out.get("ciphertext") or ""), key_version=int(out.get("key_version") or 0))
+        out, batch = await self._transit_op(identity, "rewrap", "the rewrap", body)
+        if batch is not None:
+            return RewrapOut(batch_results=batch)
+        return RewrapOut(ciphertext=out.ciphertext or "", key_version=out.key_version or 0)
 
     @audited("transit_sign")
     async def sign(self, identity: Identity, body: SignBody) -> SignOut:
-        out = await self._transit_op(identity, "sign", "the signing", body, algorithm=body.hash_algorithm)
-        if "batch_results" in out:
-            return SignOut(batch_results=out["batch_results"])
-        return SignOut(signature=str(out.get("signature") or ""), key_version=int(out.get("key_version") or 0))
+        out, batch = await self._transit_op(identity, "sign", "the signing", body, algorithm=body.hash_algorithm)
+        if batch is not None:
+            return SignOut(batch_results=batch)
+        return SignOut(signature=out.signature or "", key_version=out.key_version or 0)
 
     @audited("transit_verify")
     async def verify(self, identity: Identity, body: VerifyBody) -> VerifyOut:
-        out = await self._transit_op(identity, "verify", "the verification", body, algorithm=body.hash_algorithm)
-        if "batch_results" in out:
-            return VerifyOut(batch_results=out["batch_results"])
-        return VerifyOut(valid=bool(out.get("valid")))
+        out, batch = await self._transit_op(identity, "verify", "the verification", body,
+                                            algorithm=body.hash_algorithm)
+        if batch is not None:
+            return VerifyOut(batch_results=batch)
+        return VerifyOut(valid=bool(out.valid))
 
     @audited("transit_hmac")
     async def hmac(self, identity: Identity, body: HmacBody) -> HmacOut:
-        out = await self._transit_op(identity, "hmac", "the HMAC", body, algorithm=body.hash_algorithm)
-        if "batch_results" in out:
-            return HmacOut(batch_results=out["batch_results"])
-        return HmacOut(hmac=str(out.get("hmac") or ""))
+        out, batch = await self._transit_op(identity, "hmac", "the HMAC", body, algorithm=body.hash_algorithm)
+        if batch is not None:
+            return HmacOut(batch_results=batch)
+        return HmacOut(hmac=out.hmac or "")
 
     @audited("transit_random")
     async def random(self, identity: Identity, body: RandomBody) -> RandomOut:
         self.authorize(identity, "transit_random")
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> str:
             return await self._vault.transit.random(self._transit, nbytes=body.bytes, fmt=body.format, token=token)
 
-        out = await self._call(identity, "the random bytes", go)
-        return RandomOut(random_bytes=str(out.get("random_bytes") or ""), format=body.format)
+        return RandomOut(random_bytes=await self._call(identity, "the random bytes", go), format=body.format)
 
     @audited("transit_create_key")
     async def create_key(self, identity: Identity, body: CreateKeyBody) -> KeyOut:
@@ -496,22 +463,18 @@ class SecretService:
                 "(TRANSIT_ALLOWED_KEY_TYPES).", code="key_type_not_allowed", extra={"allowed": list(allowed)})
         key = self.transit_key(identity, body.key)
 
-        async def go(token: str) -> dict[str, Any]:
+        async def go(token: str) -> TransitKey:
             return await self._vault.transit.create_key(self._transit, key, body.type, key_size=body.key_size,
                                                         token=token)
 
         async with self.key_guard.admit(identity.subject, key, lambda: self._key_exists(identity, key)):
             info = await self._call(identity, "the key creation", go)
-        if str(info.get("type") or "") != body.type:
-            raise ConflictError(f"Key '{body.key}' already exists with type {info.get('type')}; pick another name.",
-                                code="key_type_mismatch", extra={"type": info.get("type")})
-        versions = info.get("keys") or {}
-        public = {str(v): str(k["public_key"]) for v, k in versions.items()
-                  if isinstance(k, dict) and k.get("public_key")}
-        return KeyOut(key=body.key, type=str(info.get("type")), latest_version=int(info.get("latest_version") or 0),
-                      supports_encryption=bool(info.get("supports_encryption")),
-                      supports_decryption=bool(info.get("supports_decryption")),
-                      supports_signing=bool(info.get("supports_signing")), public_keys=public or None)
+        if info.type != body.type:
+            raise ConflictError(f"Key '{body.key}' already exists with type {info.type}; pick another name.",
+                                code="key_type_mismatch", extra={"type": info.type})
+        return KeyOut(key=body.key, type=info.type, latest_version=info.latest_version,
+                      supports_encryption=info.supports_encryption, supports_decryption=info.supports_decryption,
+                      supports_signing=info.supports_signing, public_keys=info.public_keys or None)
 
     # -- identity ------------------------------------------------------------------------------------
 

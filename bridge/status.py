@@ -172,8 +172,8 @@ async def vault_status(request: web.Request) -> dict[str, Any]:
     except VaultError as exc:
         return {"reachable": False, "sealed": None, "version": None, "initialized": None,
                 "error": type(exc).__name__}
-    return {"reachable": True, "sealed": bool(health.get("sealed")), "version": health.get("version"),
-            "initialized": bool(health.get("initialized", True)), "error": ""}
+    return {"reachable": True, "sealed": health.sealed, "version": health.version or None,
+            "initialized": health.initialized, "error": ""}
 
 
 def token_status(request: web.Request) -> dict[str, Any]:

@@ -36,9 +36,8 @@ def nested(depth: int, leaf: Any = "x") -> Any:
 
 async def _vault_has(bao: DevVault, path: str) -> bool:
     async with VaultClient(bao.addr) as client:
-        client.token = bao.root_token
         try:
-            await client.kv.read("secret", f"mcp/alice/{path}")
+            await client.kv.read("secret", f"mcp/alice/{path}", token=bao.root_token)
         except VaultNotFoundError:
             return False
         return True

@@ -52,9 +52,8 @@ def unique(prefix: str = "t") -> str:
 async def vault_read(bao: DevVault, path: str) -> int:
     """Status of a direct read of ``secret/data/{path}`` with the root token (404 = nothing written)."""
     async with VaultClient(bao.addr) as c:
-        c.token = bao.root_token
         try:
-            await c.kv.read("secret", path)
+            await c.kv.read("secret", path, token=bao.root_token)
         except Exception as exc:
             return int(getattr(exc, "status", 0))
         return 200
@@ -220,8 +219,7 @@ async def test_transit_round_trip_and_key_naming(api: Client, bao: DevVault) -> 
     assert resp.status == 200
     assert await resp.json() == {"plaintext": plaintext}
     async with VaultClient(bao.addr) as c:  # the Vault key is {DEFAULT_PREFIX}.{agent}.{key}
-        c.token = bao.root_token
-        assert (await c.request("GET", f"transit/keys/mcp.alice.{key}", operation="t")).data
+        assert (await c.request("GET", f"transit/keys/mcp.alice.{key}", operation="t", token=bao.root_token)).data
     # bob's key of the same name is another Vault key: alice's ciphertext does not decrypt with it
     resp = await api.post("/transit/decrypt", json={"key": key, "ciphertext": body["ciphertext"]}, headers=BOB)
     assert resp.status == 404

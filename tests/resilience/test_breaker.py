@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -177,21 +176,20 @@ async def test_client_fails_fast_when_open_and_probes_after_cooldown() -> None:
     clock = Clock()
     breaker = CircuitBreaker(2, 5.0, clock=clock)
     async with VaultClient(f"http://127.0.0.1:{port}", timeout=2, breaker=breaker, retry_backoff=0.001) as client:
-        client.token = "t"
         with pytest.raises(VaultConnectionError):
-            await client.kv.read("secret", "a")  # GET: two attempts, two failures: open
+            await client.kv.read("secret", "a", token="t")  # GET: two attempts, two failures: open
         assert state(breaker) == "open"
         with pytest.raises(CircuitOpenError):
-            await client.kv.read("secret", "a")
+            await client.kv.read("secret", "a", token="t")
         server2 = TestServer(fake, host="127.0.0.1", port=port)
         await server2.start_server()
         try:
             with pytest.raises(CircuitOpenError):
-                await client.kv.read("secret", "a")  # still cooling down: Vault is not asked
+                await client.kv.read("secret", "a", token="t")  # still cooling down: Vault is not asked
             assert hits == []
             clock.now += 5.0
-            out: Any = await client.kv.read("secret", "a")  # the probe succeeds and closes it
-            assert out["data"] == {"k": "v"}
+            out = await client.kv.read("secret", "a", token="t")  # the probe succeeds and closes it
+            assert out.data == {"k": "v"}
             assert state(breaker) == "closed"
             assert len(hits) == 1
         finally:

@@ -220,12 +220,11 @@ async def test_reads_retry_once_on_connection_errors_writes_never() -> None:
     await server.start_server()
     try:
         async with VaultClient(f"http://127.0.0.1:{server.port}", timeout=2, retry_backoff=0.01) as vault:
-            vault.token = "t"
-            out = await vault.kv.read("secret", "a")
-            assert out["data"] == {"k": "v"}
+            out = await vault.kv.read("secret", "a", token="t")
+            assert out.data == {"k": "v"}
             assert hits["GET"] == 2  # retried once
             with pytest.raises(VaultConnectionError):
-                await vault.kv.write("secret", "a", {"k": "v"}, cas=0)
+                await vault.kv.write("secret", "a", {"k": "v"}, cas=0, token="t")
             assert hits["POST"] == 1  # a write is never retried blindly
             assert vault.breaker.state == "closed"
     finally:
@@ -314,10 +313,9 @@ async def test_a_retried_read_still_ends_within_vault_timeout() -> None:
     await server.start_server()
     try:
         async with VaultClient(f"http://127.0.0.1:{server.port}", timeout=0.5, retry_backoff=0.01) as vault:
-            vault.token = "t"
             t0 = time.monotonic()
             with pytest.raises(VaultTimeoutError):
-                await vault.kv.read("secret", "a")
+                await vault.kv.read("secret", "a", token="t")
             elapsed = time.monotonic() - t0
         assert hits == 2
         assert elapsed < 0.75, elapsed  # one budget of 0.5 s, not 0.35 + 0.5

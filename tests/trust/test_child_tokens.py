@@ -13,16 +13,20 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault, find_bao, free_port, vault_reachable
 from bridge.keys import SERVICE
 from bridge.provision import ProvisionOptions, provision
+from bridge.vault.auth import AppRoleLogin, StaticToken, secret_id_value
 from bridge.vault.childtokens import ChildTokenBroker, ChildTokenError
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedError
 from bridge.vault.lifetime import TokenKeeper
+from bridge.vault.models import KvVersion
+from bridge.vault.tokens import with_token
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB
 from tests.trust.conftest import BridgeCreds
 
@@ -58,20 +62,19 @@ async def vault(bao: DevVault) -> AsyncIterator[VaultClient]:
 
 @pytest.fixture
 async def keeper(vault: VaultClient, bridge_creds: BridgeCreds) -> TokenKeeper:
-    keeper = TokenKeeper(vault, role_id=bridge_creds.role_id, secret_id=bridge_creds.secret_id)
+    keeper = TokenKeeper(vault, AppRoleLogin(bridge_creds.role_id, secret_id_value(SecretStr(bridge_creds.secret_id))))
     await keeper.ensure()
     return keeper
 
 
 async def test_bridge_token_alone_cannot_read_secrets(vault: VaultClient, keeper: TokenKeeper,
                                                       bao: DevVault) -> None:
-    vault.token = bao.root_token
-    await vault.kv.write("secret", "mcp/alice/probe", {"v": 1}, cas=None)
+    await vault.kv.write("secret", "mcp/alice/probe", {"v": 1}, cas=None, token=bao.root_token)
     bridge_token = await keeper.ensure()
     with pytest.raises(VaultPermissionDeniedError):
         await vault.kv.read("secret", "mcp/alice/probe", token=bridge_token)
     with pytest.raises(VaultPermissionDeniedError):
-        await vault.transit.encrypt("transit", "mcp.alice.k", "aGk=", token=bridge_token)
+        await vault.transit.call("transit", "encrypt", "mcp.alice.k", {"plaintext": "aGk="}, token=bridge_token)
 
 
 async def test_without_child_tokens_the_minimal_bridge_is_refused(
@@ -101,8 +104,7 @@ async def test_agents_work_on_their_own_paths_with_child_tokens(
 
 async def test_child_token_is_refused_on_another_agents_path(vault: VaultClient, keeper: TokenKeeper,
                                                             bao: DevVault) -> None:
-    vault.token = bao.root_token
-    await vault.kv.write("secret", "mcp/bob/private", {"v": 1}, cas=None)
+    await vault.kv.write("secret", "mcp/bob/private", {"v": 1}, cas=None, token=bao.root_token)
     broker = ChildTokenBroker(vault, keeper, role="mcp-agent-batch", ttl=90)
     entry = await broker.acquire("alice", "api_key")
     try:
@@ -112,7 +114,7 @@ async def test_child_token_is_refused_on_another_agents_path(vault: VaultClient,
         with pytest.raises(VaultPermissionDeniedError):
             await vault.kv.list("secret", "mcp/bob", token=entry.token)
         with pytest.raises(VaultPermissionDeniedError):
-            await vault.transit.encrypt("transit", "mcp.bob.k", "aGk=", token=entry.token)
+            await vault.transit.call("transit", "encrypt", "mcp.bob.k", {"plaintext": "aGk="}, token=entry.token)
         await vault.kv.write("secret", "mcp/alice/own", {"v": 2}, cas=None, token=entry.token)
     finally:
         broker.release(entry)
@@ -214,11 +216,11 @@ async def test_a_revoked_child_token_is_replaced_and_the_call_retried(vault: Vau
     await vault.auth_token.revoke_self(token=first.token)
     tokens: list[str] = []
 
-    async def op(token: str) -> dict[str, Any]:
+    async def op(token: str) -> KvVersion:
         tokens.append(token)
         return await vault.kv.write("secret", "mcp/alice/retry", {"v": 1}, cas=None, token=token)
 
-    await broker.run("alice", "api_key", op)
+    await with_token(broker, "alice", "api_key", op)
     assert len(tokens) == 2
     assert tokens[0] == first.token
     assert tokens[1] != first.token
@@ -282,18 +284,18 @@ async def test_the_bridge_cannot_mint_root_or_without_ttl_cap(vault: VaultClient
                                                 token=parent)
     resp = await vault.auth_token.create_with_role("mcp-agent", {"policies": ["mcp-agent-alice"], "ttl": "1h"},
                                                    token=parent)
-    assert (resp.auth or {})["lease_duration"] <= 120  # the service role caps the TTL
-    await vault.auth_token.revoke_self(token=(resp.auth or {})["client_token"])
+    assert resp.auth is not None
+    assert resp.auth.lease_duration <= 120  # the service role caps the TTL
+    await vault.auth_token.revoke_self(token=resp.auth.client_token.get_secret_value())
 
 
 async def test_renewable_service_tokens_are_renewed_then_replaced_near_their_max_ttl(
         vault: VaultClient, bao: DevVault) -> None:
-    vault.token = bao.root_token
     await vault.request("POST", "auth/token/roles/mcp-agent-renewable", operation="test.role", json_body={
         "allowed_policies_glob": ["mcp-agent-*"], "disallowed_policies": ["root"], "orphan": False,
         "renewable": True, "token_type": "service", "token_no_default_policy": False,
-        "token_explicit_max_ttl": 100})
-    root_keeper = TokenKeeper(vault, static_token=bao.root_token)
+        "token_explicit_max_ttl": 100}, token=bao.root_token)
+    root_keeper = TokenKeeper(vault, StaticToken(SecretStr(bao.root_token)))
     clock = FakeClock()
     broker = ChildTokenBroker(vault, root_keeper, role="mcp-agent-renewable", token_type="service", ttl=60,
                               clock=clock)
@@ -311,7 +313,7 @@ async def test_renewable_service_tokens_are_renewed_then_replaced_near_their_max
     # a max TTL below half the TTL: renewal would grant too little, so the token is replaced (and revoked)
     await vault.request("POST", "auth/token/roles/mcp-agent-renewable", operation="test.role", json_body={
         "allowed_policies_glob": ["mcp-agent-*"], "renewable": True, "token_type": "service",
-        "token_explicit_max_ttl": 25})
+        "token_explicit_max_ttl": 25}, token=bao.root_token)
     broker = ChildTokenBroker(vault, root_keeper, role="mcp-agent-renewable", token_type="service", ttl=60,
                               clock=clock)
     short = await broker.acquire("alice", "api_key")

@@ -21,8 +21,9 @@ from bridge.devvault import DevVault
 from bridge.keys import KEEPER
 from bridge.provision import ProvisionError, ProvisionOptions, provision
 from bridge.vault.client import VaultClient
-from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedError
+from bridge.vault.errors import VaultCredentialError, VaultInvalidRequestError, VaultPermissionDeniedError
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, TEST_AGENTS
+from tests.support.vault import root_client
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,7 @@ AGENTS = ["alice", "bob"]
 @pytest.fixture
 async def namespace(bao: DevVault) -> AsyncIterator[str]:
     name = "prov" + secrets.token_hex(4)
-    async with VaultClient(bao.addr) as root:
-        root.token = bao.root_token
+    async with root_client(bao) as root:
         await root.request("POST", f"sys/namespaces/{name}", operation="test.ns", json_body={})
         yield name
 
@@ -70,8 +70,7 @@ async def test_first_run_creates_everything_and_second_run_changes_nothing(bao: 
 
 async def test_drift_is_repaired(bao: DevVault, namespace: str) -> None:
     await run(bao, namespace)
-    async with VaultClient(bao.addr, namespace=namespace) as root:
-        root.token = bao.root_token
+    async with root_client(bao, namespace) as root:
         await root.request("PUT", "sys/policies/acl/mcp-agent-alice", operation="test.policy",
                            json_body={"policy": 'path "secret/*" { capabilities = ["read"] }'})
         await root.request("POST", "auth/token/roles/mcp-agent-batch", operation="test.role",
@@ -131,13 +130,12 @@ async def test_secret_id_from_a_file(bao: DevVault, namespace: str, aiohttp_clie
     resp = await client.get("/secrets/none/here", headers=ALICE)
     assert resp.status == 404, await resp.text()
     path.write_text("")
-    with pytest.raises(VaultInvalidRequestError, match="empty"):
+    with pytest.raises(VaultCredentialError, match="empty"):
         await client.app[KEEPER].login()
 
 
 async def test_a_kv_v1_mount_is_not_overwritten(bao: DevVault, namespace: str) -> None:
-    async with VaultClient(bao.addr, namespace=namespace) as root:
-        root.token = bao.root_token
+    async with root_client(bao, namespace) as root:
         await root.request("POST", "sys/mounts/secret", operation="test.mount", json_body={"type": "kv"})
     with pytest.raises(ProvisionError, match="not KV version 2"):
         await run(bao, namespace)
@@ -187,14 +185,14 @@ def test_cli_prints_credentials_then_no_changes(bao: DevVault, namespace: str) -
 async def _bridge_token(bao: DevVault, namespace: str, result: Any) -> str:
     """Log in with the provisioned AppRole, as the bridge does: children are minted with this token."""
     async with VaultClient(bao.addr, namespace=namespace) as vault:
-        resp = await vault.approle.login(result.role_id, result.secret_id)
-        return str((resp.auth or {})["client_token"])
+        auth = await vault.approle.login(result.role_id, result.secret_id)
+        return auth.client_token.get_secret_value()
 
 
 async def _mint(bao: DevVault, namespace: str, token: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
     async with VaultClient(bao.addr, namespace=namespace) as vault:
         resp = await vault.auth_token.create_with_role(role, body, token=token)
-        return resp.auth or {}
+        return (resp.raw or {}).get("auth") or {}
 
 
 async def test_token_roles_refuse_root_default_and_the_bridge_policy(bao: DevVault, namespace: str) -> None:
@@ -214,8 +212,7 @@ async def test_token_roles_refuse_root_default_and_the_bridge_policy(bao: DevVau
 
 
 async def _token_mount_max(bao: DevVault, namespace: str = "", set_to: int | None = None) -> int:
-    async with VaultClient(bao.addr, namespace=namespace) as root:
-        root.token = bao.root_token
+    async with root_client(bao, namespace) as root:
         if set_to is not None:
             await root.request("POST", "sys/auth/token/tune", operation="test.tune",
                                json_body={"max_lease_ttl": set_to})
@@ -281,8 +278,7 @@ async def test_the_token_mount_cap_is_never_raised_and_can_be_left_alone(bao: De
 
 async def test_approle_secret_ids_expire_and_tokens_have_a_max_ttl(bao: DevVault, namespace: str) -> None:
     result = await run(bao, namespace)
-    async with VaultClient(bao.addr, namespace=namespace) as root:
-        root.token = bao.root_token
+    async with root_client(bao, namespace) as root:
         role = (await root.request("GET", "auth/approle/role/vault-mcp-bridge", operation="test.role")).data or {}
         assert role["secret_id_ttl"] == 30 * 86400
         assert role["token_max_ttl"] == 4 * 3600
@@ -292,8 +288,7 @@ async def test_approle_secret_ids_expire_and_tokens_have_a_max_ttl(bao: DevVault
         assert (looked.data or {})["secret_id_ttl"] == 30 * 86400
     options = ProvisionOptions(agents=AGENTS, secret_id_ttl=3600, token_ttl=600, token_max_ttl=1200)
     assert (await run(bao, namespace, options=options)).changes == ["updated AppRole role vault-mcp-bridge"]
-    async with VaultClient(bao.addr, namespace=namespace) as root:
-        root.token = bao.root_token
+    async with root_client(bao, namespace) as root:
         role = (await root.request("GET", "auth/approle/role/vault-mcp-bridge", operation="test.role")).data or {}
         assert (role["secret_id_ttl"], role["token_ttl"], role["token_max_ttl"]) == (3600, 600, 1200)
 

@@ -14,9 +14,9 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault
 from bridge.keys import SERVICE
-from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultNotFoundError, VaultPermissionDeniedError
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
+from tests.support.vault import RootVault, root_client
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,8 @@ async def client(aiohttp_client: Callable[..., Any], child_settings: Callable[..
 
 
 @pytest.fixture
-async def root(bao: DevVault) -> AsyncIterator[VaultClient]:
-    async with VaultClient(bao.addr) as vault:
-        vault.token = bao.root_token
+async def root(bao: DevVault) -> AsyncIterator[RootVault]:
+    async with root_client(bao) as vault:
         yield vault
 
 
@@ -82,7 +81,7 @@ async def test_a_batch_whose_items_all_fail_is_still_answered_per_item(client: T
     assert len(out["batch_results"]) == 2
 
 
-async def test_rewrap_after_rotation(client: TestClient[Any, Any], root: VaultClient) -> None:
+async def test_rewrap_after_rotation(client: TestClient[Any, Any], root: RootVault) -> None:
     _, enc = await post(client, "encrypt", {"key": "rot", "plaintext": b64(b"data")})
     await root.request("POST", "transit/keys/mcp.alice.rot/rotate", operation="test.rotate")
     status, out = await post(client, "rewrap", {"key": "rot", "ciphertext": enc["ciphertext"]})
@@ -172,7 +171,7 @@ async def test_random(client: TestClient[Any, Any]) -> None:
     assert status == 400
 
 
-async def test_keys_are_per_agent(client: TestClient[Any, Any], root: VaultClient) -> None:
+async def test_keys_are_per_agent(client: TestClient[Any, Any], root: RootVault) -> None:
     _, enc = await post(client, "encrypt", {"key": "same", "plaintext": b64(b"alice's")})
     await post(client, "encrypt", {"key": "same", "plaintext": b64(b"bob's")}, headers=BOB)
     status, out = await post(client, "decrypt", {"key": "same", "ciphertext": enc["ciphertext"]}, headers=BOB)
@@ -184,7 +183,7 @@ async def test_keys_are_per_agent(client: TestClient[Any, Any], root: VaultClien
 
 
 async def test_child_token_policy_grants_exactly_the_agents_keys(client: TestClient[Any, Any],
-                                                                 root: VaultClient) -> None:
+                                                                 root: RootVault) -> None:
     await post(client, "keys", {"key": "mine"})
     await post(client, "keys", {"key": "theirs"}, headers=BOB)
     broker = client.app[SERVICE].children
@@ -212,7 +211,7 @@ async def test_child_token_policy_grants_exactly_the_agents_keys(client: TestCli
         broker.release(entry)
 
 
-async def test_bad_input_is_refused_and_changes_nothing(client: TestClient[Any, Any], root: VaultClient) -> None:
+async def test_bad_input_is_refused_and_changes_nothing(client: TestClient[Any, Any], root: RootVault) -> None:
     for body in ({"key": "Bad.Key", "plaintext": "aGk="}, {"key": "../x", "plaintext": "aGk="},
                  {"key": "ok", "plaintext": "not base64!"}, {"key": "ok", "plaintext": "aGk=", "batch_input": [
                      {"plaintext": "aGk="}]}, {"key": "ok"}, {"key": "ok", "batch_input": []},
@@ -241,7 +240,7 @@ async def test_scopes(client: TestClient[Any, Any]) -> None:
 
 
 async def test_shared_key_scope(aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings],
-                                root: VaultClient) -> None:
+                                root: RootVault) -> None:
     client: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings(transit_key_scope="shared")))
     status, out = await post(client, "encrypt", {"key": "legacy-shared", "plaintext": "aGk="})
     assert status == 200, out

@@ -39,7 +39,6 @@ def b64(raw: bytes) -> str:
 @pytest.fixture
 async def root(bao: DevVault) -> AsyncIterator[VaultClient]:
     async with VaultClient(bao.addr) as vault:
-        vault.token = bao.root_token
         yield vault
 
 
@@ -74,9 +73,9 @@ async def post(client: Client, op: str, body: dict[str, Any], key: str = API_KEY
     return resp.status, await resp.json(), resp.headers
 
 
-async def vault_key_type(root: VaultClient, name: str) -> str | None:
+async def vault_key_type(root: VaultClient, root_token: str, name: str) -> str | None:
     try:
-        return str((await root.transit.read_key("transit", name)).get("type"))
+        return (await root.transit.read_key("transit", name, token=root_token)).type
     except VaultNotFoundError:
         return None
 
@@ -84,7 +83,7 @@ async def vault_key_type(root: VaultClient, name: str) -> str | None:
 # -- key types --------------------------------------------------------------------------------------------------
 
 async def test_an_rsa_4096_key_is_refused_and_never_reaches_vault(
-        aiohttp_client: Callable[..., Any], fresh: Fresh, root: VaultClient) -> None:
+        aiohttp_client: Callable[..., Any], fresh: Fresh, root: VaultClient, bao: DevVault) -> None:
     agent, key, settings = fresh
     client: Client = await aiohttp_client(create_app(settings()))
     for key_type in ("rsa-4096", "rsa-3072", "ecdsa-p521", "aes128-gcm96"):
@@ -92,7 +91,7 @@ async def test_an_rsa_4096_key_is_refused_and_never_reaches_vault(
         assert status == 400, body  # before the fix: 200 after seconds of Vault CPU for the 4096-bit key
         assert body["error"]["code"] == "key_type_not_allowed"
         assert "rsa-2048" in body["error"]["allowed"]
-        assert await vault_key_type(root, f"mcp.{agent}.big") is None  # nothing was created
+        assert await vault_key_type(root, bao.root_token, f"mcp.{agent}.big") is None  # nothing was created
     for key_type in ("ed25519", "ecdsa-p256", "chacha20-poly1305", "aes256-gcm96", "rsa-2048"):
         status, body, _ = await post(client, "keys", {"key": f"ok-{key_type[:5]}", "type": key_type}, key)
         assert status == 200, body
@@ -100,7 +99,7 @@ async def test_an_rsa_4096_key_is_refused_and_never_reaches_vault(
 
 
 async def test_hmac_keys_need_an_explicit_size(aiohttp_client: Callable[..., Any], fresh: Fresh,
-                                               root: VaultClient) -> None:
+                                               root: VaultClient, bao: DevVault) -> None:
     agent, key, settings = fresh
     client: Client = await aiohttp_client(create_app(settings()))
     status, body, _ = await post(client, "keys", {"key": "mac", "type": "hmac"}, key)
@@ -110,7 +109,7 @@ async def test_hmac_keys_need_an_explicit_size(aiohttp_client: Callable[..., Any
     assert status == 400
     status, body, _ = await post(client, "keys", {"key": "mac", "type": "hmac", "key_size": 64}, key)
     assert status == 200, body  # through the agent's child token: its policy allows key_size
-    assert await vault_key_type(root, f"mcp.{agent}.mac") == "hmac"
+    assert await vault_key_type(root, bao.root_token, f"mcp.{agent}.mac") == "hmac"
     status, body, _ = await post(client, "hmac", {"key": "mac", "input": b64(b"x")}, key)
     assert status == 200
     assert body["hmac"].startswith("vault:v1:")
@@ -237,7 +236,7 @@ async def test_the_26th_key_is_refused(mode: str, aiohttp_client: Callable[..., 
     # existing keys go on working, and re-creating one is still the idempotent 200
     assert (await post(client, "encrypt", {"key": "k3", "plaintext": b64(b"x")}, key))[0] == 200
     assert (await post(client, "keys", {"key": "k3"}, key))[0] == 200
-    names = await root.transit.list_keys("transit")
+    names = await root.transit.list_keys("transit", token=bao.root_token)
     assert len([n for n in names if n.startswith(f"mcp.{agent}.")]) == 25
     fresh: Client = await aiohttp_client(create_app(settings))  # another process: nothing remembered
     assert (await post(fresh, "encrypt", {"key": "k7", "plaintext": b64(b"x")}, key))[0] == 200
