@@ -641,10 +641,6 @@ class Settings(BaseModel):
         return None
 
     @property
-    def uses_approle(self) -> bool:
-        return bool(self.vault_role_id)
-
-    @property
     def rate_limit_quota(self) -> Quota:
         """The default per-agent quota (an API key may carry its own)."""
         return Quota(self.rate_limit_requests, self.rate_limit_window_seconds,

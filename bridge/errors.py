@@ -51,8 +51,6 @@ class BridgeError(Exception):
             self.status = status
         self.extra = extra or {}
         self.headers = headers or {}
-        self.operation: str | None = None
-        """The service operation refused (``kv_write`` …) when the raiser knows it; for the audit record."""
         self.audited = False
         """Set once an audit record names this error, so that no second record is written for it."""
 

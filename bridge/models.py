@@ -1,4 +1,9 @@
-"""Request and response models shared by REST and MCP (and, later, the OpenAPI document)."""
+"""The operations' input and output models, shared by REST, MCP and the OpenAPI document.
+
+An input model holds every argument of an operation, the ones REST carries in the URL included (``path``,
+``version``, ``prefix``): REST validates the URL's fields and the JSON body together with it, MCP the tool's
+``arguments``, both with :func:`parse` (the same 400 ``invalid_request``, naming fields, never values).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+PATH_DESCRIPTION = (
+    "Secret path relative to your own namespace, e.g. 'db/prod'. Segments of letters, digits and "
+    "_ . = + @ , - separated by single '/'; no leading '/', no '..'; at most 16 segments, 512 characters."
+)
+
+
+class NoArgs(_Strict):
+    pass
+
+
+class PathArgs(_Strict):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class KvReadArgs(PathArgs):
+    version: int | None = Field(default=None, ge=0, le=MAX_VERSION,  # as REST's ?version= (nine digits)
+                                description="Version to read; omit (or 0) for the latest version.")
+
+    @field_validator("version")
+    @classmethod
+    def _latest(cls, value: int | None) -> int | None:
+        return value or None  # 0 is the latest version, as an omitted one
+
+
+class KvListArgs(_Strict):
+    prefix: str | None = Field(default=None, description=(
+        "Folder to list, relative to your namespace (e.g. 'db/'); omit for your top level. "
+        "Names ending in '/' are folders."))
+
+    @field_validator("prefix")
+    @classmethod
+    def _root(cls, value: str | None) -> str:
+        return value or ""  # an omitted prefix is the agent's top level
+
+
 class WriteBody(_Strict):
     data: dict[str, Any] = Field(description="The secret's key/value pairs (any JSON values).")
     cas: int | None = Field(default=None, ge=0, le=MAX_VERSION,
@@ -48,6 +88,18 @@ class VersionsBody(_Strict):
         if any(v < 1 or v > MAX_VERSION for v in value):
             raise ValueError(f"versions are integers from 1 to {MAX_VERSION}")
         return sorted(set(value))
+
+
+class KvWriteArgs(WriteBody):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class KvPatchArgs(PatchBody):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class KvVersionsArgs(VersionsBody):
+    path: str = Field(description=PATH_DESCRIPTION)
 
 
 def _key_name(value: str) -> str:

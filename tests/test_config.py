@@ -112,10 +112,10 @@ def test_every_variable_is_read_from_its_upper_case_name(tmp_path: Any) -> None:
 
 def test_approle_settings() -> None:
     s = Settings.from_env({"VAULT_ROLE_ID": "rid", "VAULT_SECRET_ID": "sid"})
-    assert s.uses_approle
+    assert s.vault_role_id
     assert s.vault_secret_id is not None
     assert s.vault_secret_id.get_secret_value() == "sid"
-    assert not Settings.from_env({"VAULT_TOKEN": "t"}).uses_approle
+    assert not Settings.from_env({"VAULT_TOKEN": "t"}).vault_role_id
 
 
 def test_secrets_stay_out_of_repr() -> None:

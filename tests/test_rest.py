@@ -15,7 +15,6 @@ from aiohttp.test_utils import TestClient
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault
-from bridge.keys import LIMITER
 from bridge.ratelimit import MemoryRateLimiter, Quota
 from bridge.vault.client import VaultClient
 from tests.auth.conftest import hs256
@@ -450,8 +449,8 @@ async def test_rate_limit(make_bridge: MakeBridge) -> None:
 async def test_rate_limit_is_a_bucket_with_a_burst_through_rest(aiohttp_client: Callable[..., Any],
                                                                 make_settings: Callable[..., Settings]) -> None:
     now = [100.0]
-    app = create_app(make_settings(rate_limit_requests=60, rate_limit_window_seconds=60, rate_limit_burst=2))
-    app[LIMITER] = MemoryRateLimiter(Quota(60, 60.0, 2), clock=lambda: now[0])
+    app = create_app(make_settings(rate_limit_requests=60, rate_limit_window_seconds=60, rate_limit_burst=2),
+                     limiter=MemoryRateLimiter(Quota(60, 60.0, 2), clock=lambda: now[0]))
     api: Client = await aiohttp_client(app)
     assert [(await api.get("/whoami", headers=ALICE)).status for _ in range(2)] == [200, 200]
     resp = await api.get("/whoami", headers=ALICE)

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault, find_bao, free_port, vault_reachable
-from bridge.keys import SERVICE
+from bridge.keys import CHILD_TOKENS
 from bridge.provision import ProvisionOptions, provision
 from bridge.vault.auth import AppRoleLogin, StaticToken, secret_id_value
 from bridge.vault.childtokens import ChildTokenBroker, ChildTokenError
@@ -97,7 +97,7 @@ async def test_agents_work_on_their_own_paths_with_child_tokens(
     ciphertext = (await resp.json())["ciphertext"]
     resp = await client.post("/transit/decrypt", json={"key": "ct", "ciphertext": ciphertext}, headers=ALICE)
     assert (await resp.json())["plaintext"] == "aGk="
-    broker = client.app[SERVICE].children
+    broker = client.app.get(CHILD_TOKENS)
     assert broker is not None
     assert broker.stats.mints == 2
 
@@ -266,7 +266,7 @@ async def test_service_mode_end_to_end_revokes_at_shutdown(
     assert resp.status == 200, await resp.text()
     resp = await client.get("/secrets/svc/db", headers=ALICE)
     assert resp.status == 200
-    broker = client.app[SERVICE].children
+    broker = client.app.get(CHILD_TOKENS)
     assert broker is not None
     assert broker.stats.mints == 1
     cached = broker.cached("alice")

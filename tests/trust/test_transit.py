@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.devvault import DevVault
-from bridge.keys import SERVICE
+from bridge.keys import CHILD_TOKENS, VAULT
 from bridge.vault.errors import VaultNotFoundError, VaultPermissionDeniedError
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
 from tests.support.vault import RootVault, root_client
@@ -186,10 +186,10 @@ async def test_child_token_policy_grants_exactly_the_agents_keys(client: TestCli
                                                                  root: RootVault) -> None:
     await post(client, "keys", {"key": "mine"})
     await post(client, "keys", {"key": "theirs"}, headers=BOB)
-    broker = client.app[SERVICE].children
+    broker = client.app.get(CHILD_TOKENS)
     assert broker is not None
     entry = await broker.acquire("alice", "api_key")
-    vault = client.app[SERVICE]._vault
+    vault = client.app[VAULT]
     try:
         await vault.transit.call("transit", "encrypt", "mcp.alice.mine", {"plaintext": "aGk="}, token=entry.token)
         for op, body in (("encrypt", {"plaintext": "aGk="}), ("decrypt", {"ciphertext": "vault:v1:x"}),

@@ -1,9 +1,8 @@
-"""Operations wiring and the operator status page (``GET /status``, aiohttp-jinja2).
+"""The operator status page (``GET /status``, aiohttp-jinja2), and :func:`setup_ops_routes`, which adds it with
+``/metrics`` and ``/openapi.json``.
 
-:func:`setup_operations` gives the app its :class:`~bridge.metrics.Metrics`, :class:`~bridge.metrics.OpsStats`
-and :class:`~bridge.audit.AuditLog`, and adds ``/metrics``, ``/status`` and ``/openapi.json``.
-
-The status page shows Vault's address (without credentials), reachability, seal state and version; the
+The status page shows Vault's address (without credentials), reachability, seal state and version (from the
+background probe, :mod:`bridge.probe`: a page view never calls Vault); the
 bridge token's TTL and next renewal; the enabled auth methods; the rate-limit settings; per-agent request
 counts, rejections and last-seen times over the recent minutes; the recent errors (status, code, route
 template and request id only); and an inline-SVG chart of requests per minute. No secret, key, path or token
@@ -19,63 +18,36 @@ import hmac
 import ipaddress
 import math
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from yarl import URL
 
-from bridge.audit import AuditLog
 from bridge.auth.mtls import PROXY_SECRET_HEADER
 from bridge.errors import ForbiddenError
-from bridge.keys import AUDIT, AUTH, KEEPER, METRICS, OPS_STATS, SETTINGS, VAULT
-from bridge.metrics import Metrics, MinuteRow, OpsStats, fan_out, metrics_handler
-from bridge.openapi import openapi_handler
-from bridge.tracing import tracing_ctx, tracing_middleware, vault_observers
-from bridge.vault.client import CallStats
-from bridge.vault.errors import VaultError
+from bridge.keys import AUTH, KEEPER, METRICS, OPS_STATS, PROBE, SETTINGS
+from bridge.logging import safe_url
+from bridge.ops.metrics import metrics_handler
+from bridge.ops.openapi import openapi_handler
+from bridge.ops.stats import MinuteRow, OpsStats
 
 CHART_WIDTH = 600
 CHART_HEIGHT = 120
 
 
-async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the audit target at startup (an unwritable AUDIT_LOG stops the bridge), close it at shutdown."""
-    audit = app[AUDIT]
-    audit.open()
-    try:
-        yield
-    finally:
-        audit.close()
-
-
-def setup_operations(app: web.Application) -> set[str]:
-    """Metrics, request stats, audit log, and the operations routes; returns the public route names."""
-    settings = app[SETTINGS]
-    metrics = Metrics(agent_labels=settings.metrics_agent_labels)
-    app[METRICS] = metrics
-    app[OPS_STATS] = OpsStats()
-    app[AUDIT] = AuditLog(settings.audit_log, fsync=settings.audit_fsync, on_failure=metrics.audit_failures.inc)
-    app.cleanup_ctx.append(audit_ctx)
-    if settings.otel_exporter_otlp_endpoint:
-        app.middlewares.insert(0, tracing_middleware)  # outermost: the access log line carries trace_id
-        app.cleanup_ctx.append(tracing_ctx)
+def setup_ops_routes(app: web.Application, document: dict[str, Any]) -> frozenset[str]:
+    """``/metrics``, ``/status`` and ``/openapi.json`` (serving ``document``); returns their names (public: no
+    agent identity; ``/status`` checks its own access)."""
     if aiohttp_jinja2.APP_KEY not in app:
         aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bridge", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     r = app.router
-    r.add_get("/metrics", metrics_handler, name="metrics")
+    r.add_get("/metrics", metrics_handler(app[METRICS]), name="metrics")
     r.add_get("/status", status_handler, name="status")
-    r.add_get("/openapi.json", openapi_handler, name="openapi")
-    return {"metrics", "status", "openapi"}
-
-
-def ops_vault_observer(app: web.Application) -> Callable[[CallStats], None]:
-    """The ``VaultClient`` observer: metrics, the audit trail's Vault request ids, and tracing when on."""
-    return fan_out(app[METRICS].observe_vault, app[AUDIT].note_vault_call, *vault_observers(app))
+    r.add_get("/openapi.json", openapi_handler(document), name="openapi")
+    return frozenset({"metrics", "status", "openapi"})
 
 
 # -- access --------------------------------------------------------------------------------------------
@@ -119,12 +91,6 @@ def status_allowed(request: web.Request) -> bool:
 
 # -- the page --------------------------------------------------------------------------------------------
 
-def display_addr(addr: str) -> str:
-    """Vault's address without any user info."""
-    url = URL(addr)
-    return str(url.with_user(None)) if url.user or url.password else addr
-
-
 def chart(rows: list[MinuteRow]) -> dict[str, Any]:
     """Bar geometry for the requests-per-minute chart (errors overlaid), computed here, drawn as SVG."""
     peak = max((r.requests for r in rows), default=0)
@@ -166,14 +132,11 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h {mins}m {s}s" if h else (f"{mins}m {s}s" if mins else f"{s}s")
 
 
-async def vault_status(request: web.Request) -> dict[str, Any]:
-    try:
-        health = await request.app[VAULT].sys.health()
-    except VaultError as exc:
-        return {"reachable": False, "sealed": None, "version": None, "initialized": None,
-                "error": type(exc).__name__}
-    return {"reachable": True, "sealed": health.sealed, "version": health.version or None,
-            "initialized": health.initialized, "error": ""}
+def vault_status(request: web.Request) -> dict[str, Any]:
+    """Vault as the background probe last saw it."""
+    state = request.app[PROBE].state
+    return {"reachable": bool(state.reachable), "sealed": state.sealed, "version": state.version,
+            "initialized": state.initialized, "error": state.error}
 
 
 def token_status(request: web.Request) -> dict[str, Any]:
@@ -183,7 +146,7 @@ def token_status(request: web.Request) -> dict[str, Any]:
     remaining = keeper.remaining()
     next_in = None if math.isinf(state.next_at) else state.next_at - time.monotonic()
     return {
-        "method": "approle" if settings.uses_approle else ("static token" if settings.vault_token else "none"),
+        "method": "approle" if keeper.can_login else ("static token" if settings.vault_token else "none"),
         "valid": keeper.valid,
         "ttl": _duration(remaining) if state.token else "no token",
         "renewable": state.renewable,
@@ -196,16 +159,16 @@ def token_status(request: web.Request) -> dict[str, Any]:
     }
 
 
-async def status_context(request: web.Request) -> dict[str, Any]:
+def status_context(request: web.Request) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     stats: OpsStats = request.app[OPS_STATS]
     now = time.time()
     rows = stats.per_minute()
     return {
         "generated": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "vault_addr": display_addr(settings.vault_addr),
+        "vault_addr": safe_url(settings.vault_addr),
         "vault_namespace": settings.vault_namespace,
-        "vault": await vault_status(request),
+        "vault": vault_status(request),
         "token": token_status(request),
         "auth_methods": list(request.app[AUTH].methods),
         "rate_limit": {
@@ -230,13 +193,10 @@ async def status_handler(request: web.Request) -> web.Response:
     if not status_allowed(request):
         raise ForbiddenError("The status page is only served to STATUS_ALLOWED_NETWORKS or with an admin "
                              "X-API-Key (ADMIN_API_KEYS).", code="status_forbidden")
-    response = aiohttp_jinja2.render_template("status.html", request, await status_context(request))
+    response = aiohttp_jinja2.render_template("status.html", request, status_context(request))
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
-
-
-__all__ = ["Metrics", "audit_ctx", "setup_operations", "status_allowed", "status_handler"]

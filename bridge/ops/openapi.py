@@ -1,29 +1,32 @@
-"""``GET /openapi.json``: the OpenAPI 3.1 document of every REST route, built from one route table.
+"""``GET /openapi.json``: the OpenAPI 3.1 document of every REST route.
 
-:data:`OPERATIONS` lists each documented operation with the aiohttp route name it describes and the
-pydantic models of its body and response (from :mod:`bridge.models`, the one source of truth); the JSON
-schemas come from pydantic (JSON Schema 2020-12, which OpenAPI 3.1 uses as is). To document a new route, add
-an :class:`Op` row. ``tests/ops/test_openapi.py`` fails when a named route has no row, and runs schemathesis
-against a live bridge and a real OpenBao to check every response against this document.
+Each operation of the registry with a REST binding is one row, derived from its declaration
+(:mod:`bridge.operations`): method, path, summary, the URL's parameters, the body and response models (the one
+source of truth, :mod:`bridge.models`). The few routes that are no operation (probes, metrics, the status page,
+this document, the OAuth metadata, ``/echo-headers``) are the hand table :data:`ROUTES`. The JSON schemas come
+from pydantic (JSON Schema 2020-12, which OpenAPI 3.1 uses as is). ``tests/ops/test_openapi.py`` fails when a
+named route has no row, and runs schemathesis against a live bridge and a real OpenBao to check every response
+against this document.
 
 The MCP endpoint (JSON-RPC over Streamable HTTP) is not a REST route and is described in docs/mcp.md.
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from bridge import models as m
+import bridge
+from bridge.operations import AnyOperation, Param, Registry
+from bridge.operations.spec import AUTH_ERRORS
+from bridge.routing import Handler
 
 REF = "#/components/schemas/{model}"
-PATH_PATTERN = r"^[A-Za-z0-9_.=+@,-]{1,128}(/[A-Za-z0-9_.=+@,-]{1,128}){0,15}$"
-PREFIX_PATTERN = r"^$|^[A-Za-z0-9_.=+@,-]{1,128}(/[A-Za-z0-9_.=+@,-]{1,128}){0,15}/?$"
 EXCLUDED_ROUTES = frozenset({"mcp", "mcp_get", "mcp_post", "mcp_delete", "mcp_options"})
 """Route names that are not REST (MCP's JSON-RPC endpoint)."""
 
@@ -73,24 +76,13 @@ class Error(BaseModel):
 
 # -- the route table -----------------------------------------------------------------------------------
 
-AUTH_ERRORS = (400, 401, 403, 405, 429, 502, 503, 504)
-BODY_ERRORS = (408, 413, 415)
 EDGE_ERRORS = (403, 421)
 """What any route may answer before its handler: a foreign ``Origin`` (403) or ``Host`` (421)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Param:
-    name: str
-    where: Literal["path", "query", "header"]
-    schema: dict[str, Any]
-    description: str = ""
-    required: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class Op:
-    """One documented operation. ``route`` is the aiohttp route name it describes."""
+    """One documented route. ``route`` is the aiohttp route name it describes."""
 
     method: str
     path: str
@@ -112,16 +104,7 @@ class Op:
         return f"{self.route}_{suffix}" if suffix else self.route
 
 
-SECRET_PATH = Param("path", "path", {"type": "string", "pattern": PATH_PATTERN, "maxLength": 512},
-                    "The secret's path relative to your namespace (segments of letters, digits and _.=+@,- "
-                    "separated by '/'; percent-encode '/' or send it literally).", required=True)
-VERSION = Param("version", "query", {"type": "integer", "minimum": 0, "maximum": 999_999_999},
-                "A specific version (0 or absent = latest).")
-PREFIX = Param("prefix", "query", {"type": "string", "maxLength": 512, "pattern": PREFIX_PATTERN},
-               "List below this relative prefix (empty = your root).")
-SECRET_ERRORS = (*AUTH_ERRORS, 404)
-
-REST_OPERATIONS: tuple[Op, ...] = (
+ROUTES: tuple[Op, ...] = (
     Op("GET", "/healthz", "healthz", "Liveness, with Vault's reachability and seal state from the background "
        "probe (never calls Vault).", "operations",
        HealthOut, public=True, errors=(405,)),
@@ -140,59 +123,25 @@ REST_OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/.well-known/oauth-protected-resource/mcp", "oauth_protected_resource_mcp",
        "The same metadata at the path-suffixed location (RFC 9728 section 3.1).", "mcp", ResourceMetadataOut,
        public=True, errors=(404, 405)),
-    Op("GET", "/whoami", "whoami", "The caller's identity, scopes and Vault path prefix.", "identity",
-       m.WhoamiOut),
     Op("GET", "/echo-headers", "echo_headers", "The request headers as the bridge saw them (credentials "
        "redacted); for checking proxies.", "identity", EchoHeadersOut),
-    Op("GET", "/secrets", "secrets_list", "List keys below a prefix.", "secrets", m.ListOut,
-       params=(PREFIX,), errors=SECRET_ERRORS),
-    Op("GET", "/secrets/{path}", "secret_get", "Read a secret (latest or ?version=N).", "secrets",
-       m.SecretOut, params=(SECRET_PATH, VERSION), errors=SECRET_ERRORS),
-    Op("GET", "/secrets/{path}:metadata", "secret_get", "Read a secret's metadata and version history.",
-       "secrets", m.MetadataOut, params=(SECRET_PATH,), errors=SECRET_ERRORS),
-    Op("PUT", "/secrets/{path}", "secret_put", "Write a new version (optionally check-and-set).", "secrets",
-       m.WriteOut, body=m.WriteBody, params=(SECRET_PATH,), errors=(*AUTH_ERRORS, 409, *BODY_ERRORS)),
-    Op("PATCH", "/secrets/{path}", "secret_patch", "Merge-patch the latest version into a new one.",
-       "secrets", m.PatchOut, body=m.PatchBody, params=(SECRET_PATH,),
-       errors=(*SECRET_ERRORS, 409, *BODY_ERRORS)),
-    Op("DELETE", "/secrets/{path}", "secret_delete", "Soft-delete the latest version.", "secrets",
-       status=204, params=(SECRET_PATH,), errors=SECRET_ERRORS),
-    Op("POST", "/secrets/{path}:undelete", "secret_post", "Restore soft-deleted versions.", "secrets",
-       m.OkOut, body=m.VersionsBody, params=(SECRET_PATH,), errors=(*SECRET_ERRORS, *BODY_ERRORS)),
-    Op("POST", "/secrets/{path}:destroy", "secret_post", "Permanently destroy versions.", "secrets",
-       m.OkOut, body=m.VersionsBody, params=(SECRET_PATH,), errors=(*SECRET_ERRORS, *BODY_ERRORS)),
 )
+"""The routes that are no operation."""
 
 
-TRANSIT_SUMMARY = {
-    "encrypt": "Encrypt with your Transit key (created on first use); single item or batch.",
-    "decrypt": "Decrypt ciphertexts made with your Transit key; single item or batch.",
-    "rewrap": "Re-encrypt ciphertexts with the key's latest version, without revealing the plaintext.",
-    "sign": "Sign data with your asymmetric Transit key.",
-    "verify": "Verify a signature or HMAC made with your Transit key.",
-    "hmac": "HMAC of data with your Transit key.",
-    "random": "Random bytes from Vault.",
-    "keys": "Create one of your Transit keys (idempotent for the same type; another type is a 409).",
-}
+def operation_row(op: AnyOperation) -> Op:
+    """An operation's row, from its declaration and REST binding."""
+    rest = op.rest
+    assert rest is not None
+    return Op(rest.method, rest.path, rest.route, op.summary, rest.tag,
+              None if rest.status == 204 else op.output, status=rest.status, body=rest.body, params=rest.params,
+              errors=rest.statuses)
 
 
-def transit_operations() -> tuple[Op, ...]:
-    """One row per ``POST /transit/<op>`` route, from the REST transit table (body model) and the service
-    method's return annotation (response model)."""
-    from bridge.rest import TRANSIT_OPS
-    from bridge.service import SecretService
+def rows(registry: Registry) -> tuple[Op, ...]:
+    """Every documented route: the hand table, then the operations in registry order."""
+    return (*ROUTES, *(operation_row(op) for op in registry.rest()))
 
-    rows = []
-    for op, (body, method) in TRANSIT_OPS.items():
-        fn = getattr(SecretService, method)
-        response = get_type_hints(fn)["return"]
-        doc = TRANSIT_SUMMARY.get(op) or (inspect.getdoc(fn) or f"Transit {op}.").split("\n\n")[0].replace("\n", " ")
-        rows.append(Op("POST", f"/transit/{op}", "transit_create_key" if op == "keys" else f"transit_{op}",
-                       doc, "transit", response, body=body, errors=(*SECRET_ERRORS, 409, *BODY_ERRORS)))
-    return tuple(rows)
-
-
-OPERATIONS: tuple[Op, ...] = (*REST_OPERATIONS, *transit_operations())
 
 ERROR_TEXT = {
     400: "Invalid request (bad JSON, path, parameter or body field).",
@@ -225,8 +174,8 @@ def _schemas(ops: tuple[Op, ...]) -> tuple[dict[Any, dict[str, Any]], dict[str, 
     return out, defs.get("$defs", {})
 
 
-def build_openapi(ops: tuple[Op, ...] = OPERATIONS, *, title: str = "Vault MCP Bridge",
-                  version: str = "0.1.0") -> dict[str, Any]:
+def build_openapi(registry: Registry, *, title: str = "Vault MCP Bridge") -> dict[str, Any]:
+    ops = rows(registry)
     refs, components = _schemas(ops)
     error_ref = refs[(Error, "serialization")]
     paths: dict[str, dict[str, Any]] = {}
@@ -258,8 +207,8 @@ def build_openapi(ops: tuple[Op, ...] = OPERATIONS, *, title: str = "Vault MCP B
         }
         if op.params:
             operation["parameters"] = [
-                {"name": p.name, "in": p.where, "required": p.required or p.where == "path",
-                 "description": p.description, "schema": p.schema} for p in op.params]
+                {"name": p.name, "in": p.where, "required": p.where == "path", "description": p.description,
+                 "schema": dict(p.schema)} for p in op.params]
         if op.body is not None:
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": refs[(op.body, "validation")]}}}
@@ -270,7 +219,7 @@ def build_openapi(ops: tuple[Op, ...] = OPERATIONS, *, title: str = "Vault MCP B
         "openapi": "3.1.0",
         "info": {
             "title": title,
-            "version": version,
+            "version": bridge.__version__,
             "description": "Agents use Vault / OpenBao secrets without holding a Vault token. Every error "
                            "body is {\"error\": {\"code\", \"message\", ...}}. Paths are confined to the "
                            "caller's namespace.",
@@ -290,9 +239,15 @@ def build_openapi(ops: tuple[Op, ...] = OPERATIONS, *, title: str = "Vault MCP B
     }
 
 
-def documented_routes(ops: tuple[Op, ...] = OPERATIONS) -> set[str]:
-    return {op.route for op in ops}
+def documented_routes(registry: Registry) -> set[str]:
+    return {op.route for op in rows(registry)}
 
 
-async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi())
+def openapi_handler(document: dict[str, Any]) -> Handler:
+    """``GET /openapi.json``: ``document``, encoded once."""
+    text = json.dumps(document)
+
+    async def serve_openapi(request: web.Request) -> web.Response:
+        return web.json_response(text=text)
+
+    return serve_openapi
