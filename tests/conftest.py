@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault, provision_demo_sync, start_dev_vault
+from devtools.devvault import DevVault, provision_demo_sync, start_dev_vault
 
 # ``fake_vault`` (in-process fake Vault), ``postgres`` (Debian's PostgreSQL, session), ``fresh_namespace`` (an empty
-# OpenBao namespace per test): tests/fakevault.py, tests/support/
-pytest_plugins = ("tests.fakevault", "tests.support.postgres", "tests.support.vault")
+# OpenBao namespace per test): tests/support/
+pytest_plugins = ("tests.support.postgres", "tests.support.vault")
 
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20

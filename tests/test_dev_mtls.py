@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import demo_mtls
+from devtools.devvault import demo_mtls
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

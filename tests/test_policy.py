@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.policy import policy_name, render_agent_policy, render_bridge_policy
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultPermissionDeniedError
 from bridge.vault.models import TransitResult
+from devtools.devvault import DevVault
 
 
 def test_rendered_policy() -> None:

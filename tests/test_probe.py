@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.vault.client import VaultClient
+from devtools.devvault import DevVault
+from devtools.fakevault import FakeVault
 from tests.conftest import API_KEYS, until_status
-from tests.fakevault import FakeVault
 
 Client = TestClient[Any, Any]
 

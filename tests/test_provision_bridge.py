@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.provision import ProvisionOptions, ProvisionResult, provision
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultInvalidRequestError, VaultNotFoundError, VaultPermissionDeniedError
 from bridge.vault.models import VaultResponse
+from devtools.devvault import DevVault
 from tests.support.vault import root_client
 
 pytestmark = pytest.mark.integration

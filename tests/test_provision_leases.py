@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from bridge.devvault import DevVault
 from bridge.policy import render_agent_policy
 from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedError
 from bridge.vault.models import VaultResponse
+from devtools.devvault import DevVault
 from tests.support.dynamic import DynamicVault, provision_dynamic, spec_dict
 from tests.support.postgres import PostgresServer, can_login, make_login_role
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devvault import free_port
 from bridge.ratelimit import MemoryRateLimiter, Quota, RateLimiter, gcra
 from bridge.ratelimit_redis import RedisRateLimiter, connect
+from devtools.devvault import free_port
 from tests.resilience.conftest import RedisServer
 
 

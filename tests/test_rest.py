@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.ratelimit import MemoryRateLimiter, Quota
 from bridge.vault.client import VaultClient
+from devtools.devvault import DevVault
 from tests.auth.conftest import hs256
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
 

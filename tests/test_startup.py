@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devvault import DevVault, free_port
+from devtools.devvault import DevVault, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

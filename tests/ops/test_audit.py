@@ -13,8 +13,8 @@ import pytest
 from bridge.app import create_app
 from bridge.audit import AuditLog
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.keys import METRICS
+from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
 from tests.ops.conftest import OpsClient
 

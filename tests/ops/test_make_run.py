@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devvault import free_port, free_port_pair, port_free
+from devtools.devvault import free_port, free_port_pair, port_free
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")]

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.devvault import DevVault
 from bridge.keys import KEEPER
 from bridge.ops.metrics import Metrics, error_kind
 from bridge.ops.stats import OpsStats
 from bridge.vault.client import CallStats
+from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB
 from tests.ops.conftest import OpsClient
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 import pytest
 
 from bridge.config import Settings
-from bridge.devvault import free_port, stop_process
+from devtools.devvault import free_port, stop_process
 from tests.conftest import API_KEYS, TEST_AGENTS
 from tests.resilience.persistent_bao import PersistentBao
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bridge.devvault import find_bao, free_port, provision_demo_sync, stop_process
+from devtools.devvault import find_bao, free_port, provision_demo_sync, stop_process
 
 
 def _http(method: str, url: str, body: Any = None, token: str | None = None,

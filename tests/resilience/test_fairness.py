@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.keys import VAULT
+from devtools.fakevault import DENIED_BODY, FakeVault
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEYS
-from tests.fakevault import DENIED_BODY, FakeVault
 
 ALICE = {"X-API-Key": API_KEY_ALICE}
 BOB = {"X-API-Key": API_KEY_BOB}

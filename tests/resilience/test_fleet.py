@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.devvault import DevVault
+from devtools.devvault import DevVault
 from tests.resilience.conftest import BridgeProcess, RedisServer
 
 pytestmark = pytest.mark.integration

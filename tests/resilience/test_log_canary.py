@@ -16,7 +16,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from bridge.devvault import DevVault, free_port
+from devtools.devvault import DevVault, free_port
 from tests.conftest import API_KEY_ALICE, API_KEYS
 from tests.resilience.conftest import BridgeProcess
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.devvault import DevVault, free_port, stop_process
+from devtools.devvault import DevVault, free_port, stop_process
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEYS
 from tests.resilience.conftest import BridgeProcess
 

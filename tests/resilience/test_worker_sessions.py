@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.devvault import DevVault
+from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEYS
 from tests.mcp.conftest import legacy_headers, rpc
 from tests.resilience.conftest import BridgeProcess

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.devvault import DevVault
 from bridge.provision import ProvisionOptions, ProvisionResult, provision
 from bridge.provision_dynamic import parse_dynamic, plan_dynamic
 from bridge.vault.client import VaultClient
+from devtools.devvault import DevVault
 from tests.support.postgres import PostgresServer, make_login_role
 from tests.support.vault import RootVault
 

@@ -1,5 +1,6 @@
-"""Vault helpers for tests: a fresh OpenBao namespace per test (no mounts, no auth methods, no policies), so a
-first provisioning run really creates everything and a second proves idempotency; and an admin client."""
+"""Vault helpers for tests: the in-process fake Vault (``fake_vault``), a fresh OpenBao namespace per test (no
+mounts, no auth methods, no policies, so a first provisioning run really creates everything and a second proves
+idempotency), and an admin client."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.vault.client import VaultClient
 from bridge.vault.models import VaultResponse
+from devtools.devvault import DevVault
+from devtools.fakevault import AiohttpServer, FakeVault
 
 
 class RootVault:
@@ -46,3 +48,11 @@ async def fresh_namespace(bao: DevVault) -> AsyncIterator[str]:
 def root_client(bao: DevVault, namespace: str = "") -> RootVault:
     """A client (``async with``) calling with the dev server's root token, in ``namespace``."""
     return RootVault(VaultClient(bao.addr, namespace=namespace), bao.root_token)
+
+@pytest.fixture
+async def fake_vault(aiohttp_server: AiohttpServer) -> AsyncIterator[FakeVault]:
+    """A started :class:`FakeVault` on a free port (stopped with the test)."""
+    fake = FakeVault()
+    await fake.start(aiohttp_server)
+    yield fake
+    await fake.stop()

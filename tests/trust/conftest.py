@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.provision import ProvisionOptions, provision
+from devtools.devvault import DevVault
 from tests.conftest import TEST_AGENTS
 
 

@@ -17,7 +17,6 @@ from pydantic import SecretStr
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault, find_bao, free_port, vault_reachable
 from bridge.keys import CHILD_TOKENS
 from bridge.provision import ProvisionOptions, provision
 from bridge.vault.auth import AppRoleLogin, StaticToken, secret_id_value
@@ -27,6 +26,7 @@ from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedE
 from bridge.vault.lifetime import TokenKeeper
 from bridge.vault.models import KvVersion
 from bridge.vault.tokens import with_token
+from devtools.devvault import DevVault, find_bao, free_port, vault_reachable
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB
 from tests.trust.conftest import BridgeCreds
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import create_app
 from bridge.auth.api_key import hashed_form
 from bridge.config import ConfigError, Settings
-from tests.fakevault import FakeVault
+from devtools.fakevault import FakeVault
 
 KEY = "carol-plaintext-key-" + "c" * 20
 

@@ -25,8 +25,8 @@ from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from bridge.app import create_app
 from bridge.auth.jwks import JwksCache, JwksError, parse_jwks
 from bridge.config import Settings
+from devtools.fakevault import FakeVault
 from tests.conftest import JWT_SECRET
-from tests.fakevault import FakeVault
 
 ISSUER = "https://idp.example"
 AUDIENCE = "vault-mcp-bridge"

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import free_port
+from devtools.devvault import free_port
 from tests.trust.pki import (
     CRAFTED,
     CRAFTED_SPIFFE,

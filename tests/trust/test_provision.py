@@ -17,11 +17,11 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.keys import KEEPER
 from bridge.provision import ProvisionError, ProvisionOptions, provision
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultCredentialError, VaultInvalidRequestError, VaultPermissionDeniedError
+from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, TEST_AGENTS
 from tests.support.vault import root_client
 

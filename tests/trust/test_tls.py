@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestServer
 
 from bridge.app import create_app
 from bridge.config import ConfigError, Settings
-from bridge.devvault import DevVault, free_port
 from bridge.tls import server_ssl_context, ssl_context_from_settings
+from devtools.devvault import DevVault, free_port
+from devtools.fakevault import FakeVault
 from tests.conftest import API_KEY_BOB, API_KEYS
-from tests.fakevault import FakeVault
 from tests.trust.pki import (
     CRAFTED,
     CRAFTED_SPIFFE,

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.keys import CHILD_TOKENS, VAULT
 from bridge.vault.errors import VaultNotFoundError, VaultPermissionDeniedError
+from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
 from tests.support.vault import RootVault, root_client
 

@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.provision import ProvisionOptions, provision
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultNotFoundError
+from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEYS
 from tests.mcp.conftest import initialize, legacy_headers, rpc
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.vault.api import quote_path
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import (
+    VaultConnectionError,
     VaultError,
     VaultHTTPError,
     VaultInvalidRequestError,
@@ -20,13 +20,16 @@ from bridge.vault.errors import (
     VaultRateLimitedError,
     VaultSealedError,
     VaultServerError,
+    VaultTimeoutError,
     VaultUnavailableError,
     VaultUnsupportedMediaError,
     error_for_status,
 )
 from bridge.vault.models import VaultResponse
-from bridge.vault.transport import AiohttpTransport
-from tests.fakevault import FakeVault
+from bridge.vault.transport import AiohttpTransport, RawAnswer
+from devtools.devvault import DevVault
+from devtools.fakevault import FakeVault
+from devtools.memvault import MemoryRequest, MemoryTransport, answer
 
 
 @pytest.mark.parametrize(("status", "errors", "cls"), [
@@ -172,3 +175,45 @@ async def test_against_openbao(bao: DevVault) -> None:
             await c.auth_token.lookup_self(token="s.not-a-token-000000000000")
         assert denied.value.errors == ["permission denied"]
         assert "s.not-a-token" not in str(denied.value)
+
+
+# -- through an in-memory transport (no socket) --------------------------------------------------------------
+
+async def test_an_in_memory_transport_drives_the_whole_client() -> None:
+    """The Transport seam: envelope and typed results, the status table with Vault's Retry-After, one retry of a
+    read after a dropped connection (never of a write), timeouts; the token only in its header."""
+    drops = {"GET": 1, "POST": 1}
+
+    def vault(request: MemoryRequest) -> RawAnswer:
+        if request.path == "sys/health":
+            raise TimeoutError
+        if request.path.startswith("secret/data/gone"):
+            return answer(404, {"errors": [], "data": {"metadata": {"version": 2, "deletion_time": "t",
+                                                                     "destroyed": False}}})
+        if request.path.startswith("secret/data/busy"):
+            return answer(429, {"errors": ["quota"]}, retry_after="7")
+        if drops.get(request.method):
+            drops[request.method] -= 1
+            raise ConnectionError("reset")
+        return answer(200, {"request_id": "r", "data": {"data": {"pw": "x"}, "metadata": {"version": 3}}})
+
+    transport = MemoryTransport(vault)
+    async with VaultClient("http://vault.test", transport=transport, timeout=1, retry_backoff=0.001) as client:
+        secret = await client.kv.read("secret", "mcp/alice/db", token="s.child")
+        assert (secret.data, secret.metadata.version) == ({"pw": "x"}, 3)
+        assert [r.method for r in transport.requests] == ["GET", "GET"]  # dropped once, retried once
+        assert transport.requests[-1].token == "s.child"
+        assert all("s.child" not in r.path and "s.child" not in str(r.query) for r in transport.requests)
+        with pytest.raises(VaultConnectionError):
+            await client.kv.write("secret", "mcp/alice/db", {"pw": "y"}, token="s.child")
+        assert [r.method for r in transport.requests].count("POST") == 1  # a write is never retried
+        with pytest.raises(VaultNotFoundError) as gone:
+            await client.kv.read("secret", "gone", token="t")
+        assert gone.value.version_meta is not None
+        assert (gone.value.version_meta.version, gone.value.version_meta.deletion_time) == (2, "t")
+        with pytest.raises(VaultRateLimitedError) as busy:
+            await client.kv.read("secret", "busy", token="t")
+        assert busy.value.retry_after == 7.0
+        with pytest.raises(VaultTimeoutError):
+            await client.sys.health()
+    assert transport.closed

@@ -19,7 +19,6 @@ from structlog.testing import capture_logs
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import free_port
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import (
     VaultConnectionError,
@@ -30,8 +29,9 @@ from bridge.vault.errors import (
     VaultTimeoutError,
     VaultUnavailableError,
 )
+from devtools.devvault import free_port
+from devtools.fakevault import POLICY_DENIED_BODY, FakeVault
 from tests.conftest import API_KEY_ALICE, API_KEYS, until, until_status
-from tests.fakevault import POLICY_DENIED_BODY, FakeVault
 from tests.mcp.conftest import modern_body, modern_headers
 
 ALICE = {"X-API-Key": API_KEY_ALICE}

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultInvalidRequestError, VaultNotFoundError
 from bridge.vault.kv import KvV2
+from devtools.devvault import DevVault
 
 pytestmark = pytest.mark.integration
 MOUNT = "secret"

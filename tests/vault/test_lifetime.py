@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bridge.devvault import DevVault
 from bridge.vault.auth import AppRoleLogin, StaticToken, secret_id_value
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultCredentialError, VaultInvalidRequestError, VaultPermissionDeniedError
@@ -29,6 +28,7 @@ from bridge.vault.lifetime import (
     plan_refresh,
     retry_delay,
 )
+from devtools.devvault import DevVault
 
 # -- the schedule (pure) -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ then overrides what any route does::
     await fake.stop(); ...; await fake.start(aiohttp_server, port=fake.port)   # connection refused, then back
 
 Every request is recorded (``fake.requests``, ``fake.calls(prefix)``), so a test can prove that nothing
-reached Vault. Use the ``fake_vault`` fixture (registered in ``tests/conftest.py``), or build one yourself::
+reached Vault. Tests use the ``fake_vault`` fixture (``tests/support/vault.py``), or build one themselves::
 
     fake = FakeVault()
     await fake.start(aiohttp_server)
@@ -28,12 +28,11 @@ import base64
 import fnmatch
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -107,7 +106,8 @@ class FakeVault:
     """A fake Vault server. State lives on this object; ``start`` builds a fresh app each time."""
 
     def __init__(self, *, root_token: str | None = None, role_id: str = "fake-role-id",
-                 secret_id: str = "fake-secret-id", approle_ttl: int = 3600, kv_mount: str = "secret",
+                 secret_id: str = "fake-secret-id",  # noqa: S107 - the fake's own test credential
+                 approle_ttl: int = 3600, kv_mount: str = "secret",
                  transit_mount: str = "transit", version: str = "2.7.2-fake") -> None:
         self.root_token = root_token or "fake-root-" + secrets.token_hex(8)
         self.role_id = role_id
@@ -400,12 +400,3 @@ def _respond(status: int, body: Any, headers: Mapping[str, str] | None = None) -
         return web.Response(status=status, body=body.encode() if isinstance(body, str) else body,
                             headers=dict(headers or {}))
     return web.json_response(body, status=status, headers=dict(headers or {}))
-
-
-@pytest.fixture
-async def fake_vault(aiohttp_server: AiohttpServer) -> AsyncIterator[FakeVault]:
-    """A started :class:`FakeVault` on a free port (stopped with the test)."""
-    fake = FakeVault()
-    await fake.start(aiohttp_server)
-    yield fake
-    await fake.stop()
