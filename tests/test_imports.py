@@ -96,3 +96,18 @@ def test_services_and_the_executor_know_no_aiohttp(layer: str) -> None:
     for name, path in MODULES.items():
         if name == layer or name.startswith(layer + "."):
             assert not [dep for dep in imported(name, path) if dep.split(".")[0] == "aiohttp"], name
+
+
+def test_every_runtime_dependency_is_imported_and_authlib_is_none() -> None:
+    """``install_requires`` lists what ``bridge/`` imports (README, Dependencies): joserfc for JOSE, no authlib."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    required = {line.split(">=")[0].split("[")[0].strip().lower()
+                for line in config["options"]["install_requires"].splitlines() if line.strip()}
+    modules = {dep.split(".")[0] for name, path in MODULES.items() for dep in imported(name, path)}
+    import_names = {"aiohttp-jinja2": "aiohttp_jinja2", "prometheus-client": "prometheus_client", "pyyaml": "yaml"}
+    assert "authlib" not in required
+    assert "authlib" not in modules
+    assert {import_names.get(pkg, pkg) for pkg in required} <= modules

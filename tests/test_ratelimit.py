@@ -22,7 +22,7 @@ import pytest
 from bridge.ratelimit import MemoryRateLimiter, Quota, RateLimiter, gcra
 from bridge.ratelimit_redis import RedisRateLimiter, connect
 from devtools.devvault import free_port
-from tests.resilience.conftest import RedisServer
+from tests.support.servers import RedisServer
 
 
 class Clock:

@@ -15,8 +15,7 @@ from bridge.ops.metrics import Metrics, error_kind
 from bridge.ops.stats import OpsStats
 from bridge.vault.client import CallStats
 from devtools.devvault import DevVault
-from tests.conftest import API_KEY_ALICE, API_KEY_BOB
-from tests.ops.conftest import OpsClient
+from tests.conftest import API_KEY_ALICE, API_KEY_BOB, OpsClient
 
 pytestmark = pytest.mark.integration
 

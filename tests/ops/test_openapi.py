@@ -14,8 +14,7 @@ from openapi_spec_validator import validate
 from bridge.keys import PUBLIC_ROUTES
 from bridge.operations import default_registry
 from bridge.ops.openapi import EXCLUDED_ROUTES, build_openapi, documented_routes, rows
-from tests.conftest import API_KEY_ALICE
-from tests.ops.conftest import OpsClient
+from tests.conftest import API_KEY_ALICE, OpsClient
 
 FUZZ_SEED = os.environ.get("OPS_FUZZ_SEED", "20261128")
 FUZZ_EXAMPLES = os.environ.get("OPS_FUZZ_EXAMPLES", "10")

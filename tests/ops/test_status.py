@@ -14,8 +14,7 @@ from bridge.logging import safe_url
 from bridge.ops.stats import MinuteRow
 from bridge.ops.status import chart
 from devtools.devvault import DevVault
-from tests.conftest import API_KEY_ALICE, API_KEY_BOB
-from tests.ops.conftest import OpsClient
+from tests.conftest import API_KEY_ALICE, API_KEY_BOB, OpsClient
 
 pytestmark = pytest.mark.integration
 

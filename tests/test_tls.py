@@ -22,7 +22,7 @@ from bridge.tls import server_ssl_context, ssl_context_from_settings
 from devtools.devvault import DevVault, free_port
 from devtools.fakevault import FakeVault
 from tests.conftest import API_KEY_BOB, API_KEYS
-from tests.trust.pki import (
+from tests.support.pki import (
     CRAFTED,
     CRAFTED_SPIFFE,
     SPIFFE_DOMAIN,

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import API_KEY_ALICE, API_KEYS
-from tests.resilience.conftest import BridgeProcess
+from tests.support.servers import BridgeProcess
 
 
 def _connect_refused(port: int) -> bool:

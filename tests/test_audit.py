@@ -15,8 +15,7 @@ from bridge.audit import AuditLog
 from bridge.config import Settings
 from bridge.keys import METRICS
 from devtools.devvault import DevVault
-from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
-from tests.ops.conftest import OpsClient
+from tests.conftest import API_KEY_ALICE, API_KEY_READONLY, OpsClient
 
 pytestmark = pytest.mark.integration
 

@@ -38,7 +38,7 @@ import aiohttp
 import pytest
 
 from devtools.devvault import DevVault
-from tests.resilience.conftest import BridgeProcess, RedisServer
+from tests.support.servers import BridgeProcess, RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from bridge.keys import LIMITER
 from bridge.ratelimit import Quota
 from bridge.ratelimit_redis import RedisRateLimiter, connect
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEYS
-from tests.resilience.conftest import BridgeProcess, RedisServer
+from tests.support.servers import BridgeProcess, RedisServer
 
 ALICE = {"X-API-Key": API_KEY_ALICE}
 

@@ -21,7 +21,7 @@ from bridge.keys import KEEPER, VAULT
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultConnectionError, VaultTimeoutError
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, until_status
-from tests.resilience.persistent_bao import PersistentBao
+from tests.support.persistent_bao import PersistentBao
 
 pytestmark = pytest.mark.integration
 

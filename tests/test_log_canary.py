@@ -18,7 +18,7 @@ import pytest
 
 from devtools.devvault import DevVault, free_port
 from tests.conftest import API_KEY_ALICE, API_KEYS
-from tests.resilience.conftest import BridgeProcess
+from tests.support.servers import BridgeProcess
 
 pytestmark = pytest.mark.integration
 

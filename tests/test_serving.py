@@ -27,7 +27,7 @@ import pytest
 
 from devtools.devvault import DevVault, free_port, stop_process
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEYS
-from tests.resilience.conftest import BridgeProcess
+from tests.support.servers import BridgeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,7 @@ def _start_quiet(env: dict[str, str]) -> subprocess.Popen[bytes]:
 async def test_tls_handshake_is_bounded_too(bao: DevVault, tmp_path: Path) -> None:
     """Native TLS: sockets that never start (or never finish) the handshake are closed after
     HEADER_READ_TIMEOUT, not asyncio's 60 s; a TLS client beside them is served."""
-    from tests.trust.pki import client_context, issue, make_ca
+    from tests.support.pki import client_context, issue, make_ca
 
     ca = make_ca(tmp_path)
     server = issue(tmp_path, ca, "server", cn="localhost", server=True)

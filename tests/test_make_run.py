@@ -30,7 +30,7 @@ from devtools.devvault import free_port, free_port_pair, port_free
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEV_RUN = ROOT / "scripts" / "dev_run.py"
 READY_WITHIN = 90.0
 GONE_WITHIN = 60.0

@@ -28,7 +28,7 @@ from bridge.vault.models import KvVersion
 from bridge.vault.tokens import with_token
 from devtools.devvault import DevVault, find_bao, free_port, vault_reachable
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB
-from tests.trust.conftest import BridgeCreds
+from tests.support.approle import BridgeCreds
 
 pytestmark = pytest.mark.integration
 
