@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -22,6 +23,8 @@ from pydantic import SecretStr
 
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain, build_auth_chain
+from bridge.auth.jwks import JwksCache
+from bridge.auth.keyfile import ApiKeyFile
 from bridge.config import Settings
 from bridge.edge import edge_middleware
 from bridge.inflight import InflightLimiter
@@ -57,7 +60,7 @@ from bridge.operations import Executor, Registry, default_registry
 from bridge.ops.metrics import Metrics, metrics_middleware
 from bridge.ops.openapi import build_openapi
 from bridge.ops.stats import OpsStats
-from bridge.ops.status import setup_ops_routes
+from bridge.ops.status import setup_ops_routes, setup_templates
 from bridge.ops.tracing import Tracing, tracing_middleware
 from bridge.probe import VaultProbe, running
 from bridge.ratelimit import MemoryRateLimiter, RateLimiter
@@ -119,6 +122,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
                                         limiter=limiter if settings.rate_limit_enabled else None,
                                         observe=metrics.operation)
     probe = app[PROBE] = VaultProbe(vault, keeper, settings.ready_probe_interval)
+    setup_templates(app)
 
     # routes
     rest = RestApi(registry, executor, max_body_bytes=settings.max_body_bytes,
@@ -150,12 +154,16 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     ]
     app.middlewares.extend(middlewares)
 
-    app.cleanup_ctx.append(_audit_ctx(audit))
+    app.cleanup_ctx.append(_resource_ctx(audit.open, audit.close))  # an unwritable AUDIT_LOG stops start-up
     if tracing is not None:
-        app.cleanup_ctx.append(_tracing_ctx(tracing))
-    app.cleanup_ctx.append(_jwks_ctx(auth))
-    app.cleanup_ctx.append(_api_keys_file_ctx(auth))
-    app.cleanup_ctx.append(_limiter_ctx(limiter))
+        app.cleanup_ctx.append(_resource_ctx(tracing.start, tracing.shutdown))
+    if auth.jwks is not None:
+        app.cleanup_ctx.append(_jwks_ctx(auth.jwks))
+    if auth.api_keys_file is not None:
+        app.cleanup_ctx.append(_api_keys_file_ctx(auth.api_keys_file))
+    close_limiter = getattr(limiter, "close", None)  # a shared limiter's pool (Redis)
+    if close_limiter is not None:
+        app.cleanup_ctx.append(_resource_ctx(lambda: None, close_limiter))
     app.cleanup_ctx.append(_vault_ctx(settings, auth, vault, keeper, children, probe))
     return app
 
@@ -201,38 +209,25 @@ def _log_breaker(old: str, new: str) -> None:
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def _audit_ctx(audit: AuditLog) -> CleanupCtx:
-    """Open the audit target at startup (an unwritable AUDIT_LOG stops the bridge), close it at shutdown."""
+def _resource_ctx(start: Callable[[], object], stop: Callable[[], object]) -> CleanupCtx:
+    """``start()`` at startup (raising stops it), ``stop()`` at cleanup (awaited when it is a coroutine)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        audit.open()
+        start()
         try:
             yield
         finally:
-            audit.close()
+            stopped = stop()
+            if inspect.isawaitable(stopped):
+                await stopped
 
     return ctx
 
 
-def _tracing_ctx(tracing: Tracing) -> CleanupCtx:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tracing.start()
-        try:
-            yield
-        finally:
-            await tracing.shutdown()
-
-    return ctx
-
-
-def _jwks_ctx(auth: AuthChain) -> CleanupCtx:
+def _jwks_ctx(jwks: JwksCache) -> CleanupCtx:
     """The JWK Set's HTTP session (URL source) and its first load; a failed load is retried on demand."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        jwks = auth.jwks
-        if jwks is None:
-            yield
-            return
         session = None
         if jwks.url:
             session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=jwks.timeout),
@@ -249,31 +244,13 @@ def _jwks_ctx(auth: AuthChain) -> CleanupCtx:
     return ctx
 
 
-def _api_keys_file_ctx(auth: AuthChain) -> CleanupCtx:
+def _api_keys_file_ctx(watcher: ApiKeyFile) -> CleanupCtx:
     """``API_KEYS_FILE``: its watcher task (re-reads the file when it changes; SIGHUP wakes it, see cli.serve)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        watcher = auth.api_keys_file
-        if watcher is None:
-            yield
-            return
         await watcher.prime()
         async with _background(watcher.run(), "api-keys-file-watcher"):
             yield
-
-    return ctx
-
-
-def _limiter_ctx(limiter: RateLimiter) -> CleanupCtx:
-    """A shared limiter's connection pool (Redis) lives as long as the app."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            close = getattr(limiter, "close", None)
-            if close is not None:
-                await close()
 
     return ctx
 

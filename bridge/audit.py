@@ -8,7 +8,7 @@ operation, the relative path / list prefix / Transit key name, the version(s) in
 ``code`` and HTTP status, and the id Vault gave its last call. Never a value, plaintext, ciphertext or
 token: the record is built from an allow-list of fields, not from the request.
 
-Durability: every record is written and flushed to the operating system before the service method returns,
+Durability: every record is written and flushed to the operating system before the operation returns,
 so a write Vault acknowledged is in the audit file before the client hears about it, and survives a crash
 of the bridge. With ``AUDIT_FSYNC=true`` the file is also ``fsync``-ed (in a worker thread) before
 returning, which survives a crash of the host too, at the price of a disk sync per operation. If the record
@@ -148,7 +148,7 @@ class AuditLog:
                 "fix AUDIT_LOG. Check the result (e.g. read the secret) before retrying.") from None
 
     async def refusal(self, identity: Identity, operation: str | None, err: BridgeError, *, route: str) -> None:
-        """The record of an operation refused outside a service method (see the module docstring); a failed
+        """The record of a refusal that reached no operation (see the module docstring); a failed
         write is logged and counted, and the refusal's own answer stands."""
         if not self.enabled:
             return

@@ -18,7 +18,7 @@
     └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error /
                                      child_token_unavailable
 
-Rendering happens in one place per protocol, ``bridge.middlewares.error_renderer``: REST JSON everywhere,
+Rendering happens in one place per protocol, ``bridge.middlewares.render_error``: REST JSON everywhere,
 a JSON-RPC error body on ``/mcp`` (``bridge.mcp.protocol``); a failing MCP tool is an ``isError`` result
 (``bridge.mcp.server``). No error text ever carries a secret value or a token, and Vault's own text of a 5xx
 answer is logged, never relayed: the agent gets a fixed message and the request id.

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bridge.config import IDENT_RE, MAX_TRANSIT_BATCH, TRANSIT_KEY_TYPES
+from bridge.config import IDENT_RE, MAX_TRANSIT_BATCH
 from bridge.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,9 +21,6 @@ M = TypeVar("M", bound=BaseModel)
 MAX_VERSIONS = 100
 MAX_VERSION = 999_999_999
 """The largest version number (and ``cas``) accepted, REST and MCP alike: nine digits, as ``?version=``."""
-# JSON-schema hints for the OpenAPI document (validation itself is done by the validators below)
-KEY_PATTERN = IDENT_RE.pattern.replace("\\Z", "$")  # ECMA-262 has no \Z
-BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 class _Strict(BaseModel):
@@ -113,7 +110,6 @@ def _key_name(value: str) -> str:
 # of items, answered per item in ``batch_results``: a failed item carries ``error``, the others succeed).
 
 MAX_BATCH = MAX_TRANSIT_BATCH  # the schema's bound; TRANSIT_MAX_BATCH (default 100) is enforced by the service
-KEY_TYPES = TRANSIT_KEY_TYPES  # TRANSIT_ALLOWED_KEY_TYPES (a subset) is enforced by the service
 KeyType = Literal["aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384",
                   "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096", "hmac"]
 HMAC_KEY_SIZES = (32, 512)  # bytes; Vault's own bounds for an hmac key

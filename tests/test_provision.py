@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -32,11 +31,8 @@ AGENTS = ["alice", "bob"]
 
 
 @pytest.fixture
-async def namespace(bao: DevVault) -> AsyncIterator[str]:
-    name = "prov" + secrets.token_hex(4)
-    async with root_client(bao) as root:
-        await root.request("POST", f"sys/namespaces/{name}", operation="test.ns", json_body={})
-        yield name
+def namespace(fresh_namespace: str) -> str:
+    return fresh_namespace
 
 
 async def run(bao: DevVault, namespace: str, **kw: Any) -> Any:

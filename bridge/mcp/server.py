@@ -224,7 +224,7 @@ class McpEndpoint:
                 msg_id = (await peek_message(request)).id  # refused before reading (406, 415): a bounded peek
             return rpc_error(msg_id if msg_id is not None else err.request_id, err)
         except (web.HTTPException, BridgeError):
-            raise  # HTTP-level answers (413 ...) rendered by error_renderer
+            raise  # HTTP-level answers (413, 403 insufficient_scope, 429 ...) rendered by the error middleware
         except Exception:
             log.exception("mcp.unhandled_error")
             return rpc_error(msg_id, RpcError(INTERNAL_ERROR, "Internal error; the request id identifies it in the "

@@ -43,6 +43,10 @@ Arguments = Mapping[str, Any] | Callable[[], Awaitable[Mapping[str, Any]]]
 Observer = Callable[[str, str, str], None]
 """``(operation, transport, outcome)``: ``ok`` or the error code, once per executed operation."""
 
+_NO_IDS: list[str] = []
+"""Never filled (no audit, no Vault request ids kept)."""
+_MAX_ITEMS = 100
+"""The most items of a list field kept in a record (a refused request's raw list may be longer)."""
 _RESULT_VERSION = ("version", "key_version", "current_version")
 """Output fields recorded as the audit record's ``version`` when the input did not name one."""
 
@@ -103,8 +107,9 @@ class Executor:
     async def execute(self, op: AnyOperation, call: Call, arguments: Arguments) -> BaseModel:
         bound = self._bound[op.name]
         identity = call.identity
+        audit = self._audit
         started = time.perf_counter()
-        ids: list[str] = []
+        ids: list[str] = [] if audit is not None else _NO_IDS  # Vault's request ids, for the audit record
         try:
             if not op.allowed(identity):
                 raise _scope_error(op, call)
@@ -116,7 +121,6 @@ class Executor:
             await self._failed(bound, call, None, arguments, exc, started, ids)
             raise
         args: Any = None
-        audit = self._audit
         reset = audit.vault_ids.set(ids) if audit is not None else None
         try:
             args = parse(op.input, arguments)
@@ -178,7 +182,7 @@ class Executor:
             elif isinstance(value, int) and not isinstance(value, bool):
                 entry[name] = value
             elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                entry[name] = list(value)
+                entry[name] = value[:_MAX_ITEMS]
         return entry
 
 

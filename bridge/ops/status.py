@@ -37,12 +37,15 @@ CHART_WIDTH = 600
 CHART_HEIGHT = 120
 
 
+def setup_templates(app: web.Application) -> None:
+    """The status page's jinja2 environment (autoescaped; an undefined name is an error)."""
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bridge", "templates"),
+                         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+
+
 def setup_ops_routes(app: web.Application, document: dict[str, Any]) -> frozenset[str]:
     """``/metrics``, ``/status`` and ``/openapi.json`` (serving ``document``); returns their names (public: no
-    agent identity; ``/status`` checks its own access)."""
-    if aiohttp_jinja2.APP_KEY not in app:
-        aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bridge", "templates"),
-                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+    agent identity; ``/status`` checks its own access). The page's templates: :func:`setup_templates`."""
     r = app.router
     r.add_get("/metrics", metrics_handler(app[METRICS]), name="metrics")
     r.add_get("/status", status_handler, name="status")

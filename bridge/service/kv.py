@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
 from bridge.auth.identity import Identity
 from bridge.errors import BridgeError, ConflictError, NotFoundError
 from bridge.models import (
@@ -22,6 +25,13 @@ from bridge.paths import validate_path, validate_prefix
 from bridge.service.access import VaultAccess
 from bridge.vault.errors import VaultNotFoundError
 from bridge.vault.models import KvMetadata, KvSecret, KvVersion
+
+
+class _Put(Protocol):
+    """``KvV2.write`` or ``KvV2.patch``."""
+
+    def __call__(self, mount: str, path: str, data: dict[str, Any], *, token: str,
+                 cas: int | None = None) -> Awaitable[KvVersion]: ...
 
 
 class KvService:
@@ -58,60 +68,30 @@ class KvService:
                          custom_metadata=meta.custom_metadata)
 
     async def write(self, identity: Identity, args: KvWriteArgs) -> WriteOut:
-        path = validate_path(args.path)
-        full = self._access.kv_path(identity, path)
-
-        async def go(token: str) -> KvVersion:
-            return await self._vault.kv.write(self._mount, full, args.data, cas=args.cas, token=token)
-
-        try:
-            meta = await self._access.call(identity, "the write", go)
-        except ConflictError as exc:
-            raise await self._cas_conflict(identity, full, path, args.cas, exc) from None
+        path, meta = await self._new_version(identity, args.path, args.cas, "the write", self._vault.kv.write,
+                                             args.data)
         return WriteOut(path=path, data=args.data, version=meta.version, created_time=meta.created_time)
 
     async def patch(self, identity: Identity, args: KvPatchArgs) -> PatchOut:
-        path = validate_path(args.path)
-        full = self._access.kv_path(identity, path)
-
-        async def go(token: str) -> KvVersion:
-            return await self._vault.kv.patch(self._mount, full, args.data, cas=args.cas, token=token)
-
         try:
-            meta = await self._access.call(identity, "the patch", go)
-        except ConflictError as exc:
-            raise await self._cas_conflict(identity, full, path, args.cas, exc) from None
+            path, meta = await self._new_version(identity, args.path, args.cas, "the patch", self._vault.kv.patch,
+                                                 args.data)
         except NotFoundError:
-            raise NotFoundError(f"No secret at '{path}' to patch (or its latest version is deleted); "
+            raise NotFoundError(f"No secret at '{args.path}' to patch (or its latest version is deleted); "
                                 "write it first.") from None
         return PatchOut(path=path, version=meta.version, created_time=meta.created_time)
 
     async def delete(self, identity: Identity, args: PathArgs) -> OkOut:
-        full = self._access.kv_path(identity, validate_path(args.path))
-
-        async def go(token: str) -> None:
-            await self._vault.kv.delete_latest(self._mount, full, token=token)
-
-        await self._access.call(identity, "the delete", go)
-        return OkOut(ok=True)
+        return await self._change(identity, args.path, "the delete",
+                                  lambda full, token: self._vault.kv.delete_latest(self._mount, full, token=token))
 
     async def undelete(self, identity: Identity, args: KvVersionsArgs) -> OkOut:
-        full = self._access.kv_path(identity, validate_path(args.path))
-
-        async def go(token: str) -> None:
-            await self._vault.kv.undelete(self._mount, full, args.versions, token=token)
-
-        await self._access.call(identity, "the undelete", go)
-        return OkOut(ok=True)
+        return await self._change(identity, args.path, "the undelete", lambda full, token: self._vault.kv.undelete(
+            self._mount, full, args.versions, token=token))
 
     async def destroy(self, identity: Identity, args: KvVersionsArgs) -> OkOut:
-        full = self._access.kv_path(identity, validate_path(args.path))
-
-        async def go(token: str) -> None:
-            await self._vault.kv.destroy(self._mount, full, args.versions, token=token)
-
-        await self._access.call(identity, "the destroy", go)
-        return OkOut(ok=True)
+        return await self._change(identity, args.path, "the destroy", lambda full, token: self._vault.kv.destroy(
+            self._mount, full, args.versions, token=token))
 
     async def list_keys(self, identity: Identity, args: KvListArgs) -> ListOut:
         prefix = validate_prefix(args.prefix)
@@ -136,6 +116,26 @@ class KvService:
         return MetadataOut(current_version=meta.current_version, oldest_version=meta.oldest_version,
                            created_time=meta.created_time, updated_time=meta.updated_time, versions=meta.versions,
                            custom_metadata=meta.custom_metadata)
+
+    async def _new_version(self, identity: Identity, path: str, cas: int | None, what: str, put: _Put,
+                           data: dict[str, Any]) -> tuple[str, KvVersion]:
+        """A new version by ``put`` (write or patch): the validated path and the version's metadata; a
+        check-and-set mismatch names the secret's current version."""
+        path = validate_path(path)
+        full = self._access.kv_path(identity, path)
+        try:
+            meta = await self._access.call(identity, what,
+                                           lambda token: put(self._mount, full, data, cas=cas, token=token))
+        except ConflictError as exc:
+            raise await self._cas_conflict(identity, full, path, cas, exc) from None
+        return path, meta
+
+    async def _change(self, identity: Identity, path: str, what: str,
+                      change: Callable[[str, str], Awaitable[None]]) -> OkOut:
+        """``change(full_path, token)`` on the agent's secret at ``path`` (an answer without data)."""
+        full = self._access.kv_path(identity, validate_path(path))
+        await self._access.call(identity, what, lambda token: change(full, token))
+        return OkOut(ok=True)
 
     # -- telling errors apart ------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ Creating a key (``transit_create_key``, or an encrypt naming a key that does not
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -48,6 +49,8 @@ from bridge.models import (
 from bridge.service.access import VaultAccess
 from bridge.vault.errors import VaultError, VaultPermissionDeniedError
 from bridge.vault.models import TransitItem, TransitKey, TransitResult
+
+Out = TypeVar("Out", bound=BaseModel)
 
 
 def batch_results(items: tuple[TransitItem, ...], expected: int) -> list[dict[str, Any]]:
@@ -91,41 +94,28 @@ class TransitService:
     # -- the operations --------------------------------------------------------------------------------
 
     async def encrypt(self, identity: Identity, args: EncryptBody) -> EncryptOut:
-        out, batch = await self._transit(identity, "encrypt", "the encryption", args)
-        if batch is not None:
-            return EncryptOut(batch_results=batch)
-        return EncryptOut(ciphertext=out.ciphertext or "", key_version=out.key_version or 0)
+        return await self._transit(identity, "encrypt", "the encryption", args, EncryptOut, lambda r: EncryptOut(
+            ciphertext=r.ciphertext or "", key_version=r.key_version or 0))
 
     async def decrypt(self, identity: Identity, args: DecryptBody) -> DecryptOut:
-        out, batch = await self._transit(identity, "decrypt", "the decryption", args)
-        if batch is not None:
-            return DecryptOut(batch_results=batch)
-        return DecryptOut(plaintext=out.plaintext or "")
+        return await self._transit(identity, "decrypt", "the decryption", args, DecryptOut,
+                                   lambda r: DecryptOut(plaintext=r.plaintext or ""))
 
     async def rewrap(self, identity: Identity, args: RewrapBody) -> RewrapOut:
-        out, batch = await self._transit(identity, "rewrap", "the rewrap", args)
-        if batch is not None:
-            return RewrapOut(batch_results=batch)
-        return RewrapOut(ciphertext=out.ciphertext or "", key_version=out.key_version or 0)
+        return await self._transit(identity, "rewrap", "the rewrap", args, RewrapOut, lambda r: RewrapOut(
+            ciphertext=r.ciphertext or "", key_version=r.key_version or 0))
 
     async def sign(self, identity: Identity, args: SignBody) -> SignOut:
-        out, batch = await self._transit(identity, "sign", "the signing", args, algorithm=args.hash_algorithm)
-        if batch is not None:
-            return SignOut(batch_results=batch)
-        return SignOut(signature=out.signature or "", key_version=out.key_version or 0)
+        return await self._transit(identity, "sign", "the signing", args, SignOut, lambda r: SignOut(
+            signature=r.signature or "", key_version=r.key_version or 0), algorithm=args.hash_algorithm)
 
     async def verify(self, identity: Identity, args: VerifyBody) -> VerifyOut:
-        out, batch = await self._transit(identity, "verify", "the verification", args,
-                                         algorithm=args.hash_algorithm)
-        if batch is not None:
-            return VerifyOut(batch_results=batch)
-        return VerifyOut(valid=bool(out.valid))
+        return await self._transit(identity, "verify", "the verification", args, VerifyOut,
+                                   lambda r: VerifyOut(valid=bool(r.valid)), algorithm=args.hash_algorithm)
 
     async def hmac_of(self, identity: Identity, args: HmacBody) -> HmacOut:
-        out, batch = await self._transit(identity, "hmac", "the HMAC", args, algorithm=args.hash_algorithm)
-        if batch is not None:
-            return HmacOut(batch_results=batch)
-        return HmacOut(hmac=out.hmac or "")
+        return await self._transit(identity, "hmac", "the HMAC", args, HmacOut, lambda r: HmacOut(hmac=r.hmac or ""),
+                                   algorithm=args.hash_algorithm)
 
     async def random_bytes(self, identity: Identity, args: RandomBody) -> RandomOut:
         async def go(token: str) -> str:
@@ -158,10 +148,10 @@ class TransitService:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    async def _transit(self, identity: Identity, op: str, what: str, args: BaseModel, *,
-                       algorithm: str | None = None) -> tuple[TransitItem, list[dict[str, Any]] | None]:
-        """One Transit operation on the caller's key: the single result, or (with ``batch_input``) the results
-        per item (see the module docstring)."""
+    async def _transit(self, identity: Identity, op: str, what: str, args: BaseModel, output: type[Out],
+                       single: Callable[[TransitItem], Out], *, algorithm: str | None = None) -> Out:
+        """One Transit operation on the caller's key: ``single(result)``, or (with ``batch_input``) ``output``
+        with the results per item (see the module docstring)."""
         name = str(getattr(args, "key"))  # noqa: B009 - every transit input has it
         key = self.vault_key(identity, name)
         payload = args.model_dump(exclude_none=True, exclude={"key", "hash_algorithm", "batch_input"})
@@ -190,10 +180,10 @@ class TransitService:
                     "/transit/encrypt) creates an encryption key on first use, transit_create_key (POST "
                     "/transit/keys) a key of any type.", code="key_not_found", extra={"key": name}) from None
         if items is None:
-            return out.single or TransitItem(), None
+            return single(out.single or TransitItem())
         answers = iter(batch_results(out.batch or (), len(valid)) if valid else [])
-        return TransitItem(), [item.model_dump(exclude_none=True) if isinstance(item, BatchItemError)
-                               else next(answers) for item in items]
+        return output(batch_results=[item.model_dump(exclude_none=True) if isinstance(item, BatchItemError)
+                                     else next(answers) for item in items])
 
     async def _key_exists(self, identity: Identity, key: str) -> bool:
         """Whether Transit key ``key`` exists, asked with the agent's token (False: missing or cannot tell)."""
