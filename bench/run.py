@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.devvault import DevVault, free_port, provision_demo_sync, start_dev_vault, stop_process
+from devtools.devvault import DevVault, free_port, provision_demo_sync, start_dev_vault, stop_process
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -494,7 +494,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def _bao() -> str:
-    from bridge.devvault import find_bao
+    from devtools.devvault import find_bao
 
     return find_bao()
 

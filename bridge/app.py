@@ -1,154 +1,287 @@
-"""The app factory: ``create_app(settings)`` builds the whole service; resources live in ``cleanup_ctx``."""
+"""The app factory: ``create_app(settings)`` builds the whole service.
+
+It makes all core state (the Vault client, the bridge's token keeper, the child-token broker, the services, the
+operation registry and its executor, the limiters, metrics, audit, tracing), defines the middleware order once,
+and lets the ``setup_*`` functions add routes. ``cleanup_ctx`` only starts and stops what runs in the background
+(the token keeper, the readiness probe, the ``API_KEYS_FILE`` watcher, the JWK Set session) and closes resources
+at shutdown. Nothing is module-level: two apps in one process share nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import SecretStr
 
-from bridge.auth import build_auth_chain
+from bridge.audit import AuditLog
+from bridge.auth import AuthChain, build_auth_chain
+from bridge.auth.jwks import JwksCache
+from bridge.auth.keyfile import ApiKeyFile
 from bridge.config import Settings
-from bridge.edge import edge_middleware_for
+from bridge.edge import edge_middleware
 from bridge.inflight import InflightLimiter
-from bridge.keys import AUDIT, AUTH, INFLIGHT, KEEPER, LIMITER, METRICS, PROBE, PUBLIC_ROUTES, SERVICE, SETTINGS, VAULT
+from bridge.keys import (
+    AUDIT,
+    AUTH,
+    CHILD_TOKENS,
+    EXECUTOR,
+    INFLIGHT,
+    KEEPER,
+    LIMITER,
+    METRICS,
+    OPS_STATS,
+    PROBE,
+    PUBLIC_ROUTES,
+    REGISTRY,
+    SETTINGS,
+    VAULT,
+)
 from bridge.logging import safe_url
-from bridge.mcp.metadata import setup_metadata_routes
-from bridge.mcp.server import setup_mcp_routes
-from bridge.metrics import metrics_middleware
+from bridge.mcp.metadata import Challenges, setup_metadata_routes
+from bridge.mcp.server import McpEndpoint, session_codec, setup_mcp_routes
+from bridge.mcp.tools import McpTools
 from bridge.middlewares import (
-    error_renderer,
+    error_middleware,
     identity_middleware,
     inflight_middleware,
+    is_mcp,
     rate_limit_middleware,
-    request_context,
+    request_context_middleware,
 )
+from bridge.operations import Executor, Registry, default_registry
+from bridge.ops.metrics import Metrics, metrics_middleware
+from bridge.ops.openapi import build_openapi
+from bridge.ops.stats import OpsStats
+from bridge.ops.status import setup_ops_routes, setup_templates
+from bridge.ops.tracing import Tracing, tracing_middleware
 from bridge.probe import VaultProbe, running
-from bridge.ratelimit import MemoryRateLimiter
-from bridge.ratelimit_redis import redis_limiter_ctx
-from bridge.rest import setup_routes
-from bridge.service import SecretService
-from bridge.status import ops_vault_observer, setup_operations
+from bridge.ratelimit import MemoryRateLimiter, RateLimiter
+from bridge.ratelimit_redis import redis_limiter
+from bridge.rest import RestApi, setup_routes
+from bridge.routing import MCP_MESSAGE
+from bridge.service import VaultAccess, build_services
 from bridge.vault import TokenKeeper, VaultClient
+from bridge.vault.auth import (
+    AppRoleLogin,
+    AuthMethod,
+    StaticToken,
+    secret_id_from_file,
+    secret_id_from_wrapping_token,
+    secret_id_value,
+)
 from bridge.vault.breaker import CircuitBreaker
 from bridge.vault.childtokens import ChildTokenBroker
-from bridge.vault.lifetime import SecretIdSource, secret_id_from_file, secret_id_from_wrapping_token
+from bridge.vault.client import CallStats
 
 log = structlog.get_logger("bridge.app")
+
+
+def create_app(settings: Settings, *, registry: Registry | None = None,
+               limiter: RateLimiter | None = None) -> web.Application:
+    """The service for ``settings``. ``registry`` defaults to the bridge's own operations, ``limiter`` to the one
+    ``RATE_LIMIT_BACKEND`` names (tests add operations, or a limiter with their own clock)."""
+    registry = registry if registry is not None else default_registry()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    auth = app[AUTH] = build_auth_chain(settings)
+    metrics = app[METRICS] = Metrics(agent_labels=settings.metrics_agent_labels)
+    stats = app[OPS_STATS] = OpsStats()
+    audit = app[AUDIT] = AuditLog(settings.audit_log, fsync=settings.audit_fsync, on_failure=metrics.audit_failures.inc)
+    tracing = Tracing(settings.otel_exporter_otlp_endpoint, settings.otel_service_name) \
+        if settings.otel_exporter_otlp_endpoint else None
+    limiter = app[LIMITER] = limiter if limiter is not None else _limiter(settings)
+    inflight = app[INFLIGHT] = InflightLimiter(settings.agent_max_inflight, settings.agent_inflight_wait)
+
+    # Vault: the client, the bridge's token, the agents' tokens, the services and the one executor
+    observers = [metrics.observe_vault, audit.note_vault_call, *([tracing.vault_span] if tracing else [])]
+    vault = app[VAULT] = VaultClient(
+        settings.vault_addr, namespace=settings.vault_namespace, timeout=settings.vault_timeout,
+        cacert=settings.vault_cacert, pool_size=settings.vault_pool_size, observer=_fan_out(*observers),
+        breaker=CircuitBreaker(settings.vault_breaker_threshold, settings.vault_breaker_cooldown,
+                               on_change=_log_breaker))
+    keeper = app[KEEPER] = TokenKeeper(vault, auth_method(settings, vault), on_event=metrics.token_event)
+    children = None
+    if settings.child_token_enabled:
+        children = app[CHILD_TOKENS] = ChildTokenBroker(
+            vault, keeper, role=settings.child_role, token_type=settings.child_token_type,
+            ttl=settings.child_token_ttl, policy_prefix=settings.child_token_policy_prefix,
+            reuse_seconds=settings.child_reuse_seconds, cache_size=settings.child_token_cache_size)
+        metrics.watch_child_tokens(children.stats)
+    access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children)
+    services = build_services((op.service for op in registry), access)
+    executor = app[EXECUTOR] = Executor(registry, services, audit=audit,
+                                        limiter=limiter if settings.rate_limit_enabled else None,
+                                        observe=metrics.operation)
+    probe = app[PROBE] = VaultProbe(vault, keeper, settings.ready_probe_interval)
+    setup_templates(app)
+
+    # routes
+    rest = RestApi(registry, executor, max_body_bytes=settings.max_body_bytes,
+                   max_json_depth=settings.max_json_depth)
+    tools = McpTools(registry, executor)
+    challenges = Challenges(settings)
+    public = app[PUBLIC_ROUTES] = (
+        setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
+        | setup_ops_routes(app, build_openapi(registry))
+        | setup_mcp_routes(app, McpEndpoint(settings, tools, executor, session_codec(settings), challenges)))
+
+    def operation_of(request: web.Request) -> str | None:
+        if is_mcp(request):
+            peek = request.get(MCP_MESSAGE)
+            op = tools.get(peek.tool or "") if peek is not None else None
+            return op.name if op is not None else None
+        return rest.operation_of(request)
+
+    # the middlewares, outermost first: the one place their order is defined
+    middlewares: list[Middleware] = [
+        *([tracing_middleware(tracing)] if tracing is not None else []),  # its trace id is in the access line
+        request_context_middleware,
+        error_middleware(max_body_bytes=settings.max_body_bytes, audit=audit, operation_of=operation_of),
+        metrics_middleware(metrics, stats),  # inside the renderer: it sees the error codes
+        edge_middleware(settings),  # Host and Origin, before any credential is looked at
+        identity_middleware(auth, public, challenges),
+        *([rate_limit_middleware(limiter)] if settings.rate_limit_enabled else []),
+        inflight_middleware(inflight),
+    ]
+    app.middlewares.extend(middlewares)
+
+    app.cleanup_ctx.append(_resource_ctx(audit.open, audit.close))  # an unwritable AUDIT_LOG stops start-up
+    if tracing is not None:
+        app.cleanup_ctx.append(_resource_ctx(tracing.start, tracing.shutdown))
+    if auth.jwks is not None:
+        app.cleanup_ctx.append(_jwks_ctx(auth.jwks))
+    if auth.api_keys_file is not None:
+        app.cleanup_ctx.append(_api_keys_file_ctx(auth.api_keys_file))
+    close_limiter = getattr(limiter, "close", None)  # a shared limiter's pool (Redis)
+    if close_limiter is not None:
+        app.cleanup_ctx.append(_resource_ctx(lambda: None, close_limiter))
+    app.cleanup_ctx.append(_vault_ctx(settings, auth, vault, keeper, children, probe))
+    return app
+
+
+def auth_method(settings: Settings, client: VaultClient) -> AuthMethod:
+    """How the bridge obtains its own token: AppRole (with its secret-id source) when a role id is set, else the
+    static ``VAULT_TOKEN`` (the settings check guarantees one of them for ``serve``)."""
+    if settings.vault_role_id:
+        if settings.vault_secret_id_file:
+            source = secret_id_from_file(settings.vault_secret_id_file)
+        elif settings.vault_wrapped_secret_id is not None:
+            source = secret_id_from_wrapping_token(client, settings.vault_wrapped_secret_id)
+        else:
+            assert settings.vault_secret_id is not None  # the settings check: one source with a role id
+            source = secret_id_value(settings.vault_secret_id)
+        return AppRoleLogin(settings.vault_role_id, source, mount=settings.vault_approle_mount)
+    return StaticToken(settings.vault_token or SecretStr(""))
+
+
+def _limiter(settings: Settings) -> RateLimiter:
+    if settings.rate_limit_backend == "redis":
+        assert settings.redis_url is not None  # the settings check
+        return redis_limiter(settings.redis_url.get_secret_value(), settings.rate_limit_quota,
+                             timeout=settings.redis_timeout, prefix=settings.redis_key_prefix,
+                             fail_mode=settings.rate_limit_fail_mode)
+    return MemoryRateLimiter(settings.rate_limit_quota, max_keys=settings.rate_limit_max_agents)
+
+
+def _fan_out(*observers: Callable[[CallStats], None]) -> Callable[[CallStats], None]:
+    """One ``VaultClient`` observer calling several (metrics, the audit trail's Vault request ids, tracing)."""
+
+    def observe(stats: CallStats) -> None:
+        for observer in observers:
+            observer(stats)
+
+    return observe
 
 
 def _log_breaker(old: str, new: str) -> None:
     log.warning("vault.breaker.changed", old=old, new=new)
 
 
-async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Vault client, the token keeper's background task and the service layer."""
-    settings = app[SETTINGS]
-    breaker = CircuitBreaker(settings.vault_breaker_threshold, settings.vault_breaker_cooldown,
-                             on_change=_log_breaker)
-    client = VaultClient(settings.vault_addr, namespace=settings.vault_namespace, timeout=settings.vault_timeout,
-                         cacert=settings.vault_cacert, pool_size=settings.vault_pool_size, breaker=breaker,
-                         http_client=settings.vault_http_client,
-                         observer=ops_vault_observer(app))
-    await client.start()
-    keeper = TokenKeeper(
-        client,
-        static_token=settings.vault_token.get_secret_value() if settings.vault_token else None,
-        role_id=settings.vault_role_id,
-        secret_id=settings.vault_secret_id.get_secret_value() if settings.vault_secret_id else None,
-        approle_mount=settings.vault_approle_mount,
-        on_event=app[METRICS].token_event,
-        secret_id_source=_secret_id_source(settings, client),
-    )
-    children = None
-    if settings.child_token_enabled:
-        children = ChildTokenBroker(
-            client, keeper, role=settings.child_role, token_type=settings.child_token_type,
-            ttl=settings.child_token_ttl, policy_prefix=settings.child_token_policy_prefix,
-            reuse_seconds=settings.child_reuse_seconds, cache_size=settings.child_token_cache_size)
-        app[METRICS].watch_child_tokens(children.stats)
-    app[VAULT] = client
-    app[KEEPER] = keeper
-    app[SERVICE] = SecretService(settings, client, keeper, audit_log=app[AUDIT], children=children)
-    probe = app[PROBE] = VaultProbe(client, keeper, settings.ready_probe_interval)
-    task = asyncio.create_task(keeper.run(), name="vault-token-keeper")
-    log.info("bridge.started", vault_addr=safe_url(settings.vault_addr), auth_methods=app[AUTH].methods)
-    try:
-        async with running(probe, first_round_timeout=min(settings.vault_timeout, settings.ready_probe_interval)):
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _resource_ctx(start: Callable[[], object], stop: Callable[[], object]) -> CleanupCtx:
+    """``start()`` at startup (raising stops it), ``stop()`` at cleanup (awaited when it is a coroutine)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        start()
+        try:
             yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if children is not None:
-            await children.close()  # revokes the cached service child tokens
-        await keeper.revoke()  # an AppRole login token (never a static VAULT_TOKEN)
-        await client.close()
+        finally:
+            stopped = stop()
+            if inspect.isawaitable(stopped):
+                await stopped
+
+    return ctx
 
 
-async def jwks_ctx(app: web.Application) -> AsyncIterator[None]:
+def _jwks_ctx(jwks: JwksCache) -> CleanupCtx:
     """The JWK Set's HTTP session (URL source) and its first load; a failed load is retried on demand."""
-    jwks = app[AUTH].jwks
-    if jwks is None:
-        yield
-        return
-    session = None
-    if jwks.url:
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=jwks.timeout),
-                                        headers={"User-Agent": "vault-mcp-bridge"})
-        jwks.bind(session)
-    try:
-        await jwks.refresh(reason="startup")
-        yield
-    finally:
-        jwks.bind(None)
-        if session is not None:
-            await session.close()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        session = None
+        if jwks.url:
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=jwks.timeout),
+                                            headers={"User-Agent": "vault-mcp-bridge"})
+            jwks.bind(session)
+        try:
+            await jwks.refresh(reason="startup")
+            yield
+        finally:
+            jwks.bind(None)
+            if session is not None:
+                await session.close()
+
+    return ctx
 
 
-async def api_keys_file_ctx(app: web.Application) -> AsyncIterator[None]:
+def _api_keys_file_ctx(watcher: ApiKeyFile) -> CleanupCtx:
     """``API_KEYS_FILE``: its watcher task (re-reads the file when it changes; SIGHUP wakes it, see cli.serve)."""
-    watcher = app[AUTH].api_keys_file
-    if watcher is None:
-        yield
-        return
-    await watcher.prime()
-    task = asyncio.create_task(watcher.run(), name="api-keys-file-watcher")
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await watcher.prime()
+        async with _background(watcher.run(), "api-keys-file-watcher"):
+            yield
+
+    return ctx
+
+
+def _vault_ctx(settings: Settings, auth: AuthChain, vault: VaultClient, keeper: TokenKeeper,
+               children: ChildTokenBroker | None, probe: VaultProbe) -> CleanupCtx:
+    """The token keeper's background task and the readiness probe; at shutdown the cached child tokens and the
+    bridge's own AppRole token are revoked and the Vault pool closed."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        log.info("bridge.started", vault_addr=safe_url(settings.vault_addr), auth_methods=auth.methods)
+        try:
+            first_round = min(settings.vault_timeout, settings.ready_probe_interval)
+            async with _background(keeper.run(), "vault-token-keeper"), running(probe, first_round):
+                yield
+        finally:
+            if children is not None:
+                await children.close()  # revokes the cached service child tokens
+            await keeper.revoke()  # an AppRole login token (never a static VAULT_TOKEN)
+            await vault.close()
+
+    return ctx
+
+
+@contextlib.asynccontextmanager
+async def _background(job: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``job`` as a task while the block runs; cancel and await it after."""
+    task = asyncio.create_task(job, name=name)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _secret_id_source(settings: Settings, client: VaultClient) -> SecretIdSource | None:
-    if settings.vault_secret_id_file:
-        return secret_id_from_file(settings.vault_secret_id_file)
-    if settings.vault_wrapped_secret_id is not None:
-        return secret_id_from_wrapping_token(client, settings.vault_wrapped_secret_id.get_secret_value())
-    return None
-
-
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[request_context, error_renderer, metrics_middleware, edge_middleware_for(settings),
-                     identity_middleware, rate_limit_middleware, inflight_middleware],
-    )
-    app[SETTINGS] = settings
-    app[AUTH] = build_auth_chain(settings)
-    app.cleanup_ctx.append(jwks_ctx)
-    app.cleanup_ctx.append(api_keys_file_ctx)
-    if settings.rate_limit_backend == "redis":
-        app.cleanup_ctx.append(redis_limiter_ctx)  # sets app[LIMITER] at startup
-    else:
-        app[LIMITER] = MemoryRateLimiter(settings.rate_limit_quota, max_keys=settings.rate_limit_max_agents)
-    app[INFLIGHT] = InflightLimiter(settings.agent_max_inflight, settings.agent_inflight_wait)
-    public = setup_routes(app) | setup_metadata_routes(app) | setup_operations(app) | setup_mcp_routes(app)
-    app[PUBLIC_ROUTES] = public
-    app.cleanup_ctx.append(vault_ctx)
-    return app

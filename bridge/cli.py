@@ -29,6 +29,7 @@ def serve(settings: Settings) -> int:
         print(f"vault-mcp-bridge: invalid configuration: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    _warn_ignored_settings()
     if settings.reload and os.environ.get("BRIDGE_RELOAD_CHILD") != "1":
         return _reload_loop()
     from bridge.serving import inherit_session_secret, is_worker, new_event_loop, run_app, run_workers
@@ -51,6 +52,15 @@ def serve(settings: Settings) -> int:
     install_reload_signal(loop, app)  # SIGHUP re-reads API_KEYS_FILE
     run_app(app, settings, ssl_context=ssl_context, loop=loop)
     return 0
+
+
+def _warn_ignored_settings() -> None:
+    import structlog
+
+    from bridge.config import ignored_settings
+
+    for name, why in ignored_settings(os.environ).items():
+        structlog.get_logger("bridge.config").warning("config.setting_ignored", setting=name, reason=why)
 
 
 def install_reload_signal(loop: asyncio.AbstractEventLoop, app: web.Application) -> None:

@@ -78,6 +78,18 @@ REMOVED_SETTINGS: dict[str, str] = {
 """Settings that existed once and now stop start-up with a pointer, so an upgrade cannot silently change who
 is trusted."""
 
+IGNORED_SETTINGS: dict[str, str] = {
+    "VAULT_HTTP_CLIENT": "removed: the bridge always talks to Vault through aiohttp's client, the default before "
+                         "(the opt-in 'lean' transport is gone; see README, Upgrading)",
+}
+"""Settings that existed once and changed nothing about trust: still set, they are ignored with one warning line
+at start-up (:func:`ignored_settings`), so a deployment that sets them keeps starting."""
+
+
+def ignored_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The :data:`IGNORED_SETTINGS` present in ``environ``, with why each is ignored."""
+    return {name: why for name, why in IGNORED_SETTINGS.items() if name in environ}
+
 
 class ConfigError(Exception):
     """A setting is missing or malformed. The message names the environment variable."""
@@ -253,8 +265,6 @@ class Settings(BaseModel):
     vault_timeout: float = 10.0
     vault_pool_size: int = Field(default=100, ge=1, le=10000)
     vault_breaker_threshold: int = Field(default=5, ge=0)  # consecutive outages that open it; 0 = off
-    # aiohttp (default): the general, battle-tested client; lean: bridge/vault/transport.py, ~18 % less CPU per call
-    vault_http_client: Literal["aiohttp", "lean"] = "aiohttp"
     vault_breaker_cooldown: float = 2.0  # seconds open before one probe goes through
     kv_mount: str = "secret"
     transit_mount: str = "transit"
@@ -681,10 +691,6 @@ class Settings(BaseModel):
             return ("no identity method has a key: set API_KEYS_JSON or API_KEYS_FILE, JWT_HS256_SECRET or "
                     "JWT_JWKS_URL/JWT_JWKS_FILE, TLS_CLIENT_CA_FILE, or AUTH_MTLS_ENABLED with its proxy")
         return None
-
-    @property
-    def uses_approle(self) -> bool:
-        return bool(self.vault_role_id)
 
     @property
     def rate_limit_quota(self) -> Quota:

@@ -17,14 +17,14 @@ and ``Origin: http://evil.example``.
   Requests without ``Origin`` (agents, curl) are unaffected. The request's own ``Host`` is never trusted for
   this: in a rebinding attack it carries the attacker's name too.
 
-The middleware raises; ``error_renderer`` renders the refusal like any other (on ``/mcp`` a JSON-RPC error with
+The middleware raises; the error middleware renders the refusal like any other (on ``/mcp`` a JSON-RPC error with
 the message's id when it can be peeked, elsewhere the REST error body).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -34,11 +34,10 @@ from yarl import URL
 
 from bridge.config import Settings, parse_host
 from bridge.errors import BridgeError, ForbiddenError
-from bridge.keys import SETTINGS
+from bridge.routing import Handler
 
 log = structlog.get_logger("bridge.edge")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
@@ -126,20 +125,28 @@ def _origin_host(origin: str) -> str | None:
     return url.host.lower().strip("[]")
 
 
-def origin_allowed(origin: str, settings: Settings) -> bool:
+def origin_policy(settings: Settings) -> Callable[[str], bool]:
+    """Whether an ``Origin`` value is allowed (see the module docstring), built once from the settings."""
     if settings.mcp_allowed_origins:
-        return _normalize(origin) in {_normalize(o) for o in settings.mcp_allowed_origins}
-    host = _origin_host(origin)
-    return host is not None and host in (LOCAL_HOSTS | own_hosts(settings))
+        exact = frozenset(_normalize(o) for o in settings.mcp_allowed_origins)
+        return lambda origin: _normalize(origin) in exact
+    hosts = LOCAL_HOSTS | own_hosts(settings)
+
+    def allowed(origin: str) -> bool:
+        host = _origin_host(origin)
+        return host is not None and host in hosts
+
+    return allowed
 
 
-def edge_middleware_for(settings: Settings) -> Middleware:
-    """The ``Host``/``Origin`` middleware; sits after ``error_renderer`` and before ``identity_middleware``, so
-    a bad ``Host`` is 421 and a bad ``Origin`` 403, never 401."""
+def edge_middleware(settings: Settings) -> Middleware:
+    """The ``Host``/``Origin`` middleware; sits after the error renderer and before identity, so a bad ``Host`` is
+    421 and a bad ``Origin`` 403, never 401."""
     policy = HostPolicy.from_settings(settings)
+    origin_ok = origin_policy(settings)
 
     @web.middleware
-    async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def host_origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         hosts = request.headers.getall(hdrs.HOST, [])
         if len(hosts) > 1 or (hosts and not policy.allows(hosts[0])):
             log.warning("http.host.rejected", method=request.method, hosts=len(hosts))  # the value is not logged
@@ -147,11 +154,11 @@ def edge_middleware_for(settings: Settings) -> Middleware:
                 "This bridge does not answer for that Host (DNS-rebinding protection); an operator can add it "
                 "to ALLOWED_HOSTS.")
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is not None and not origin_allowed(origin, request.app[SETTINGS]):
+        if origin is not None and not origin_ok(origin):
             log.warning("http.origin.rejected", method=request.method)
             raise ForbiddenError(
                 "Origin not allowed: browser requests are accepted only from the origins in MCP_ALLOWED_ORIGINS "
                 "(DNS-rebinding protection).", code="origin_not_allowed")
         return await handler(request)
 
-    return edge_middleware
+    return host_origin_middleware

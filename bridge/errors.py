@@ -22,9 +22,10 @@
     ├── UnsupportedMediaError   415
     ├── RateLimitedError        429 rate_limited / vault_rate_limited / too_many_concurrent_requests
     ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
-    └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error
+    └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error /
+                                     child_token_unavailable
 
-Rendering happens in one place per protocol, ``bridge.middlewares.error_renderer``: REST JSON everywhere,
+Rendering happens in one place per protocol, ``bridge.middlewares.render_error``: REST JSON everywhere,
 a JSON-RPC error body on ``/mcp`` (``bridge.mcp.protocol``); a failing MCP tool is an ``isError`` result
 (``bridge.mcp.server``). No error text ever carries a secret value or a token, and Vault's own text of a 5xx
 answer is logged, never relayed: the agent gets a fixed message and the request id.
@@ -38,6 +39,7 @@ import structlog
 
 from bridge.vault import errors as v
 from bridge.vault.breaker import CircuitOpenError, retry_after_header
+from bridge.vault.childtokens import ChildTokenError
 
 log = structlog.get_logger("bridge.errors")
 
@@ -56,8 +58,6 @@ class BridgeError(Exception):
             self.status = status
         self.extra = extra or {}
         self.headers = headers or {}
-        self.operation: str | None = None
-        """The service operation refused (``kv_write`` …) when the raiser knows it; for the audit record."""
         self.audited = False
         """Set once an audit record names this error, so that no second record is written for it."""
 
@@ -229,6 +229,15 @@ def from_vault_error(exc: v.VaultError, *, what: str = "the request") -> BridgeE
     if isinstance(exc, v.VaultTransportError):
         return VaultUnavailableBridgeError(
             "Vault is unreachable; retry in a few seconds.", headers={"Retry-After": "5"})
+    if isinstance(exc, ChildTokenError):
+        return VaultUnavailableBridgeError(
+            "The bridge could not obtain a Vault token for this agent; an operator must check the token role and "
+            "the bridge's policy (see the bridge log).", code="child_token_unavailable", status=502)
+    if isinstance(exc, v.VaultCredentialError):
+        log.warning("vault.credential_unusable", error=str(exc))
+        return VaultUnavailableBridgeError(
+            "The bridge has no usable Vault token of its own; retry in a few seconds (an operator must check its "
+            "Vault credential" + request_id_hint() + ").", headers={"Retry-After": "5"})
     if isinstance(exc, v.VaultSealedError):
         return VaultUnavailableBridgeError(
             "Vault is sealed; an operator must unseal it.", code="vault_sealed", headers={"Retry-After": "10"})

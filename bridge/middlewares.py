@@ -1,12 +1,14 @@
-"""Middlewares, outermost first: request context → error rendering → identity → rate limit → in-flight cap →
-handler.
+"""The bridge's own middlewares, each built by a small factory from what it needs (never by reading the settings
+on every request). Their order is defined once, in :func:`bridge.app.create_app`:
 
-``render_error`` is the one place a :class:`BridgeError` becomes a response: REST JSON, or on ``/mcp`` a
+request context → error rendering → metrics → edge (``Host``/``Origin``) → identity → rate limit → in-flight cap
+→ handler (with tracing outermost when it is on).
+
+:func:`render_error` is the one place a :class:`BridgeError` becomes a response: REST JSON, or on ``/mcp`` a
 JSON-RPC error body (``bridge.mcp.protocol.rpc_error_for``) with the same HTTP status and headers. The error
-renderer also writes the audit record of a refusal that no service method audited (an authenticated
-identity refused by a middleware or a handler: scope, limits, body), so every refusal is audited once.
-``charge`` is how a handler bills the rest of a request's cost once its body is parsed (a Transit batch of N
-items costs N: the rate-limit middleware has charged 1 before the body was read).
+middleware also writes the audit record of a refusal that no operation recorded (an authenticated identity
+refused by a middleware: the rate limit, the in-flight cap, a route's method ...), so every refusal is audited
+once.
 """
 
 from __future__ import annotations
@@ -14,47 +16,37 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from bridge.auth.api_key import CHALLENGE as API_KEY_CHALLENGE
+from bridge.audit import AuditLog
+from bridge.auth import AuthChain
 from bridge.billing import bucket, rate_limited
-from bridge.errors import (
-    BridgeError,
-    UnauthenticatedError,
-    from_http_status,
-)
-from bridge.keys import (
-    AUDIT,
-    AUTH,
+from bridge.errors import BridgeError, UnauthenticatedError, from_http_status
+from bridge.inflight import InflightLimiter
+from bridge.mcp.metadata import MCP_PATH, Challenges
+from bridge.mcp.protocol import peek_message, rpc_error, rpc_error_for
+from bridge.ratelimit import RateLimiter
+from bridge.routing import (
     CLIENT_REQUEST_ID,
     ERROR_CODE,
     IDENTITY,
-    INFLIGHT,
-    LIMITER,
     MCP_MESSAGE,
-    PUBLIC_ROUTES,
     RATE_DECISION,
     REQUEST_ID,
-    SETTINGS,
+    Handler,
+    route_template,
 )
-from bridge.mcp.metadata import MCP_PATH, resource_metadata_url
-from bridge.mcp.protocol import peek_message, rpc_error, rpc_error_for
-from bridge.mcp.tools import tools_by_name
-from bridge.rest import rest_operation
 
 log = structlog.get_logger("bridge.access")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-
-def route_template(request: web.Request) -> str:
-    """The route's template (``/secrets/{tail}``), never the concrete path."""
-    info = request.match_info.route.resource
-    return info.canonical if info is not None else "<unmatched>"
+OperationOf = Callable[[web.Request], str | None]
+"""The operation a request asks for, from its route (REST) or its message (MCP), for a refusal's record."""
 
 
 def is_mcp(request: web.Request) -> bool:
@@ -64,7 +56,7 @@ def is_mcp(request: web.Request) -> bool:
 
 def render_error(request: web.Request, err: BridgeError) -> web.Response:
     """The one renderer: REST JSON, or the JSON-RPC error of ``/mcp`` (the request's id when it was read,
-    see :func:`error_renderer`; else ``null``)."""
+    see :func:`error_middleware`; else ``null``)."""
     request[ERROR_CODE] = err.code
     if is_mcp(request):
         peek = request.get(MCP_MESSAGE)
@@ -76,9 +68,9 @@ def render_error(request: web.Request, err: BridgeError) -> web.Response:
 
 
 @web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request id is always the bridge's own (logs, audit, ``X-Request-Id`` of the answer); a client's
-    well-formed ``X-Request-Id`` is kept beside it as ``client_request_id``."""
+    well-formed ``X-Request-Id`` is kept beside it as ``client_request_id``. One access line per request."""
     incoming = request.headers.get("X-Request-Id", "")
     request_id = os.urandom(16).hex()
     request[REQUEST_ID] = request_id
@@ -107,136 +99,105 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.unbind_contextvars("request_id", "client_request_id")
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> BridgeError:
-    """An aiohttp HTTP exception (the router's 404/405, the body limit's 413, a 400) as a bridge error."""
-    message = {
-        404: "No such route.",
-        405: f"Method {request.method} is not allowed here.",
-        413: f"The request body is larger than {request.app[SETTINGS].max_body_bytes} bytes.",
-    }.get(exc.status, exc.reason)
-    err = from_http_status(exc.status, message)
-    if exc.status == 405 and "Allow" in exc.headers:
-        err.headers["Allow"] = exc.headers["Allow"]
-    return err
+def error_middleware(*, max_body_bytes: int, audit: AuditLog, operation_of: OperationOf) -> Middleware:
+    """Render every refusal (:func:`render_error`): the bridge's errors, aiohttp's own HTTP errors (the router's
+    404/405, a 413) and, as a 500, anything unexpected. A refusal of an authenticated identity that no operation
+    recorded gets its audit record here, naming the operation ``operation_of`` finds."""
+    messages = {404: "No such route.", 413: f"The request body is larger than {max_body_bytes} bytes."}
+
+    def http_error(request: web.Request, exc: web.HTTPException) -> BridgeError:
+        message = f"Method {request.method} is not allowed here." if exc.status == 405 else \
+            messages.get(exc.status, exc.reason)
+        err = from_http_status(exc.status, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            err.headers["Allow"] = exc.headers["Allow"]
+        return err
+
+    async def refused(request: web.Request, err: BridgeError) -> web.Response:
+        """On ``/mcp`` first learn the message's id (a bounded peek at the body, never for a 413), then write the
+        audit record unless an operation already did."""
+        if is_mcp(request) and MCP_MESSAGE not in request and err.status != 413:
+            request[MCP_MESSAGE] = await peek_message(request)
+        identity = request.get(IDENTITY)
+        if identity is not None and not err.audited and err.status < 500:
+            err.audited = True
+            await audit.refusal(identity, operation_of(request), err, route=route_template(request))
+        return render_error(request, err)
+
+    @web.middleware
+    async def render_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BridgeError as err:
+            return await refused(request, err)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return await refused(request, http_error(request, exc))
+        except Exception:
+            log.exception("http.unhandled_error", route=route_template(request))
+            return render_error(request, BridgeError("Internal error; the request id identifies it in the logs."))
+
+    return render_middleware
 
 
-@web.middleware
-async def error_renderer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except BridgeError as err:
-        return await _refused(request, err)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+def identity_middleware(auth: AuthChain, public: Collection[str], challenges: Challenges) -> Middleware:
+    """Authenticate every request to a route not in ``public`` (a 401 carries the challenge of the scheme
+    that failed)."""
+
+    @web.middleware
+    async def authenticate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        if route.name in public or route.resource is None:
+            return await handler(request)
+        try:
+            request[IDENTITY] = await auth.resolve(request)
+        except UnauthenticatedError as err:
+            # the authenticator that refused may have named its own scheme (an invalid API key: ApiKey)
+            err.headers.setdefault("WWW-Authenticate", challenges.unauthenticated(request))
             raise
-        return await _refused(request, _http_error(request, exc))
-    except Exception:
-        log.exception("http.unhandled_error", route=route_template(request))
-        return render_error(request, BridgeError("Internal error; the request id identifies it in the logs."))
-
-
-async def _refused(request: web.Request, err: BridgeError) -> web.Response:
-    """Render a refusal: on ``/mcp`` first learn the message's id (a bounded peek at the body, never for a
-    413), then write the audit record unless a service method already did."""
-    if is_mcp(request) and MCP_MESSAGE not in request and err.status != 413:
-        request[MCP_MESSAGE] = await peek_message(request)
-    await _audit_refusal(request, err)
-    return render_error(request, err)
-
-
-def operation_of(request: web.Request) -> str | None:
-    """The service operation a refused request asked for: a ``tools/call``'s tool, or the REST route's."""
-    if is_mcp(request):
-        peek = request.get(MCP_MESSAGE)
-        spec = tools_by_name().get(peek.tool or "") if peek is not None else None
-        return spec.operation if spec is not None else None
-    return rest_operation(request)
-
-
-async def _audit_refusal(request: web.Request, err: BridgeError) -> None:
-    identity = request.get(IDENTITY)
-    if identity is None or err.audited or err.status >= 500 or AUDIT not in request.app:
-        return
-    err.audited = True
-    await request.app[AUDIT].refusal(identity, err.operation or operation_of(request), err,
-                                     route=route_template(request))
-
-
-def www_authenticate(request: web.Request, *, error: str | None = None, scope: str | None = None) -> str:
-    """The ``Bearer`` challenge (JWT, insufficient scope), with RFC 9728 resource metadata when JWT issuer
-    is configured. Every value in it is ours or built from ``MCP_RESOURCE_URL`` / a validated host, never a
-    raw ``Host`` header (``bridge.mcp.metadata.base_url``)."""
-    settings = request.app[SETTINGS]
-    parts = ['Bearer realm="vault-mcp-bridge"']
-    if error:
-        parts.append(f'error="{error}"')
-    if scope:
-        parts.append(f'scope="{scope}"')
-    if settings.auth_jwt_enabled and settings.jwt_issuer:
-        parts.append(f'resource_metadata="{resource_metadata_url(request)}"')
-    return ", ".join(parts)
-
-
-def unauthenticated_challenge(request: web.Request) -> str:
-    """The 401 challenge. It names the scheme of the credential that failed: a wrong or repeated
-    ``X-API-Key`` gets the ``ApiKey`` scheme, never ``Bearer`` (an MCP client reads a Bearer challenge as "start
-    OAuth"); a bad bearer token gets ``Bearer error="invalid_token"``. Without any credential: ``Bearer`` with
-    the RFC 9728 metadata when JWT with an issuer is configured (OAuth is then the way in), else ``ApiKey``
-    when API keys are enabled."""
-    settings = request.app[SETTINGS]
-    if "Authorization" in request.headers:
-        return www_authenticate(request, error="invalid_token")
-    if "X-API-Key" in request.headers:
-        return API_KEY_CHALLENGE
-    if (settings.auth_jwt_enabled and settings.jwt_issuer) or not settings.auth_api_key_enabled:
-        return www_authenticate(request)
-    return API_KEY_CHALLENGE
-
-
-@web.middleware
-async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.match_info.route
-    if route.name in request.app[PUBLIC_ROUTES] or route.resource is None:
         return await handler(request)
-    try:
-        request[IDENTITY] = await request.app[AUTH].resolve(request)
-    except UnauthenticatedError as err:
-        # the authenticator that refused may have named its own scheme (an invalid API key: ApiKey)
-        err.headers.setdefault("WWW-Authenticate", unauthenticated_challenge(request))
-        raise
-    return await handler(request)
+
+    return authenticate_middleware
 
 
-@web.middleware
-async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Charge every authenticated request 1 token of its agent's bucket before anything else is done."""
-    identity = request.get(IDENTITY)
-    settings = request.app[SETTINGS]
-    if identity is None or not settings.rate_limit_enabled:
-        return await handler(request)
-    limiter = request.app[LIMITER]
-    key, quota = bucket(identity, limiter.default)
-    decision = await limiter.hit(key, quota)
-    if not decision.allowed:
-        raise rate_limited(request, quota, decision, 1)
-    request[RATE_DECISION] = decision
-    try:
-        response = await handler(request)
-    except BridgeError as err:  # charged all the same: an error answer carries the bucket's state too, unless
-        if "Retry-After" not in err.headers:  # it says when to retry something else (Vault's quota, a busy agent)
-            for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
-                err.headers.setdefault(name, value)
-        raise
-    for name, value in request[RATE_DECISION].headers().items():
-        response.headers.setdefault(name, value)
-    return response
+def rate_limit_middleware(limiter: RateLimiter) -> Middleware:
+    """Charge every authenticated request 1 token of its agent's bucket before anything else is done (an
+    operation's further cost is the executor's); every answer carries the bucket's ``RateLimit-*`` headers."""
+
+    @web.middleware
+    async def charge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        identity = request.get(IDENTITY)
+        if identity is None:
+            return await handler(request)
+        key, quota = bucket(identity, limiter.default)
+        decision = await limiter.hit(key, quota)
+        if not decision.allowed:
+            raise rate_limited(identity, quota, decision, 1)
+        request[RATE_DECISION] = decision
+        try:
+            response = await handler(request)
+        except BridgeError as err:  # charged all the same: an error answer carries the bucket's state too, unless
+            if "Retry-After" not in err.headers:  # it says when to retry something else (Vault's quota, a busy agent)
+                for name, value in request[RATE_DECISION].headers().items():  # the latest decision (see charge)
+                    err.headers.setdefault(name, value)
+            raise
+        for name, value in request[RATE_DECISION].headers().items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return charge_middleware
 
 
-@web.middleware
-async def inflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def inflight_middleware(inflight: InflightLimiter) -> Middleware:
     """``AGENT_MAX_INFLIGHT``: at most that many requests of one agent in progress (see bridge/inflight.py)."""
-    identity = request.get(IDENTITY)
-    if identity is None:
-        return await handler(request)
-    async with request.app[INFLIGHT].slot(identity.subject):
-        return await handler(request)
+
+    @web.middleware
+    async def slot_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        identity = request.get(IDENTITY)
+        if identity is None:
+            return await handler(request)
+        async with inflight.slot(identity.subject):
+            return await handler(request)
+
+    return slot_middleware

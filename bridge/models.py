@@ -1,4 +1,9 @@
-"""Request and response models shared by REST and MCP (and, later, the OpenAPI document)."""
+"""The operations' input and output models, shared by REST, MCP and the OpenAPI document.
+
+An input model holds every argument of an operation, the ones REST carries in the URL included (``path``,
+``version``, ``prefix``): REST validates the URL's fields and the JSON body together with it, MCP the tool's
+``arguments``, both with :func:`parse` (the same 400 ``invalid_request``, naming fields, never values).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bridge.config import IDENT_RE, MAX_TRANSIT_BATCH, TRANSIT_KEY_TYPES
+from bridge.config import IDENT_RE, MAX_TRANSIT_BATCH
 from bridge.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
@@ -16,13 +21,45 @@ M = TypeVar("M", bound=BaseModel)
 MAX_VERSIONS = 100
 MAX_VERSION = 999_999_999
 """The largest version number (and ``cas``) accepted, REST and MCP alike: nine digits, as ``?version=``."""
-# JSON-schema hints for the OpenAPI document (validation itself is done by the validators below)
-KEY_PATTERN = IDENT_RE.pattern.replace("\\Z", "$")  # ECMA-262 has no \Z
-BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+PATH_DESCRIPTION = (
+    "Secret path relative to your own namespace, e.g. 'db/prod'. Segments of letters, digits and "
+    "_ . = + @ , - separated by single '/'; no leading '/', no '..'; at most 16 segments, 512 characters."
+)
+
+
+class NoArgs(_Strict):
+    pass
+
+
+class PathArgs(_Strict):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class KvReadArgs(PathArgs):
+    version: int | None = Field(default=None, ge=0, le=MAX_VERSION,  # as REST's ?version= (nine digits)
+                                description="Version to read; omit (or 0) for the latest version.")
+
+    @field_validator("version")
+    @classmethod
+    def _latest(cls, value: int | None) -> int | None:
+        return value or None  # 0 is the latest version, as an omitted one
+
+
+class KvListArgs(_Strict):
+    prefix: str | None = Field(default=None, description=(
+        "Folder to list, relative to your namespace (e.g. 'db/'); omit for your top level. "
+        "Names ending in '/' are folders."))
+
+    @field_validator("prefix")
+    @classmethod
+    def _root(cls, value: str | None) -> str:
+        return value or ""  # an omitted prefix is the agent's top level
 
 
 class WriteBody(_Strict):
@@ -50,6 +87,18 @@ class VersionsBody(_Strict):
         return sorted(set(value))
 
 
+class KvWriteArgs(WriteBody):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class KvPatchArgs(PatchBody):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class KvVersionsArgs(VersionsBody):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
 def _key_name(value: str) -> str:
     if not IDENT_RE.match(value):
         raise ValueError("key names match ^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -61,7 +110,6 @@ def _key_name(value: str) -> str:
 # of items, answered per item in ``batch_results``: a failed item carries ``error``, the others succeed).
 
 MAX_BATCH = MAX_TRANSIT_BATCH  # the schema's bound; TRANSIT_MAX_BATCH (default 100) is enforced by the service
-KEY_TYPES = TRANSIT_KEY_TYPES  # TRANSIT_ALLOWED_KEY_TYPES (a subset) is enforced by the service
 KeyType = Literal["aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384",
                   "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096", "hmac"]
 HMAC_KEY_SIZES = (32, 512)  # bytes; Vault's own bounds for an hmac key

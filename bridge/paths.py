@@ -15,9 +15,11 @@ from bridge.errors import InvalidPathError
 
 MAX_PATH_LENGTH = 512
 MAX_SEGMENTS = 16
-MAX_SEGMENT_LENGTH = 128
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.=+@,-]{1,128}$")
 SAFE_SET_DOC = "letters, digits and _ . = + @ , - in segments separated by single '/'"
+# the same rules as JSON-schema patterns, for the API documents (validation itself is done below)
+PATH_PATTERN = r"^[A-Za-z0-9_.=+@,-]{1,128}(/[A-Za-z0-9_.=+@,-]{1,128}){0,15}$"
+PREFIX_PATTERN = r"^$|^[A-Za-z0-9_.=+@,-]{1,128}(/[A-Za-z0-9_.=+@,-]{1,128}){0,15}/?$"
 
 
 def _fail(reason: str) -> InvalidPathError:

@@ -75,15 +75,14 @@ class VaultProbe:
         try:
             if not old.vault_ok or old.version is None:
                 health = await self._client.sys.health()
-                new = self._with(old, reachable=True, sealed=bool(health.get("sealed")),
-                                 initialized=bool(health.get("initialized", True)),
-                                 version=str(health.get("version") or "") or None, token_valid=keeper.valid)
+                new = self._with(old, reachable=True, sealed=health.sealed, initialized=health.initialized,
+                                 version=health.version or None, token_valid=keeper.valid)
             elif not (old.token_valid and keeper.valid):
                 new = self._with(old, token_valid=await self._confirm_token())
             else:
                 token = keeper.token
                 try:
-                    await self._client.auth_token.lookup_self()
+                    await self._client.auth_token.lookup_self(token=token or "")
                 except VaultPermissionDeniedError:
                     self._rejected = token
                     if token and not keeper.can_login:

@@ -59,8 +59,10 @@ from bridge.provision_dynamic import (
     load_dynamic,
     plan_dynamic,
 )
-from bridge.vault.client import VaultClient, quote_path
-from bridge.vault.errors import VaultError, VaultInvalidRequestError, VaultNotFoundError
+from bridge.vault.api import quote_path
+from bridge.vault.client import VaultClient
+from bridge.vault.errors import VaultError, VaultInvalidRequestError
+from bridge.vault.models import WrapInfo
 
 log = structlog.get_logger("bridge.provision")
 
@@ -214,10 +216,11 @@ def _same(current: dict[str, Any], desired: dict[str, Any]) -> bool:
 
 
 class Provisioner:
-    """Runs the provisioning steps with an admin token (``client.token``)."""
+    """Runs the provisioning steps with an admin token."""
 
-    def __init__(self, client: VaultClient, options: ProvisionOptions, *, namespace: str = "") -> None:
+    def __init__(self, client: VaultClient, token: str, options: ProvisionOptions, *, namespace: str = "") -> None:
         self._c = client
+        self._token = token
         self._o = options
         self._namespace = namespace.strip("/")
         self.result = ProvisionResult()
@@ -227,62 +230,50 @@ class Provisioner:
         if changed:
             log.info("provision.changed", what=what)
 
-    async def _get(self, path: str, operation: str) -> dict[str, Any] | None:
-        try:
-            resp = await self._c.request("GET", path, operation=operation)
-        except VaultNotFoundError:
-            return None
-        return resp.data or {}
-
     async def mounts(self) -> None:
-        o = self._o
-        mounts = (await self._c.request("GET", "sys/mounts", operation="sys.mounts")).data or {}
+        o, token = self._o, self._token
+        mounts = await self._c.sys.mounts(token=token)
         kv = mounts.get(f"{o.mount}/")
         if kv is None:
-            await self._c.request("POST", f"sys/mounts/{quote_path(o.mount)}", operation="sys.mount",
-                                  json_body={"type": "kv", "options": {"version": "2"}})
+            await self._c.sys.enable_engine(o.mount, "kv", options={"version": "2"}, token=token)
             self._note(f"enabled KV v2 at {o.mount}/", True)
-        elif kv.get("type") not in ("kv", "generic") or str((kv.get("options") or {}).get("version")) != "2":
+        elif kv.type not in ("kv", "generic") or kv.options.get("version") != "2":
             raise ProvisionError(f"{o.mount}/ is mounted but is not KV version 2")
         else:
             self._note(f"KV v2 at {o.mount}/", False)
         transit = mounts.get(f"{o.transit}/")
         if transit is None:
             with contextlib.suppress(VaultInvalidRequestError):  # raced with another provisioner
-                await self._c.request("POST", f"sys/mounts/{quote_path(o.transit)}", operation="sys.mount",
-                                      json_body={"type": "transit"})
+                await self._c.sys.enable_engine(o.transit, "transit", token=token)
             self._note(f"enabled Transit at {o.transit}/", True)
-        elif transit.get("type") != "transit":
+        elif transit.type != "transit":
             raise ProvisionError(f"{o.transit}/ is mounted but is not Transit")
         else:
             self._note(f"Transit at {o.transit}/", False)
-        auths = (await self._c.request("GET", "sys/auth", operation="sys.auth")).data or {}
-        approle = auths.get(f"{o.approle_mount}/")
+        approle = (await self._c.sys.auth_methods(token=token)).get(f"{o.approle_mount}/")
         if approle is None:
             with contextlib.suppress(VaultInvalidRequestError):
-                await self._c.request("POST", f"sys/auth/{quote_path(o.approle_mount)}", operation="sys.auth",
-                                      json_body={"type": "approle"})
+                await self._c.sys.enable_auth(o.approle_mount, "approle", token=token)
             self._note(f"enabled AppRole at auth/{o.approle_mount}/", True)
-        elif approle.get("type") != "approle":
+        elif approle.type != "approle":
             raise ProvisionError(f"auth/{o.approle_mount}/ is enabled but is not AppRole")
         else:
             self._note(f"AppRole at auth/{o.approle_mount}/", False)
 
     async def policy(self, name: str, hcl: str) -> None:
-        current = await self._get(f"sys/policies/acl/{quote_path(name)}", "sys.policy.read")
-        if current is not None and current.get("policy") == hcl:
+        current = await self._c.sys.policy(name, token=self._token)
+        if current == hcl:
             self._note(f"policy {name}", False)
             return
-        await self._c.request("PUT", f"sys/policies/acl/{quote_path(name)}", operation="sys.policy",
-                              json_body={"policy": hcl})
+        await self._c.sys.write_policy(name, hcl, token=self._token)
         self._note(f"{'updated' if current is not None else 'created'} policy {name}", True)
 
     async def _role(self, path: str, body: dict[str, Any], label: str, operation: str) -> None:
-        current = await self._get(path, operation + ".read")
+        current = await self._c.logical.read(path, token=self._token, operation=operation + ".read")
         if current is not None and _same(current, body):
             self._note(label, False)
             return
-        await self._c.request("POST", path, operation=operation, json_body=body)
+        await self._c.logical.write(path, body, token=self._token, operation=operation)
         self._note(f"{'updated' if current is not None else 'created'} {label}", True)
 
     async def token_roles(self) -> None:
@@ -301,9 +292,10 @@ class Provisioner:
         per value and key version; an existing key of another type is an error, never replaced."""
         o = self._o
         path = f"{quote_path(o.transit)}/keys/{quote_path(o.fingerprint)}"
-        current = await self._get(path, "transit.key.read")
+        current = await self._c.logical.read(path, token=self._token, operation="transit.key.read")
         if current is None:
-            await self._c.request("POST", path, operation="transit.key", json_body={"type": "hmac", "key_size": 32})
+            await self._c.logical.write(path, {"type": "hmac", "key_size": 32}, token=self._token,
+                                        operation="transit.key")
             self._note(f"created Transit key {o.fingerprint} (hmac) at {o.transit}/", True)
         elif current.get("type") != "hmac":
             raise ProvisionError(f"Transit key {o.fingerprint} exists with type {current.get('type')}; the "
@@ -315,7 +307,7 @@ class Provisioner:
         o = self._o
         if o.dynamic is None:
             return
-        await DynamicProvisioner(self._c, o.dynamic, prefix=o.prefix, scope=o.dynamic_scope,
+        await DynamicProvisioner(self._c, self._token, o.dynamic, prefix=o.prefix, scope=o.dynamic_scope,
                                  database_mount=o.database_mount, pki_mount=o.pki_mount, ssh_mount=o.ssh_mount,
                                  note=self._note, warn=self.result.warnings.append,
                                  write_db_passwords=o.write_db_passwords, prune=o.prune).run()
@@ -329,8 +321,7 @@ class Provisioner:
         are capped by the root namespace's value, which the namespace's tune read shows): writing would change
         nothing, so a missing cap is reported as a warning for the operator of the root namespace."""
         cap = self._o.child_max_ttl
-        tune = await self._c.request("GET", "sys/auth/token/tune", operation="sys.auth.tune.read")
-        current = int((tune.data or {}).get("max_lease_ttl") or 0)  # 0 would mean the system default
+        current = await self._c.sys.max_lease_ttl("auth/token", token=self._token)  # 0: the system default
         if 0 < current < self._o.lease_token_period:
             self.result.warnings.append(
                 f"auth/token/ max_lease_ttl ({_human(current)}) caps the lease tokens' period "
@@ -348,8 +339,7 @@ class Provisioner:
                 "(the bridge still asks for CHILD_TOKEN_TTL and checks what it gets)")
             log.warning("provision.token_cap_missing", namespace=self._namespace)
             return
-        await self._c.request("POST", "sys/auth/token/tune", operation="sys.auth.tune",
-                              json_body={"max_lease_ttl": cap})
+        await self._c.sys.set_max_lease_ttl("auth/token", cap, token=self._token)
         was = f", was {_human(current)}" if current else ""
         self._note(f"capped token lifetimes at auth/token/ to {_human(cap)} (max_lease_ttl{was})", True)
 
@@ -362,25 +352,18 @@ class Provisioner:
                          f"AppRole role {o.bridge_name}", "approle.role")
 
     async def credentials(self, *, new_secret_id: bool, wrap_ttl: str | None) -> None:
-        o = self._o
-        base = f"auth/{quote_path(o.approle_mount)}/role/{o.bridge_name}"
-        role = await self._c.request("GET", f"{base}/role-id", operation="approle.role_id")
-        self.result.role_id = str((role.data or {}).get("role_id") or "")
-        try:
-            listed = await self._c.request("LIST", f"{base}/secret-id", operation="approle.secret_ids")
-            exists = bool((listed.data or {}).get("keys"))
-        except VaultNotFoundError:
-            exists = False
+        o, token = self._o, self._token
+        self.result.role_id = await self._c.approle.role_id(o.bridge_name, mount=o.approle_mount, token=token)
+        exists = await self._c.approle.has_secret_ids(o.bridge_name, mount=o.approle_mount, token=token)
         self.result.secret_id_exists = exists
         if exists and not new_secret_id:
             return
-        headers = {"X-Vault-Wrap-TTL": wrap_ttl} if wrap_ttl else None
-        resp = await self._c.request("POST", f"{base}/secret-id", operation="approle.secret_id", json_body={},
-                                     headers=headers)
-        if wrap_ttl:
-            self.result.wrapped_secret_id = str((resp.wrap_info or {}).get("token") or "")
+        issued = await self._c.approle.new_secret_id(o.bridge_name, mount=o.approle_mount, token=token,
+                                                     wrap_ttl=wrap_ttl)
+        if isinstance(issued, WrapInfo):
+            self.result.wrapped_secret_id = issued.token.get_secret_value()
         else:
-            self.result.secret_id = str((resp.data or {}).get("secret_id") or "")
+            self.result.secret_id = issued.get_secret_value()
         self._note("issued a new secret id" + (" (response-wrapped)" if wrap_ttl else ""), True)
 
     async def run(self, *, new_secret_id: bool = False, wrap_ttl: str | None = None,
@@ -420,9 +403,8 @@ async def provision(addr: str, admin_token: str, options: ProvisionOptions, *, n
                     bridge: bool = True) -> ProvisionResult:
     """Provision the Vault at ``addr`` (see the module docstring); returns what changed and the credentials."""
     async with VaultClient(addr, namespace=namespace, cacert=cacert, timeout=30) as client:
-        client.token = admin_token
-        return await Provisioner(client, options, namespace=namespace).run(new_secret_id=new_secret_id,
-                                                                           wrap_ttl=wrap_ttl, bridge=bridge)
+        return await Provisioner(client, admin_token, options, namespace=namespace).run(
+            new_secret_id=new_secret_id, wrap_ttl=wrap_ttl, bridge=bridge)
 
 
 def add_provision_args(parser: argparse.ArgumentParser) -> None:

@@ -41,8 +41,10 @@ from pydantic import (
 )
 
 from bridge.config import IDENT_RE, parse_duration
-from bridge.vault.client import VaultClient, quote_path
-from bridge.vault.errors import VaultHTTPError, VaultInvalidRequestError, VaultNotFoundError
+from bridge.vault.api import quote_path
+from bridge.vault.client import VaultClient
+from bridge.vault.errors import VaultHTTPError, VaultInvalidRequestError
+from bridge.vault.models import MountInfo
 
 IDENT_DOC = "^[a-z0-9][a-z0-9_-]{0,63}$"
 DEFAULT_ROOT_TTL = 87600 * 3600  # ten years
@@ -339,10 +341,11 @@ def _same(have: Any, want: Any, *, unordered: bool = False) -> bool:
 class DynamicProvisioner:
     """The ``--dynamic`` steps, run by :class:`bridge.provision.Provisioner` with its admin client."""
 
-    def __init__(self, client: VaultClient, plan: DynamicPlan, *, prefix: str, scope: str, database_mount: str,
-                 pki_mount: str, ssh_mount: str, note: Callable[[str, bool], None], warn: Callable[[str], None],
-                 write_db_passwords: bool = False, prune: bool = False) -> None:
+    def __init__(self, client: VaultClient, token: str, plan: DynamicPlan, *, prefix: str, scope: str,
+                 database_mount: str, pki_mount: str, ssh_mount: str, note: Callable[[str, bool], None],
+                 warn: Callable[[str], None], write_db_passwords: bool = False, prune: bool = False) -> None:
         self._client = client
+        self._token = token
         self._plan = plan
         self._prefix = prefix
         self._scope = scope
@@ -355,18 +358,15 @@ class DynamicProvisioner:
         self._prune = prune
 
     async def _get(self, path: str) -> dict[str, Any] | None:
-        try:
-            resp = await self._client.request("GET", path, operation="provision.read")
-        except VaultNotFoundError:
-            return None
-        return resp.data or {}
+        return await self._client.logical.read(path, token=self._token, operation="provision.read")
 
-    async def _write(self, path: str, body: dict[str, Any]) -> None:
-        await self._client.request("POST", path, operation="provision.write", json_body=body)
+    async def _write(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._client.logical.write(path, body, token=self._token, operation="provision.write")
+        return resp.data or {}
 
     async def run(self) -> None:
         spec = self._plan.spec
-        mounts = (await self._client.request("GET", "sys/mounts", operation="sys.mounts")).data or {}
+        mounts = await self._client.sys.mounts(token=self._token)
         if spec.database is not None:
             await self._mount(mounts, self._db, "database")
             await self._database(spec.database)
@@ -379,15 +379,12 @@ class DynamicProvisioner:
             await self._ssh_ca(spec.ssh)
             await self._ssh_roles(spec.ssh)
 
-    async def _mount(self, mounts: dict[str, Any], path: str, kind: str, max_lease_ttl: int = 0) -> None:
+    async def _mount(self, mounts: dict[str, MountInfo], path: str, kind: str, max_lease_ttl: int = 0) -> None:
         current = mounts.get(f"{path}/")
         if current is None:
-            body: dict[str, Any] = {"type": kind}
-            if max_lease_ttl:
-                body["config"] = {"max_lease_ttl": max_lease_ttl}
-            await self._write(f"sys/mounts/{quote_path(path)}", body)
+            await self._client.sys.enable_engine(path, kind, max_lease_ttl=max_lease_ttl, token=self._token)
             self._note(f"enabled the {kind} secrets engine at {path}/", True)
-        elif current.get("type") != kind:
+        elif current.type != kind:
             raise DynamicStateError(f"{path}/ is mounted but is not the {kind} secrets engine")
         else:
             self._note(f"{kind} secrets engine at {path}/", False)
@@ -452,12 +449,7 @@ class DynamicProvisioner:
 
     async def _pki_ca(self, pki: Pki) -> None:
         mount = quote_path(self._pki)
-        try:
-            listed = await self._client.request("GET", f"{mount}/issuers", operation="provision.read",
-                                                params={"list": "true"})
-            issuers = list((listed.data or {}).get("keys") or [])
-        except VaultNotFoundError:
-            issuers = []
+        issuers = await self._client.logical.list(f"{mount}/issuers", token=self._token, operation="provision.read")
         if issuers:
             self._note(f"PKI CA at {self._pki}/", False)
             return
@@ -465,17 +457,15 @@ class DynamicProvisioner:
         if root is None:
             raise DynamicStateError(f"{self._pki}/ has no CA: add pki.generate_root to the file, or set up an "
                                  "issuer (an intermediate signed by your CA) first")
-        tune = (await self._client.request("GET", f"sys/mounts/{mount}/tune", operation="provision.read")).data or {}
-        if int(tune.get("max_lease_ttl") or 0) < root.ttl:
-            await self._write(f"sys/mounts/{mount}/tune", {"max_lease_ttl": root.ttl})
+        if await self._client.sys.max_lease_ttl(self._pki, token=self._token) < root.ttl:
+            await self._client.sys.set_max_lease_ttl(self._pki, root.ttl, token=self._token)
             self._note(f"raised the max lease TTL of {self._pki}/ to {root.ttl}s for the root CA", True)
         body: dict[str, Any] = {"common_name": root.common_name, "ttl": root.ttl, "key_type": root.key_type}
         if root.key_bits:
             body["key_bits"] = root.key_bits
         if root.issuer_name:
             body["issuer_name"] = root.issuer_name
-        made = (await self._client.request("POST", f"{mount}/root/generate/internal", operation="provision.write",
-                                           json_body=body)).data or {}
+        made = await self._write(f"{mount}/root/generate/internal", body)
         self._note(f"generated the root CA {root.common_name!r} at {self._pki}/ (serial "
                    f"{made.get('serial_number', '?')})", True)
 
@@ -505,8 +495,8 @@ class DynamicProvisioner:
     async def _ssh_ca(self, ssh: Ssh) -> None:
         mount = quote_path(self._ssh)
         try:
-            current = (await self._client.request("GET", f"{mount}/config/ca", operation="provision.read")).data
-        except (VaultNotFoundError, VaultInvalidRequestError):  # 400 "no default issuer currently configured"
+            current = await self._get(f"{mount}/config/ca")
+        except VaultInvalidRequestError:  # 400 "no default issuer currently configured"
             current = None
         if current and current.get("public_key"):
             self._note(f"SSH CA at {self._ssh}/", False)
@@ -514,8 +504,7 @@ class DynamicProvisioner:
         body: dict[str, Any] = {"generate_signing_key": True, "key_type": ssh.ca.key_type}
         if ssh.ca.key_bits:
             body["key_bits"] = ssh.ca.key_bits
-        made = (await self._client.request("POST", f"{mount}/config/ca", operation="provision.write",
-                                           json_body=body)).data or {}
+        made = await self._write(f"{mount}/config/ca", body)
         public = str(made.get("public_key") or "").strip()
         self._note(f"generated an SSH CA at {self._ssh}/ (sshd TrustedUserCAKeys: {public})", True)
 
@@ -549,17 +538,15 @@ class DynamicProvisioner:
         ``--prune``, reported otherwise. Other roles of the mount are never touched."""
         if self._scope != "agent":
             return
-        try:
-            listed = await self._client.request("GET", path, operation="provision.list", params={"list": "true"})
-        except VaultNotFoundError:
-            return
-        for name in sorted(str(k) for k in (listed.data or {}).get("keys") or []):
+        listed = await self._client.logical.list(path, token=self._token, operation="provision.list")
+        for name in sorted(listed):
             parts = name.split(".")
             if name in wanted or len(parts) != 3 or parts[0] != self._prefix:
                 continue
             label = f"{kind} {name} at {mount}/"
             if self._prune:
-                await self._client.request("DELETE", f"{path}/{quote_path(name)}", operation="provision.delete")
+                await self._client.logical.delete(f"{path}/{quote_path(name)}", token=self._token,
+                                                  operation="provision.delete")
                 self._note(f"deleted {label} (not in the file)", True)
             else:
                 self._warn(f"{label} is not in the file (--prune deletes it)")

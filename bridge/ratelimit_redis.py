@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Literal
 
 import structlog
-from aiohttp import web
 
 from bridge.errors import RateLimiterUnavailableError
 from bridge.ratelimit import TOKEN_SLACK, Decision, Quota
@@ -142,18 +141,9 @@ def connect(url: str, *, timeout: float, max_connections: int = MAX_CONNECTIONS)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
-async def redis_limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the Redis connection pool lives as long as the app."""
-    from bridge.keys import LIMITER, SETTINGS
-
-    settings = app[SETTINGS]
-    assert settings.redis_url is not None
-    limiter = RedisRateLimiter(connect(settings.redis_url.get_secret_value(), timeout=settings.redis_timeout),
-                               settings.rate_limit_quota, prefix=settings.redis_key_prefix,
-                               fail_mode=settings.rate_limit_fail_mode)
-    app[LIMITER] = limiter
-    log.info("ratelimit.backend", backend="redis", fail_mode=settings.rate_limit_fail_mode)
-    try:
-        yield
-    finally:
-        await limiter.close()
+def redis_limiter(url: str, default: Quota, *, timeout: float, prefix: str,
+                  fail_mode: Literal["open", "closed"]) -> RedisRateLimiter:
+    """The limiter over a fresh pool (no connection is made until the first request); ``close`` it at shutdown."""
+    limiter = RedisRateLimiter(connect(url, timeout=timeout), default, prefix=prefix, fail_mode=fail_mode)
+    log.info("ratelimit.backend", backend="redis", fail_mode=fail_mode)
+    return limiter

@@ -31,7 +31,7 @@ from bridge.config import IDENT_RE
 from bridge.errors import InvalidPathError
 from bridge.paths import agent_path, validate_path
 from bridge.policy import check_mount
-from bridge.vault.client import VaultClient, quote_path
+from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultError, VaultNotFoundError
 
 REVEAL = "bridge.reveal"
@@ -115,31 +115,23 @@ def bridge_settings(custom_metadata: Mapping[str, Any] | None) -> dict[str, str]
     return {k: str(v) for k, v in sorted((custom_metadata or {}).items()) if k.startswith(BRIDGE_KEY_PREFIX)}
 
 
-async def apply_secret_policy(client: VaultClient, mount: str, kv_path: str,
+async def apply_secret_policy(client: VaultClient, token: str, mount: str, kv_path: str,
                               patch: Mapping[str, str | None]) -> tuple[dict[str, str], bool]:
-    """Merge ``patch`` into the secret's custom metadata; returns its ``bridge.*`` settings and whether a write
-    was made. ``kv_path`` is the path below the mount (``{prefix}/{agent}/{path}``)."""
-    meta_path = f"{quote_path(mount)}/metadata/{quote_path(kv_path)}"
-    current: dict[str, Any] | None
+    """Merge ``patch`` into the secret's custom metadata (with the admin ``token``); returns its ``bridge.*``
+    settings and whether a write was made. ``kv_path`` is the path below the mount (``{prefix}/{agent}/{path}``)."""
     try:
-        current = (await client.request("GET", meta_path, operation="kv.metadata.read")).data or {}
+        have = (await client.kv.metadata(mount, kv_path, token=token)).custom_metadata or {}
+        exists = True
     except VaultNotFoundError:
-        current = None
-    have = (current or {}).get("custom_metadata") or {}
+        have, exists = {}, False
     wanted = {k: v for k, v in patch.items() if have.get(k) != v}
-    if wanted and current is not None:
-        await client.request("PATCH", meta_path, operation="kv.metadata.patch", json_body={"custom_metadata": wanted},
-                             content_type="application/merge-patch+json")
-    elif wanted:
-        # no metadata yet: create it (a metadata write of a missing path makes an entry with no versions)
-        values = {k: v for k, v in wanted.items() if v is not None}
-        if values:
-            await client.request("POST", meta_path, operation="kv.metadata.write",
-                                 json_body={"custom_metadata": values})
-        else:
-            wanted = {}
-    after = (await client.request("GET", meta_path, operation="kv.metadata.read")).data if wanted else current
-    return bridge_settings((after or {}).get("custom_metadata")), bool(wanted)
+    if not exists and not any(v is not None for v in wanted.values()):
+        wanted = {}  # nothing to set on a secret without metadata
+    if not wanted:
+        return bridge_settings(have), False
+    await client.kv.write_custom_metadata(mount, kv_path, wanted, token=token, create=not exists)
+    after = await client.kv.metadata(mount, kv_path, token=token)
+    return bridge_settings(after.custom_metadata), True
 
 
 def add_secret_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -184,8 +176,7 @@ def secret_policy_main(args: argparse.Namespace, environ: Mapping[str, str] | No
     async def run() -> tuple[dict[str, str], bool]:
         async with VaultClient(addr, namespace=env.get("VAULT_NAMESPACE", ""), cacert=env.get("VAULT_CACERT", ""),
                                timeout=30) as client:
-            client.token = token
-            return await apply_secret_policy(client, mount, kv_path, patch)
+            return await apply_secret_policy(client, token, mount, kv_path, patch)
 
     try:
         settings, changed = asyncio.run(run())

@@ -13,7 +13,7 @@ Nothing is left running, however the run ends (see README, "make run"):
   which stops them in that order (a second SIGINT straight to the bridge would cut its shutdown short).
 - The parent going away (``make`` killed with ``kill -9``) is noticed within a fraction of a second: this
   runner watches its parent process id. If this runner itself is killed, the kernel stops its children
-  (``PR_SET_PDEATHSIG``, Linux; ``bridge.devvault.die_with_parent``).
+  (``PR_SET_PDEATHSIG``, Linux; ``devtools.devvault.die_with_parent``).
 - The dev server's root token exists only in this process (provisioning runs in-process) and in the dev
   server's own environment; the bridge logs in with its own AppRole and never sees it.
 
@@ -43,7 +43,7 @@ from joserfc import jwt  # noqa: E402
 from joserfc.jwk import OctKey  # noqa: E402
 
 from bridge.config import IDENT_RE, parse_api_keys  # noqa: E402
-from bridge.devvault import (  # noqa: E402
+from devtools.devvault import (  # noqa: E402
     DevVault,
     DevVaultCancelled,
     demo_mtls,

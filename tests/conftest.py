@@ -4,7 +4,12 @@
   ``secret/``, transit, and policies for the test agents.
 - ``make_settings``: Settings for a bridge pointed at that server (override anything by keyword; ``env`` gives
   settings as environment variables).
-- ``bridge_client``: an ``aiohttp`` test client for ``create_app(settings)``.
+- ``bridge_client``: an ``aiohttp`` test client for ``create_app(settings)``; ``ops_client``: one for a bridge
+  with any setting overridden.
+- From ``tests/support/``: ``fake_vault`` (the in-process fake Vault), ``fresh_namespace`` (an empty OpenBao
+  namespace per test), ``postgres`` (Debian's PostgreSQL), ``pbao`` (a restartable OpenBao with Raft storage),
+  ``redis_server``, ``spawn_bridge`` (a bridge process), ``bridge_creds``/``child_settings`` (the provisioned
+  AppRole and child-token settings).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -20,11 +25,9 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault, provision_demo_sync, start_dev_vault
+from devtools.devvault import DevVault, provision_demo_sync, start_dev_vault
 
-# ``fake_vault`` (in-process fake Vault), ``postgres`` (Debian's PostgreSQL, session), ``fresh_namespace`` (an empty
-# OpenBao namespace per test): tests/fakevault.py, tests/support/
-pytest_plugins = ("tests.fakevault", "tests.support.postgres", "tests.support.vault")
+pytest_plugins = ("tests.support.postgres", "tests.support.vault", "tests.support.servers", "tests.support.approle")
 
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20
@@ -96,3 +99,17 @@ async def bridge_client(
 ) -> TestClient[Any, Any]:
     client: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings()))
     return client
+
+
+OpsClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def ops_client(aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+               make_settings: Callable[..., Settings]) -> OpsClient:
+    """``await ops_client(audit_log=..., rate_limit_requests=...)``: a test client on 127.0.0.1."""
+
+    async def make(**overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(make_settings(**overrides)))
+
+    return make

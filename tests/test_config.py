@@ -8,7 +8,15 @@ from typing import Any, get_args
 
 import pytest
 
-from bridge.config import TRANSIT_KEY_TYPES, ConfigError, Settings, parse_api_keys, parse_duration, parse_list
+from bridge.config import (
+    TRANSIT_KEY_TYPES,
+    ConfigError,
+    Settings,
+    ignored_settings,
+    parse_api_keys,
+    parse_duration,
+    parse_list,
+)
 from bridge.models import KeyType
 from bridge.ratelimit import Quota
 
@@ -104,10 +112,10 @@ def test_every_variable_is_read_from_its_upper_case_name(tmp_path: Any) -> None:
 
 def test_approle_settings() -> None:
     s = Settings.from_env({"VAULT_ROLE_ID": "rid", "VAULT_SECRET_ID": "sid"})
-    assert s.uses_approle
+    assert s.vault_role_id
     assert s.vault_secret_id is not None
     assert s.vault_secret_id.get_secret_value() == "sid"
-    assert not Settings.from_env({"VAULT_TOKEN": "t"}).uses_approle
+    assert not Settings.from_env({"VAULT_TOKEN": "t"}).vault_role_id
 
 
 def test_secrets_stay_out_of_repr() -> None:
@@ -294,3 +302,14 @@ def test_edge_settings_refused(var: str, value: str) -> None:
 def test_vault_addr_with_user_info_is_accepted() -> None:
     assert Settings.from_env({"VAULT_ADDR": "https://user:p%40ss@vault.example:8200"}).vault_addr == \
         "https://user:p%40ss@vault.example:8200"
+
+
+@pytest.mark.parametrize("value", ["lean", "aiohttp", "anything"])
+def test_vault_http_client_is_gone_and_ignored(value: str) -> None:
+    """The setting is removed (the hand-written transport with it); a leftover one does not stop start-up (``serve``
+    logs one warning: tests/test_startup.py), and no field of that name is left."""
+    env = {"VAULT_HTTP_CLIENT": value}
+    assert "vault_http_client" not in Settings.model_fields
+    assert Settings.from_env(env) == Settings.from_env({})
+    assert list(ignored_settings(env)) == ["VAULT_HTTP_CLIENT"]
+    assert ignored_settings({}) == {}

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.mcp.tools import tools_by_name
+from bridge.mcp.tools import definition
+from bridge.operations import default_registry
 from tests.conftest import API_KEY_ALICE, API_KEYS
 from tests.mcp.conftest import modern_body, modern_headers
 
@@ -151,7 +152,7 @@ async def test_mcp_version_is_bounded_like_rest(api: Client) -> None:
         assert await tool_error_code(api, "kv_read", {"path": path, "version": version}) == "invalid_request"
     assert (await tool(api, "kv_read", {"path": path, "version": 999_999_999}))["structuredContent"]["error"][
         "code"] == "version_not_found"  # the largest accepted number reaches Vault, as over REST
-    schema = tools_by_name()["kv_read"].definition["inputSchema"]["properties"]["version"]
+    schema = definition(default_registry()["kv_read"])["inputSchema"]["properties"]["version"]
     assert schema["anyOf"][0]["maximum"] == 999_999_999
 
 
@@ -259,13 +260,13 @@ async def test_mcp_transit_results_carry_no_null_fields(api: Client) -> None:
         result = await tool(api, name, arguments)
         structured = result["structuredContent"]
         assert _nulls(structured) == [], (name, arguments, structured)
-        jsonschema.validate(structured, tools_by_name()[name].definition["outputSchema"],
+        jsonschema.validate(structured, definition(default_registry()[name])["outputSchema"],
                             cls=jsonschema.Draft202012Validator)
         assert json.loads(result["content"][0]["text"]) == structured
     # the schemas themselves admit no null where results never send one
-    for spec in tools_by_name().values():
-        for prop, schema in spec.definition["outputSchema"]["properties"].items():
-            assert {"type": "null"} not in schema.get("anyOf", []), (spec.name, prop)
+    for op in default_registry().tools():
+        for prop, schema in definition(op)["outputSchema"]["properties"].items():
+            assert {"type": "null"} not in schema.get("anyOf", []), (op.name, prop)
 
 
 # -- scopes -----------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ async def test_default_hosts(make_client: MakeClient, host: str) -> None:
 async def test_other_and_malformed_hosts(make_client: MakeClient, host: str) -> None:
     client = await make_client(host="0.0.0.0")  # a wildcard bind address is not a name clients use
     status, _ = await _raw(client, f"GET /healthz HTTP/1.1\r\nHost: {host}")
-    assert status in (421, 400), host  # 400: aiohttp's parser refused it first (no echo: tests/resilience)
+    assert status in (421, 400), host  # 400: aiohttp's parser refused it first (no echo: tests/test_log_canary.py)
     if host and " " not in host:
         resp = await client.get("/healthz", headers={"Host": host})
         assert resp.status == 421, host

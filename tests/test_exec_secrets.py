@@ -25,9 +25,9 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from bridge.cli import main
-from bridge.devvault import DevVault, free_port, stop_process
 from bridge.exec_secrets import ExecError, parse_binding
 from bridge.references import Reference
+from devtools.devvault import DevVault, free_port, stop_process
 from tests.conftest import API_KEY_ALICE, API_KEYS
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def _http(method: str, url: str, body: object | None = None) -> tuple[int, dict[
 
 @pytest.fixture(scope="module")
 def bridge(bao: DevVault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
-    """``python -m bridge serve`` on a free port, like tests/resilience/conftest.py's ``spawn_bridge``."""
+    """``python -m bridge serve`` on a free port, like tests/support/servers.py's ``spawn_bridge``."""
     tmp = tmp_path_factory.mktemp("exec")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}

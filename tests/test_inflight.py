@@ -1,5 +1,5 @@
 """The per-agent in-flight cap (``AGENT_MAX_INFLIGHT``) as a unit: slots per key, a bounded FIFO wait, and state
-only for agents with a request in progress. (Through a listening bridge: tests/resilience/test_fairness.py.)"""
+only for agents with a request in progress. (Through a listening bridge: tests/test_fairness.py.)"""
 
 from __future__ import annotations
 

@@ -15,11 +15,11 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultNotFoundError
+from devtools.devvault import DevVault
+from devtools.fakevault import FakeVault
 from tests.conftest import API_KEY_ALICE, API_KEYS
-from tests.fakevault import FakeVault
 from tests.mcp.conftest import modern_body, modern_headers
 
 ALICE = {"X-API-Key": API_KEY_ALICE, "Content-Type": "application/json"}
@@ -36,9 +36,8 @@ def nested(depth: int, leaf: Any = "x") -> Any:
 
 async def _vault_has(bao: DevVault, path: str) -> bool:
     async with VaultClient(bao.addr) as client:
-        client.token = bao.root_token
         try:
-            await client.kv.read("secret", f"mcp/alice/{path}")
+            await client.kv.read("secret", f"mcp/alice/{path}", token=bao.root_token)
         except VaultNotFoundError:
             return False
         return True

@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.logging import REDACTED, configure_logging, redact_processor
+from devtools.devvault import DevVault
 from tests.auth.conftest import hs256
 from tests.conftest import API_KEY_ALICE
 

@@ -20,8 +20,8 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import InvalidPathError
 from bridge.paths import MAX_PATH_LENGTH, MAX_SEGMENTS, agent_path, decode_raw, validate_path, validate_prefix
+from devtools.fakevault import FakeVault
 from tests.conftest import API_KEY_ALICE, API_KEYS
-from tests.fakevault import FakeVault
 
 # -- the rules ---------------------------------------------------------------------------------------
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.policy import policy_name, render_agent_policy, render_bridge_policy
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultPermissionDeniedError
+from bridge.vault.models import TransitResult
+from devtools.devvault import DevVault
 
 
 def test_rendered_policy() -> None:
@@ -111,65 +112,75 @@ def test_bridge_policy_grants_minting_its_fingerprint_key_and_its_state() -> Non
 @pytest.fixture
 async def root(bao: DevVault) -> AsyncIterator[VaultClient]:
     async with VaultClient(bao.addr) as c:
-        c.token = bao.root_token
         yield c
 
 
-async def _token_with_only(root: VaultClient, agent: str) -> str:
+async def _token_with_only(root: VaultClient, root_token: str, agent: str) -> str:
     hcl = render_agent_policy(agent)
-    await root.request("PUT", f"sys/policies/acl/{policy_name(agent)}", operation="t", json_body={"policy": hcl})
-    resp = await root.request("POST", "auth/token/create", operation="t",
-                              json_body={"policies": [policy_name(agent)], "no_default_policy": True, "ttl": "5m"})
-    auth = resp.auth or {}
-    assert auth["policies"] == [policy_name(agent)]
-    return str(auth["client_token"])
+    await root.sys.write_policy(policy_name(agent), hcl, token=root_token)
+    resp = await root.logical.write("auth/token/create", {"policies": [policy_name(agent)], "no_default_policy": True,
+                                                          "ttl": "5m"}, token=root_token)
+    assert resp.auth is not None
+    assert resp.auth.policies == (policy_name(agent),)
+    return resp.auth.client_token.get_secret_value()
+
+
+def _encrypt(c: VaultClient, key: str, b64: str, token: str) -> Awaitable[TransitResult]:
+    return c.transit.call("transit", "encrypt", key, {"plaintext": b64}, token=token)
+
+
+def _decrypt(c: VaultClient, key: str, ciphertext: str, token: str) -> Awaitable[TransitResult]:
+    return c.transit.call("transit", "decrypt", key, {"ciphertext": ciphertext}, token=token)
 
 
 @pytest.mark.integration
 async def test_policy_allows_its_agent_and_denies_others(root: VaultClient, bao: DevVault) -> None:
     agent, other = f"pol_{secrets.token_hex(3)}", f"pol_{secrets.token_hex(3)}"
-    token = await _token_with_only(root, agent)
-    await root.kv.write("secret", f"mcp/{other}/theirs", {"x": 1})
+    token = await _token_with_only(root, bao.root_token, agent)
+    await root.kv.write("secret", f"mcp/{other}/theirs", {"x": 1}, token=bao.root_token)
     own = f"mcp/{agent}/app/db"
     b64 = base64.b64encode(b"hello").decode()
 
     async with VaultClient(bao.addr) as c:
-        c.token = token
         # every operation of its own agent
-        assert (await c.kv.write("secret", own, {"a": 1}))["version"] == 1
-        assert (await c.kv.write("secret", own, {"a": 2}, cas=1))["version"] == 2
-        assert (await c.kv.patch("secret", own, {"b": 3}))["version"] == 3
-        assert (await c.kv.read("secret", own))["data"] == {"a": 2, "b": 3}
-        assert (await c.kv.read("secret", own, version=1))["data"] == {"a": 1}
-        assert await c.kv.list("secret", f"mcp/{agent}/") == ["app/"]
-        assert await c.kv.list("secret", f"mcp/{agent}/app") == ["db"]
-        assert (await c.kv.metadata("secret", own))["current_version"] == 3
-        await c.kv.delete_latest("secret", own)
-        await c.kv.undelete("secret", own, [3])
-        await c.kv.destroy("secret", own, [1])
-        enc = await c.transit.encrypt("transit", f"mcp.{agent}.k", b64)  # creates the key on first use
-        assert (await c.transit.decrypt("transit", f"mcp.{agent}.k", enc["ciphertext"]))["plaintext"] == b64
+        assert (await c.kv.write("secret", own, {"a": 1}, token=token)).version == 1
+        assert (await c.kv.write("secret", own, {"a": 2}, cas=1, token=token)).version == 2
+        assert (await c.kv.patch("secret", own, {"b": 3}, token=token)).version == 3
+        assert (await c.kv.read("secret", own, token=token)).data == {"a": 2, "b": 3}
+        assert (await c.kv.read("secret", own, version=1, token=token)).data == {"a": 1}
+        assert await c.kv.list("secret", f"mcp/{agent}/", token=token) == ["app/"]
+        assert await c.kv.list("secret", f"mcp/{agent}/app", token=token) == ["db"]
+        assert (await c.kv.metadata("secret", own, token=token)).current_version == 3
+        await c.kv.delete_latest("secret", own, token=token)
+        await c.kv.undelete("secret", own, [3], token=token)
+        await c.kv.destroy("secret", own, [1], token=token)
+        enc = (await _encrypt(c, f"mcp.{agent}.k", b64, token)).single  # creates the key on first use
+        assert enc is not None
+        assert enc.ciphertext
+        decrypted = (await _decrypt(c, f"mcp.{agent}.k", enc.ciphertext, token)).single
+        assert decrypted is not None
+        assert decrypted.plaintext == b64
 
         # nothing of another agent's, nor above its own namespace
         denied = [
-            c.kv.read("secret", f"mcp/{other}/theirs"),
-            c.kv.write("secret", f"mcp/{other}/mine-now", {"x": 1}),
-            c.kv.patch("secret", f"mcp/{other}/theirs", {"x": 2}),
-            c.kv.delete_latest("secret", f"mcp/{other}/theirs"),
-            c.kv.undelete("secret", f"mcp/{other}/theirs", [1]),
-            c.kv.destroy("secret", f"mcp/{other}/theirs", [1]),
-            c.kv.metadata("secret", f"mcp/{other}/theirs"),
-            c.kv.list("secret", f"mcp/{other}/"),
-            c.kv.list("secret", "mcp/"),
-            c.kv.read("secret", f"mcp/{agent}"),
-            c.kv.write("secret", "elsewhere", {"x": 1}),
-            c.transit.encrypt("transit", f"mcp.{other}.k", b64),
-            c.transit.decrypt("transit", f"mcp.{other}.k", enc["ciphertext"]),
-            c.transit.encrypt("transit", "k", b64),
+            c.kv.read("secret", f"mcp/{other}/theirs", token=token),
+            c.kv.write("secret", f"mcp/{other}/mine-now", {"x": 1}, token=token),
+            c.kv.patch("secret", f"mcp/{other}/theirs", {"x": 2}, token=token),
+            c.kv.delete_latest("secret", f"mcp/{other}/theirs", token=token),
+            c.kv.undelete("secret", f"mcp/{other}/theirs", [1], token=token),
+            c.kv.destroy("secret", f"mcp/{other}/theirs", [1], token=token),
+            c.kv.metadata("secret", f"mcp/{other}/theirs", token=token),
+            c.kv.list("secret", f"mcp/{other}/", token=token),
+            c.kv.list("secret", "mcp/", token=token),
+            c.kv.read("secret", f"mcp/{agent}", token=token),
+            c.kv.write("secret", "elsewhere", {"x": 1}, token=token),
+            _encrypt(c, f"mcp.{other}.k", b64, token),
+            _decrypt(c, f"mcp.{other}.k", enc.ciphertext, token),
+            _encrypt(c, "k", b64, token),
         ]
         for call in denied:
             with pytest.raises(VaultPermissionDeniedError):
                 await call
-        await c.auth_token.revoke_self()  # the policy lets a token revoke itself
-    assert (await root.kv.read("secret", f"mcp/{other}/theirs"))["data"] == {"x": 1}
-    assert await root.kv.list("secret", f"mcp/{other}/") == ["theirs"]
+        await c.auth_token.revoke_self(token=token)  # the policy lets a token revoke itself
+    assert (await root.kv.read("secret", f"mcp/{other}/theirs", token=bao.root_token)).data == {"x": 1}
+    assert await root.kv.list("secret", f"mcp/{other}/", token=bao.root_token) == ["theirs"]

@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
 from bridge.vault.client import VaultClient
+from devtools.devvault import DevVault
+from devtools.fakevault import FakeVault
 from tests.conftest import API_KEYS, until_status
-from tests.fakevault import FakeVault
 
 Client = TestClient[Any, Any]
 
@@ -97,9 +97,8 @@ async def test_readyz_follows_seal_and_approle_revocation(aiohttp_client: Callab
 
 async def _root(bao: DevVault, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     async with VaultClient(bao.addr) as root:
-        root.token = bao.root_token
-        resp = await root.request(method, path, operation="test", json_body=body)
-        return resp.auth or {}
+        resp = await root.request(method, path, operation="test", json_body=body, token=bao.root_token)
+        return (resp.raw or {}).get("auth") or {}
 
 
 @pytest.mark.integration

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.provision import ProvisionOptions, ProvisionResult, provision
-from bridge.vault.client import VaultClient, VaultResponse
+from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultInvalidRequestError, VaultNotFoundError, VaultPermissionDeniedError
+from bridge.vault.models import VaultResponse
+from devtools.devvault import DevVault
 from tests.support.vault import root_client
 
 pytestmark = pytest.mark.integration
@@ -24,8 +25,8 @@ async def _setup(bao: DevVault, namespace: str, **options: Any) -> tuple[Provisi
     result = await provision(bao.addr, bao.root_token, ProvisionOptions(agents=["alice", "bob"], **options),
                              namespace=namespace)
     async with VaultClient(bao.addr, namespace=namespace) as vault:
-        auth = (await vault.approle.login(result.role_id, str(result.secret_id))).auth or {}
-    return result, str(auth["client_token"])
+        auth = await vault.approle.login(result.role_id, str(result.secret_id))
+    return result, auth.client_token.get_secret_value()
 
 
 async def _call(bao: DevVault, namespace: str, token: str, method: str, path: str, body: Any = None,
@@ -37,7 +38,7 @@ async def _call(bao: DevVault, namespace: str, token: str, method: str, path: st
 async def _child(bao: DevVault, namespace: str, bridge: str, agent: str) -> str:
     resp = await _call(bao, namespace, bridge, "POST", "auth/token/create/mcp-agent-batch",
                        {"policies": [f"mcp-agent-{agent}"], "ttl": "60s"})
-    return str((resp.auth or {})["client_token"])
+    return str(((resp.raw or {}).get("auth") or {})["client_token"])
 
 
 async def test_the_bridge_keeps_its_state_where_no_agent_reaches(bao: DevVault, fresh_namespace: str) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.devvault import DevVault
 from bridge.provision_dynamic import DynamicSpecError, load_dynamic, parse_dynamic, plan_dynamic
 from bridge.vault.errors import VaultError
+from devtools.devvault import DevVault
 from tests.support.dynamic import CREATE_LOGIN, provision_dynamic, spec_dict
 from tests.support.postgres import PostgresServer, can_login, make_login_role
 from tests.support.vault import root_client

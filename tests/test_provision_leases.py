@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from bridge.devvault import DevVault
 from bridge.policy import render_agent_policy
-from bridge.vault.client import VaultResponse
 from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedError
+from bridge.vault.models import VaultResponse
+from devtools.devvault import DevVault
 from tests.support.dynamic import DynamicVault, provision_dynamic, spec_dict
 from tests.support.postgres import PostgresServer, can_login, make_login_role
 
@@ -48,14 +48,14 @@ async def call(dv: DynamicVault, method: str, path: str, token: str, body: Any =
 
 async def bridge_login(dv: DynamicVault) -> str:
     async with dv.client() as vault:
-        resp = await vault.approle.login(dv.result.role_id, str(dv.result.secret_id))
-        return str((resp.auth or {})["client_token"])
+        auth = await vault.approle.login(dv.result.role_id, str(dv.result.secret_id))
+        return auth.client_token.get_secret_value()
 
 
 async def mint(dv: DynamicVault, bridge: str, role: str, agent: str, **extra: Any) -> dict[str, Any]:
     """As the bridge mints: its own token, the token role, the agent's one policy, a display name and meta."""
     body = {"policies": [f"mcp-agent-{agent}"], "display_name": f"mcp-{agent}", "meta": {"agent": agent}, **extra}
-    return (await call(dv, "POST", f"auth/token/create/{role}", bridge, body)).auth or {}
+    return ((await call(dv, "POST", f"auth/token/create/{role}", bridge, body)).raw or {}).get("auth") or {}
 
 
 async def lease_token(dv: DynamicVault, bridge: str, agent: str) -> str:
@@ -120,7 +120,7 @@ async def test_the_lease_token_is_an_orphan_periodic_token_with_only_the_agents_
     assert auth["policies"] == ["mcp-agent-alice"]  # no default policy
     assert auth["lease_duration"] == 3600  # the period (--lease-token-period)
     renewed = await call(dyn, "POST", "auth/token/renew-self", str(auth["client_token"]), {})
-    assert (renewed.auth or {})["lease_duration"] == 3600  # renew-self resets it to the period
+    assert ((renewed.raw or {}).get("auth") or {})["lease_duration"] == 3600  # renew-self resets it to the period
     for refused in (["mcp-agent-alice", "vault-mcp-bridge"], ["root"], ["default"], ["other"]):
         with pytest.raises(VaultInvalidRequestError):
             await call(dyn, "POST", "auth/token/create/mcp-agent-lease", bridge, {"policies": refused})

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devvault import free_port
 from bridge.ratelimit import MemoryRateLimiter, Quota, RateLimiter, gcra
 from bridge.ratelimit_redis import RedisRateLimiter, connect
-from tests.resilience.conftest import RedisServer
+from devtools.devvault import free_port
+from tests.support.servers import RedisServer
 
 
 class Clock:

@@ -14,10 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import DevVault
-from bridge.keys import LIMITER
 from bridge.ratelimit import MemoryRateLimiter, Quota
 from bridge.vault.client import VaultClient
+from devtools.devvault import DevVault
 from tests.auth.conftest import hs256
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
 
@@ -52,9 +51,8 @@ def unique(prefix: str = "t") -> str:
 async def vault_read(bao: DevVault, path: str) -> int:
     """Status of a direct read of ``secret/data/{path}`` with the root token (404 = nothing written)."""
     async with VaultClient(bao.addr) as c:
-        c.token = bao.root_token
         try:
-            await c.kv.read("secret", path)
+            await c.kv.read("secret", path, token=bao.root_token)
         except Exception as exc:
             return int(getattr(exc, "status", 0))
         return 200
@@ -220,8 +218,7 @@ async def test_transit_round_trip_and_key_naming(api: Client, bao: DevVault) -> 
     assert resp.status == 200
     assert await resp.json() == {"plaintext": plaintext}
     async with VaultClient(bao.addr) as c:  # the Vault key is {DEFAULT_PREFIX}.{agent}.{key}
-        c.token = bao.root_token
-        assert (await c.request("GET", f"transit/keys/mcp.alice.{key}", operation="t")).data
+        assert (await c.request("GET", f"transit/keys/mcp.alice.{key}", operation="t", token=bao.root_token)).data
     # bob's key of the same name is another Vault key: alice's ciphertext does not decrypt with it
     resp = await api.post("/transit/decrypt", json={"key": key, "ciphertext": body["ciphertext"]}, headers=BOB)
     assert resp.status == 404
@@ -452,8 +449,8 @@ async def test_rate_limit(make_bridge: MakeBridge) -> None:
 async def test_rate_limit_is_a_bucket_with_a_burst_through_rest(aiohttp_client: Callable[..., Any],
                                                                 make_settings: Callable[..., Settings]) -> None:
     now = [100.0]
-    app = create_app(make_settings(rate_limit_requests=60, rate_limit_window_seconds=60, rate_limit_burst=2))
-    app[LIMITER] = MemoryRateLimiter(Quota(60, 60.0, 2), clock=lambda: now[0])
+    app = create_app(make_settings(rate_limit_requests=60, rate_limit_window_seconds=60, rate_limit_burst=2),
+                     limiter=MemoryRateLimiter(Quota(60, 60.0, 2), clock=lambda: now[0]))
     api: Client = await aiohttp_client(app)
     assert [(await api.get("/whoami", headers=ALICE)).status for _ in range(2)] == [200, 200]
     resp = await api.get("/whoami", headers=ALICE)

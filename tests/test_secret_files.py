@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.config import ConfigError, Settings
-from bridge.devvault import DevVault, free_port
+from devtools.devvault import DevVault, free_port
 from tests.test_startup import ROOT, clean_env, wait_healthz
 
 SECRET_FILE_FORMS = {  # = bridge.config.SECRET_FILE_FORMS (checked below)

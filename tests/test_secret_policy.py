@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.secret_policy import add_secret_policy_args, parse_allowed_hosts, secret_policy_main, settings_patch
+from devtools.devvault import DevVault
 from tests.support.vault import root_client
 
 CANARY = "sp-canary-value-6f1c"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devvault import DevVault, free_port
+from devtools.devvault import DevVault, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -75,6 +75,28 @@ def test_each_command_serves(name: str, bao: DevVault) -> None:
             raise
     assert proc.returncode == 0, err.decode()
     assert bao.root_token.encode() not in err
+
+
+@pytest.mark.integration
+def test_a_leftover_vault_http_client_is_ignored_with_one_warning(bao: DevVault) -> None:
+    """``VAULT_HTTP_CLIENT`` is gone (README, Upgrading): set to any value it still starts, and says once that
+    the setting is ignored."""
+    port = free_port()
+    env = clean_env(PORT=str(port), HOST="127.0.0.1", VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.root_token,
+                    LOG_LEVEL="warning", VAULT_HTTP_CLIENT="lean",
+                    API_KEYS_JSON=json.dumps({"startup-test-key-" + "k" * 16: "alice"}))
+    proc = subprocess.Popen(COMMANDS["python -m bridge"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert wait_healthz(port, proc)["status"] == "ok"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    ignored = [line for line in map(json.loads, out.decode().splitlines())
+               if line.get("event") == "config.setting_ignored"]
+    assert [(line["setting"], line["level"]) for line in ignored] == [("VAULT_HTTP_CLIENT", "warning")]
+    assert "aiohttp" in ignored[0]["reason"]
 
 
 def test_serves_while_vault_is_unreachable() -> None:

@@ -25,14 +25,6 @@ class Identity:
     # claims: a token cannot raise its own limit.
     rate_limit: Quota | None = None
 
-    def require(self, scope: str) -> None:
-        if scope not in self.scopes:
-            raise ForbiddenError(
-                f"This operation needs the '{scope}' scope; this identity has: "
-                f"{', '.join(sorted(self.scopes)) or 'none'}.",
-                extra={"required_scope": scope},
-            )
-
 
 def normalize_subject(raw: str, method: AuthMethod) -> str:
     """Lower-case; then it must match ``^[a-z0-9][a-z0-9_-]{0,63}$`` (it becomes a Vault path segment,

@@ -6,7 +6,7 @@ between the host and the resource's path) and, for clients that only try the roo
 ``/.well-known/oauth-protected-resource``. ``resource`` is ``MCP_RESOURCE_URL`` (set it behind a proxy), else
 this server's ``/mcp`` URL as the client reached it, provided its ``Host`` is a plain ``host[:port]`` (else the
 bind address). 401 and insufficient-scope 403 challenges point here with ``resource_metadata``
-(``bridge.middlewares.www_authenticate``): a raw ``Host`` never reaches a challenge or a document.
+(:class:`Challenges`): a raw ``Host`` never reaches a challenge or a document.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import re
 from aiohttp import web
 from yarl import URL
 
+from bridge.auth.api_key import CHALLENGE as API_KEY_CHALLENGE
 from bridge.config import SCOPES, Settings
-from bridge.keys import SETTINGS
+from bridge.routing import Handler
 
 MCP_PATH = "/mcp"
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -38,10 +39,9 @@ def bind_authority(settings: Settings) -> str:
     return f"{host}:{settings.port}"
 
 
-def base_url(request: web.Request) -> str:
+def base_url(settings: Settings, request: web.Request) -> str:
     """``scheme://host[:port]`` of this server: the origin of ``MCP_RESOURCE_URL`` when set, else the request's
     ``Host`` when it is a plain ``host[:port]``, else the bind address."""
-    settings = request.app[SETTINGS]
     if settings.mcp_resource_url:
         return str(URL(settings.mcp_resource_url).origin())
     host = request.headers.get("Host", "")
@@ -50,36 +50,75 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{host}"
 
 
-def resource_url(request: web.Request) -> str:
+def resource_url(settings: Settings, request: web.Request) -> str:
     """``MCP_RESOURCE_URL``, else this server's ``/mcp`` URL as the client reached it."""
-    configured = request.app[SETTINGS].mcp_resource_url
-    return configured or base_url(request) + MCP_PATH
+    return settings.mcp_resource_url or base_url(settings, request) + MCP_PATH
 
 
-def resource_metadata_url(request: web.Request) -> str:
+def resource_metadata_url(settings: Settings, request: web.Request) -> str:
     """RFC 9728 §3.1: ``https://host/.well-known/oauth-protected-resource`` + the resource's path."""
-    resource = URL(resource_url(request))
+    resource = URL(resource_url(settings, request))
     path = resource.path.rstrip("/")
     return str(resource.origin()) + WELL_KNOWN + path
 
 
-async def protected_resource(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    if not (settings.auth_jwt_enabled and settings.jwt_issuer):
-        raise web.HTTPNotFound()
-    resp = web.json_response({
-        "resource": resource_url(request),
-        "authorization_servers": [settings.jwt_issuer],
-        "scopes_supported": list(SCOPES),
-        "bearer_methods_supported": ["header"],
-        "resource_name": "Vault MCP Bridge",
-    })
-    # Public, credential-free metadata: browser-based MCP clients read it cross-origin.
-    resp.headers["Access-Control-Allow-Origin"] = "*"
-    return resp
+class Challenges:
+    """The ``WWW-Authenticate`` values of the bridge's 401 and insufficient-scope 403 answers. Every value in them
+    is ours or built from ``MCP_RESOURCE_URL`` / a validated host, never a raw ``Host`` header."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._oauth = settings.auth_jwt_enabled and bool(settings.jwt_issuer)  # JWT with RFC 9728 metadata
+        self._api_keys = settings.auth_api_key_enabled
+
+    def bearer(self, request: web.Request, *, error: str | None = None, scope: str | None = None) -> str:
+        """The ``Bearer`` challenge (JWT, insufficient scope), with the resource metadata when an issuer is set."""
+        parts = ['Bearer realm="vault-mcp-bridge"']
+        if error:
+            parts.append(f'error="{error}"')
+        if scope:
+            parts.append(f'scope="{scope}"')
+        if self._oauth:
+            parts.append(f'resource_metadata="{resource_metadata_url(self._settings, request)}"')
+        return ", ".join(parts)
+
+    def unauthenticated(self, request: web.Request) -> str:
+        """The 401 challenge. It names the scheme of the credential that failed: a wrong or repeated
+        ``X-API-Key`` gets the ``ApiKey`` scheme, never ``Bearer`` (an MCP client reads a Bearer challenge as
+        "start OAuth"); a bad bearer token gets ``Bearer error="invalid_token"``. Without any credential:
+        ``Bearer`` with the RFC 9728 metadata when JWT with an issuer is configured (OAuth is then the way in),
+        else ``ApiKey`` when API keys are enabled."""
+        if "Authorization" in request.headers:
+            return self.bearer(request, error="invalid_token")
+        if "X-API-Key" in request.headers:
+            return API_KEY_CHALLENGE
+        if self._oauth or not self._api_keys:
+            return self.bearer(request)
+        return API_KEY_CHALLENGE
 
 
-def setup_metadata_routes(app: web.Application) -> set[str]:
-    app.router.add_get(WELL_KNOWN, protected_resource, name="oauth_protected_resource")
-    app.router.add_get(WELL_KNOWN + MCP_PATH, protected_resource, name="oauth_protected_resource_mcp")
-    return {"oauth_protected_resource", "oauth_protected_resource_mcp"}
+def protected_resource_handler(settings: Settings) -> Handler:
+    """The RFC 9728 document (404 unless JWT with an issuer is configured)."""
+
+    async def protected_resource(request: web.Request) -> web.Response:
+        if not (settings.auth_jwt_enabled and settings.jwt_issuer):
+            raise web.HTTPNotFound()
+        resp = web.json_response({
+            "resource": resource_url(settings, request),
+            "authorization_servers": [settings.jwt_issuer],
+            "scopes_supported": list(SCOPES),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Vault MCP Bridge",
+        })
+        # Public, credential-free metadata: browser-based MCP clients read it cross-origin.
+        resp.headers["Access-Control-Allow-Origin"] = "*"
+        return resp
+
+    return protected_resource
+
+
+def setup_metadata_routes(app: web.Application, settings: Settings) -> frozenset[str]:
+    handler = protected_resource_handler(settings)
+    app.router.add_get(WELL_KNOWN, handler, name="oauth_protected_resource")
+    app.router.add_get(WELL_KNOWN + MCP_PATH, handler, name="oauth_protected_resource_mcp")
+    return frozenset({"oauth_protected_resource", "oauth_protected_resource_mcp"})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,10 @@ import structlog
 from aiohttp import web
 
 from bridge.auth.identity import Identity
-from bridge.billing import charge
-from bridge.errors import BridgeError, ForbiddenError, RateLimitedError
+from bridge.config import Settings
+from bridge.errors import BridgeError
 from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
-from bridge.keys import ERROR_CODE, IDENTITY, MCP_MESSAGE, MCP_SESSIONS, METRICS, SERVICE, SETTINGS
-from bridge.mcp.metadata import MCP_PATH
+from bridge.mcp.metadata import MCP_PATH, Challenges
 from bridge.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
     HANDSHAKE_VERSIONS,
@@ -64,9 +64,9 @@ from bridge.mcp.protocol import (
     rpc_result,
 )
 from bridge.mcp.session import SessionCodec
-from bridge.mcp.tools import result_content, tools_by_name, visible_tools
-from bridge.middlewares import www_authenticate
-from bridge.models import parse
+from bridge.mcp.tools import McpTools, result_content
+from bridge.operations import Call, Executor
+from bridge.routing import ERROR_CODE, IDENTITY, MCP_MESSAGE, RATE_DECISION
 
 log = structlog.get_logger("bridge.mcp")
 
@@ -132,7 +132,7 @@ def accepts_both(header: str | None) -> bool:
     return ok("application/json") and ok("text/event-stream")
 
 
-async def read_message(request: web.Request) -> Message:
+async def read_message(request: web.Request, *, max_depth: int) -> Message:
     if not accepts_both(request.headers.get("Accept")):
         raise RpcError(INVALID_REQUEST, "Not Acceptable: the Accept header must list both application/json and "
                                         "text/event-stream.", http_status=406)
@@ -141,7 +141,7 @@ async def read_message(request: web.Request) -> Message:
                        http_status=415)  # data.code: unsupported_media_type
     raw = await request.read()
     try:
-        body = load_json(raw, max_depth=request.app[SETTINGS].max_json_depth)
+        body = load_json(raw, max_depth=max_depth)
     except JsonLimitError as exc:
         raise _bad_request(f"Invalid Request: {exc}") from None
     except JsonBodyError:
@@ -195,121 +195,189 @@ def decode_header_value(value: str) -> str | None:
 
 # -- the endpoint -----------------------------------------------------------------------------------------
 
-async def mcp_post(request: web.Request) -> web.Response:
-    msg_id: str | int | None = None
-    try:
-        msg = await read_message(request)
-        msg_id = msg.id
-        tool = msg.params.get("name") if msg.method == "tools/call" else None
-        request[MCP_MESSAGE] = RpcPeek(msg.id, msg.method, tool if isinstance(tool, str) else None)
-        if _is_modern(request, msg):
-            return await _modern(request, msg)
-        return await _legacy(request, msg)
-    except RpcError as err:
-        if err.bridge_code is not None:
-            request[ERROR_CODE] = err.bridge_code
-        if msg_id is None and err.request_id is None:
-            msg_id = (await peek_message(request)).id  # refused before reading (406, 415): a bounded peek
-        return rpc_error(msg_id if msg_id is not None else err.request_id, err)
-    except (web.HTTPException, BridgeError):
-        raise  # HTTP-level answers (413 ...) rendered by error_renderer
-    except Exception:
-        log.exception("mcp.unhandled_error")
-        return rpc_error(msg_id, RpcError(INTERNAL_ERROR, "Internal error; the request id identifies it in the logs.",
-                                          http_status=500))
+class McpEndpoint:
+    """``POST /mcp``: the tools of ``tools``, carried out by ``executor``; sessions signed by ``sessions``."""
+
+    def __init__(self, settings: Settings, tools: McpTools, executor: Executor, sessions: SessionCodec,
+                 challenges: Challenges) -> None:
+        self._tools = tools
+        self._executor = executor
+        self._sessions = sessions
+        self._challenges = challenges
+        self._max_depth = settings.max_json_depth
+        self._page_size = settings.mcp_page_size
+
+    async def post(self, request: web.Request) -> web.Response:
+        msg_id: str | int | None = None
+        try:
+            msg = await read_message(request, max_depth=self._max_depth)
+            msg_id = msg.id
+            tool = msg.params.get("name") if msg.method == "tools/call" else None
+            request[MCP_MESSAGE] = RpcPeek(msg.id, msg.method, tool if isinstance(tool, str) else None)
+            if _is_modern(request, msg):
+                return await self._modern(request, msg)
+            return await self._legacy(request, msg)
+        except RpcError as err:
+            if err.bridge_code is not None:
+                request[ERROR_CODE] = err.bridge_code
+            if msg_id is None and err.request_id is None:
+                msg_id = (await peek_message(request)).id  # refused before reading (406, 415): a bounded peek
+            return rpc_error(msg_id if msg_id is not None else err.request_id, err)
+        except (web.HTTPException, BridgeError):
+            raise  # HTTP-level answers (413, 403 insufficient_scope, 429 ...) rendered by the error middleware
+        except Exception:
+            log.exception("mcp.unhandled_error")
+            return rpc_error(msg_id, RpcError(INTERNAL_ERROR, "Internal error; the request id identifies it in the "
+                                                              "logs.", http_status=500))
+
+    async def _modern(self, request: web.Request, msg: Message) -> web.Response:
+        """2026-07-28: stateless; every request carries its version and capabilities in ``_meta``."""
+        if msg.method is None:
+            raise _bad_request("Invalid Request: clients of protocol 2026-07-28 must not send responses.")
+        if not msg.is_request:
+            return web.Response(status=202)  # 2026-07-28 defines no client notifications over HTTP; accept them
+        meta = msg.params.get("_meta")
+        version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(version, str):
+            raise _bad_request(f"Invalid params: params._meta must carry '{META_PROTOCOL_VERSION}' and "
+                               f"'{META_CLIENT_CAPABILITIES}'.", INVALID_PARAMS)
+        header_version = request.headers.get(HEADER_PROTOCOL_VERSION)
+        if header_version is None:
+            raise _bad_request(f"Header mismatch: the {HEADER_PROTOCOL_VERSION} header is required.",
+                               HEADER_MISMATCH, "header_mismatch")
+        if header_version != version:
+            raise _bad_request(f"Header mismatch: {HEADER_PROTOCOL_VERSION} header '{_short(header_version)}' "
+                               f"does not match _meta protocolVersion '{_short(version)}'.", HEADER_MISMATCH,
+                               "header_mismatch")
+        if version not in MODERN_VERSIONS:
+            raise RpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
+                           data={"supported": list(SUPPORTED_VERSIONS), "requested": version}, http_status=400,
+                           bridge_code="unsupported_protocol_version")
+        if not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict):
+            raise _bad_request(f"Invalid params: params._meta must carry '{META_CLIENT_CAPABILITIES}' (an object).",
+                               INVALID_PARAMS)
+        header_method = request.headers.get(HEADER_METHOD)
+        if header_method != msg.method:
+            what = "is required" if header_method is None else f"'{_short(header_method)}' does not match the body"
+            raise _bad_request(f"Header mismatch: the {HEADER_METHOD} header {what} (method "
+                               f"'{_short(msg.method)}').", HEADER_MISMATCH, "header_mismatch")
+        if msg.method not in MODERN_METHODS:
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.", http_status=404,
+                           bridge_code="method_not_found")
+        assert msg.id is not None
+        if msg.method == "server/discover":
+            result: dict[str, Any] = {
+                "supportedVersions": list(SUPPORTED_VERSIONS),
+                "capabilities": SERVER_CAPABILITIES,
+                "instructions": INSTRUCTIONS,
+                "ttlMs": DISCOVER_TTL_MS,
+                "cacheScope": "public",
+            }
+        elif msg.method == "tools/list":
+            result = await self._tools_list(request, msg.params)
+            result.update({"ttlMs": TOOLS_LIST_TTL_MS, "cacheScope": "private"})
+        else:
+            name = msg.params.get("name")
+            header_name = request.headers.get(HEADER_NAME)
+            decoded = decode_header_value(header_name) if header_name is not None else None
+            if isinstance(name, str) and decoded != name:
+                what = "is required" if header_name is None else "does not match params.name"
+                raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH,
+                                   "header_mismatch")
+            result = await self._tools_call(request, msg.params)
+        result["resultType"] = "complete"
+        result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
+        return rpc_result(msg.id, result)
+
+    async def _legacy(self, request: web.Request, msg: Message) -> web.Response:
+        """2025-03-26 … 2025-11-25: ``initialize`` first, then the signed session id on every POST."""
+        identity = request[IDENTITY]
+        if msg.method == "initialize":
+            if msg.id is None:
+                raise _bad_request("Invalid Request: 'initialize' is a request and needs an 'id'.")
+            return _initialize(msg, identity, self._sessions)
+        session_id = request.headers.get(HEADER_SESSION_ID)
+        if not session_id:
+            raise _bad_request(f"Bad Request: the {HEADER_SESSION_ID} header is required; send 'initialize' first "
+                               "(or use protocol 2026-07-28 with per-request _meta).")
+        if self._sessions.verify(session_id, identity.subject) is None:
+            raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is "
+                                            "not one of ours. Send 'initialize' again.", http_status=404,
+                           bridge_code="session_not_found")
+        header_version = request.headers.get(HEADER_PROTOCOL_VERSION, DEFAULT_HEADERLESS_VERSION)
+        if header_version not in HANDSHAKE_VERSIONS:
+            raise RpcError(INVALID_REQUEST, f"Bad Request: unsupported {HEADER_PROTOCOL_VERSION} "
+                                            f"'{_short(header_version)}'.",
+                           data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version},
+                           http_status=400, bridge_code="unsupported_protocol_version")
+        if not msg.is_request or msg.method is None:
+            return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
+        assert msg.id is not None
+        if msg.method == "ping":
+            return rpc_result(msg.id, {})
+        if msg.method == "tools/list":
+            return rpc_result(msg.id, await self._tools_list(request, msg.params))
+        if msg.method == "tools/call":
+            return rpc_result(msg.id, await self._tools_call(request, msg.params))
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.")
+
+    async def _tools_list(self, request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
+        visible = await self._tools.visible(request[IDENTITY])
+        start = decode_cursor(params.get("cursor"))
+        size = self._page_size
+        page = visible[start:start + size]
+        result: dict[str, Any] = {"tools": [self._tools.definition(op) for op in page]}
+        if start + size < len(visible):
+            result["nextCursor"] = encode_cursor(start + size)
+        return result
+
+    async def _tools_call(self, request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
+        """One tool call through the executor. A tool outside the caller's scopes is HTTP 403
+        ``insufficient_scope`` and an exhausted rate limit HTTP 429 (both JSON-RPC errors); any other failure is
+        the tool's own ``isError`` result."""
+        identity = request[IDENTITY]
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: 'name' (the tool name, a string) is required.")
+        op = self._tools.get(name)
+        if op is None:
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: '{_short(name)}'. Call tools/list for the tools "
+                                           "available.")
+        arguments = params.get("arguments")
+        decision = request.get(RATE_DECISION)
+        call = Call(identity, "mcp", prepaid=1 if decision is not None else 0, decision=decision)
+        try:
+            out = await self._executor.execute(op, call, _arguments(arguments))
+        except BridgeError as err:
+            if err.code == "insufficient_scope":
+                log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=op.scope)
+                err.headers["WWW-Authenticate"] = self._challenges.bearer(request, error="insufficient_scope",
+                                                                          scope=op.scope)
+                raise  # HTTP 403, JSON-RPC -31403 (bridge.middlewares), audited as denied
+            if err.code == "rate_limited":
+                raise  # HTTP 429 with its headers, as the middleware's refusals
+            log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=True, code=err.code)
+            return result_content(err.to_dict(), is_error=True)
+        finally:
+            if call.decision is not None:
+                request[RATE_DECISION] = call.decision
+        log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
+        # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
+        return result_content(out.model_dump(mode="json", exclude_none=True), is_error=False)
 
 
-async def _modern(request: web.Request, msg: Message) -> web.Response:
-    """2026-07-28: stateless; every request carries its version and capabilities in ``_meta``."""
-    if msg.method is None:
-        raise _bad_request("Invalid Request: clients of protocol 2026-07-28 must not send responses.")
-    if not msg.is_request:
-        return web.Response(status=202)  # 2026-07-28 defines no client notifications over HTTP; accept them
-    meta = msg.params.get("_meta")
-    version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not isinstance(version, str):
-        raise _bad_request(f"Invalid params: params._meta must carry '{META_PROTOCOL_VERSION}' and "
-                           f"'{META_CLIENT_CAPABILITIES}'.", INVALID_PARAMS)
-    header_version = request.headers.get(HEADER_PROTOCOL_VERSION)
-    if header_version is None:
-        raise _bad_request(f"Header mismatch: the {HEADER_PROTOCOL_VERSION} header is required.", HEADER_MISMATCH,
-                           "header_mismatch")
-    if header_version != version:
-        raise _bad_request(f"Header mismatch: {HEADER_PROTOCOL_VERSION} header '{_short(header_version)}' does "
-                           f"not match _meta protocolVersion '{_short(version)}'.", HEADER_MISMATCH,
-                           "header_mismatch")
-    if version not in MODERN_VERSIONS:
-        raise RpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
-                       data={"supported": list(SUPPORTED_VERSIONS), "requested": version}, http_status=400,
-                       bridge_code="unsupported_protocol_version")
-    if not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict):
-        raise _bad_request(f"Invalid params: params._meta must carry '{META_CLIENT_CAPABILITIES}' (an object).",
-                           INVALID_PARAMS)
-    header_method = request.headers.get(HEADER_METHOD)
-    if header_method != msg.method:
-        what = "is required" if header_method is None else f"'{_short(header_method)}' does not match the body"
-        raise _bad_request(f"Header mismatch: the {HEADER_METHOD} header {what} (method '{_short(msg.method)}').",
-                           HEADER_MISMATCH, "header_mismatch")
-    if msg.method not in MODERN_METHODS:
-        raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.", http_status=404,
-                       bridge_code="method_not_found")
-    assert msg.id is not None
-    if msg.method == "server/discover":
-        result: dict[str, Any] = {
-            "supportedVersions": list(SUPPORTED_VERSIONS),
-            "capabilities": SERVER_CAPABILITIES,
-            "instructions": INSTRUCTIONS,
-            "ttlMs": DISCOVER_TTL_MS,
-            "cacheScope": "public",
-        }
-    elif msg.method == "tools/list":
-        result = _tools_list(request, msg.params)
-        result.update({"ttlMs": TOOLS_LIST_TTL_MS, "cacheScope": "private"})
-    else:
-        name = msg.params.get("name")
-        header_name = request.headers.get(HEADER_NAME)
-        decoded = decode_header_value(header_name) if header_name is not None else None
-        if isinstance(name, str) and decoded != name:
-            what = "is required" if header_name is None else "does not match params.name"
-            raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH, "header_mismatch")
-        result = await _tools_call(request, msg.params)
-    result["resultType"] = "complete"
-    result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
-    return rpc_result(msg.id, result)
+def _arguments(arguments: Any) -> dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]:
+    """A tool call's ``arguments`` for the executor; not an object is a JSON-RPC error (-32602), raised only
+    once the executor has checked the scope."""
+    if arguments is None:
+        return {}
+    if isinstance(arguments, dict):
+        return arguments
 
+    async def invalid() -> dict[str, Any]:
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
 
-async def _legacy(request: web.Request, msg: Message) -> web.Response:
-    """2025-03-26 … 2025-11-25: ``initialize`` first, then the signed session id on every POST."""
-    identity = request[IDENTITY]
-    codec = request.app[MCP_SESSIONS]
-    if msg.method == "initialize":
-        if msg.id is None:
-            raise _bad_request("Invalid Request: 'initialize' is a request and needs an 'id'.")
-        return _initialize(msg, identity, codec)
-    session_id = request.headers.get(HEADER_SESSION_ID)
-    if not session_id:
-        raise _bad_request(f"Bad Request: the {HEADER_SESSION_ID} header is required; send 'initialize' first "
-                           "(or use protocol 2026-07-28 with per-request _meta).")
-    if codec.verify(session_id, identity.subject) is None:
-        raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is not "
-                                        "one of ours. Send 'initialize' again.", http_status=404,
-                       bridge_code="session_not_found")
-    header_version = request.headers.get(HEADER_PROTOCOL_VERSION, DEFAULT_HEADERLESS_VERSION)
-    if header_version not in HANDSHAKE_VERSIONS:
-        raise RpcError(INVALID_REQUEST, f"Bad Request: unsupported {HEADER_PROTOCOL_VERSION} "
-                                        f"'{_short(header_version)}'.",
-                       data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version}, http_status=400,
-                       bridge_code="unsupported_protocol_version")
-    if not msg.is_request or msg.method is None:
-        return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
-    assert msg.id is not None
-    if msg.method == "ping":
-        return rpc_result(msg.id, {})
-    if msg.method == "tools/list":
-        return rpc_result(msg.id, _tools_list(request, msg.params))
-    if msg.method == "tools/call":
-        return rpc_result(msg.id, await _tools_call(request, msg.params))
-    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.")
+    return invalid
 
 
 def _initialize(msg: Message, identity: Identity, codec: SessionCodec) -> web.Response:
@@ -346,78 +414,18 @@ def decode_cursor(cursor: Any) -> int:
     return value
 
 
-def _tools_list(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
-    visible = visible_tools(request[IDENTITY])
-    start = decode_cursor(params.get("cursor"))
-    size = request.app[SETTINGS].mcp_page_size
-    page = visible[start:start + size]
-    result: dict[str, Any] = {"tools": [spec.definition for spec in page]}
-    if start + size < len(visible):
-        result["nextCursor"] = encode_cursor(start + size)
-    return result
-
-
-async def _tools_call(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
-    identity = request[IDENTITY]
-    name = params.get("name")
-    if not isinstance(name, str):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'name' (the tool name, a string) is required.")
-    spec = tools_by_name().get(name)
-    if spec is None:
-        raise RpcError(INVALID_PARAMS, f"Unknown tool: '{_short(name)}'. Call tools/list for the tools available.")
-    if not spec.allowed(identity):
-        assert spec.scope is not None
-        log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=spec.scope)
-        request.app[METRICS].mcp_call(name, "insufficient_scope")
-        denied = ForbiddenError(
-            f"The tool '{name}' needs the '{spec.scope}' scope; this identity has: "
-            f"{', '.join(sorted(identity.scopes)) or 'none'}.",
-            code="insufficient_scope", extra={"required_scope": spec.scope},
-            headers={"WWW-Authenticate": www_authenticate(request, error="insufficient_scope", scope=spec.scope)})
-        denied.operation = spec.operation
-        raise denied  # HTTP 403, JSON-RPC -31403 (bridge.middlewares.render_error), audited as denied
-    arguments = params.get("arguments")
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
-    service = request.app[SERVICE]
-    try:
-        args = parse(spec.input_model, arguments)
-        cost = service.request_cost(args)
-    except BridgeError as err:
-        return _tool_error(request, name, err)
-    try:
-        await charge(request, cost)  # a batch costs its items
-    except RateLimitedError:
-        raise  # HTTP 429 with its headers, as the middleware's refusals
-    except BridgeError as err:
-        return _tool_error(request, name, err)
-    try:
-        out = await spec.call(service, identity, args)
-    except BridgeError as err:
-        return _tool_error(request, name, err)
-    log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
-    request.app[METRICS].mcp_call(name, "ok")
-    # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
-    return result_content(out.model_dump(mode="json", exclude_none=True), is_error=False)
-
-
-def _tool_error(request: web.Request, name: str, err: BridgeError) -> dict[str, Any]:
-    log.info("mcp.tool.called", agent=request[IDENTITY].subject, tool=name, is_error=True, code=err.code)
-    request.app[METRICS].mcp_call(name, err.code)
-    return result_content(err.to_dict(), is_error=True)
-
-
-def setup_mcp_routes(app: web.Application) -> set[str]:
-    """``POST /mcp`` (GET/DELETE fall to the router's 405) and the session codec. No public routes."""
-    settings = app[SETTINGS]
+def session_codec(settings: Settings) -> SessionCodec:
+    """The session-id codec, keyed by ``MCP_SESSION_SECRET`` (a random per-process key without it)."""
     secret = settings.mcp_session_secret.get_secret_value() if settings.mcp_session_secret else None
-    app[MCP_SESSIONS] = SessionCodec.from_secret(secret, settings.mcp_session_ttl)
     if secret is None:
         log.info("mcp.session.ephemeral_key", hint="set MCP_SESSION_SECRET so every replica accepts the ids")
     if settings.auth_jwt_enabled and settings.jwt_issuer and not settings.jwt_audience:
         log.warning("mcp.jwt.audience_unset",
                     hint="set JWT_AUDIENCE to this server's MCP resource URL so tokens for other services fail")
-    app.router.add_post(MCP_PATH, mcp_post, name="mcp")
-    return set()
+    return SessionCodec.from_secret(secret, settings.mcp_session_ttl)
+
+
+def setup_mcp_routes(app: web.Application, endpoint: McpEndpoint) -> frozenset[str]:
+    """``POST /mcp`` (GET/DELETE fall to the router's 405). No public routes."""
+    app.router.add_post(MCP_PATH, endpoint.post, name="mcp")
+    return frozenset()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 from bridge.vault.errors import (
@@ -68,14 +67,6 @@ def counts_as_failure(exc: BaseException, *, expensive: bool = False) -> bool:
     if isinstance(exc, VaultTransportError):
         return True
     return isinstance(exc, VaultUnavailableError) and not isinstance(exc, VaultSealedError)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    state: State
-    failures: int
-    opened_at: float | None
-    retry_after: float
 
 
 class CircuitBreaker:
@@ -116,10 +107,6 @@ class CircuitBreaker:
         if left > 0:
             return left
         return self.cooldown if self._probing else 0.0
-
-    def snapshot(self) -> BreakerSnapshot:
-        return BreakerSnapshot(self.state, self._failures, self._opened_at if self._state != "closed" else None,
-                               self.retry_after())
 
     def _move(self, new: State) -> None:
         old = self._state

@@ -18,6 +18,10 @@ Tokens are minted through a token role (``auth/token/create/<role>``): the bridg
   uses it any more, and every cached token is revoked at shutdown (:meth:`ChildTokenBroker.close`).
 
 Concurrent operations of one agent share one mint (single flight). The clock is injectable for tests.
+
+The broker is a :class:`~bridge.vault.tokens.TokenSource` (an agent's operations run through
+:func:`~bridge.vault.tokens.with_token`: a child token Vault rejects is retired and the call retried once with a
+new one), and it mints with another source, the bridge's own token, through the same function.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import contextlib
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal
 
 import structlog
 
@@ -40,11 +44,11 @@ from bridge.vault.errors import (
     VaultInvalidRequestError,
     VaultPermissionDeniedError,
 )
-from bridge.vault.lifetime import TokenKeeper
+from bridge.vault.models import VaultResponse
+from bridge.vault.tokens import TokenSource, with_token
 
 log = structlog.get_logger("bridge.vault.child")
 
-T = TypeVar("T")
 TokenType = Literal["batch", "service"]
 
 REVOKE_TIMEOUT = 5.0
@@ -53,11 +57,6 @@ REVOKE_TIMEOUT = 5.0
 class ChildTokenError(VaultError):
     """Vault refused to mint a child token, or minted one that does not match the configuration (wrong type,
     longer TTL, missing policy). An operator has to fix the token role or the bridge's policy."""
-
-
-def _bare_denial(exc: VaultPermissionDeniedError) -> bool:
-    """Vault's bare ``permission denied`` means the token itself is not valid (expired, revoked)."""
-    return exc.errors == ["permission denied"]
 
 
 @dataclass(eq=False)
@@ -87,12 +86,12 @@ class BrokerStats:
 
 
 class ChildTokenBroker:
-    """Mints, caches and revokes the per-agent child tokens (see the module docstring)."""
+    """Mints (with ``parent``'s token), caches and revokes the per-agent child tokens (see the module docstring)."""
 
     def __init__(
         self,
         client: VaultClient,
-        keeper: TokenKeeper,
+        parent: TokenSource[Any],
         *,
         role: str,
         token_type: TokenType = "batch",  # noqa: S107 - a token kind, not a secret
@@ -103,7 +102,7 @@ class ChildTokenBroker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._keeper = keeper
+        self._parent = parent
         self.role = role
         self.token_type: TokenType = token_type
         self.ttl = float(ttl)
@@ -138,24 +137,7 @@ class ChildTokenBroker:
     def cached(self, agent: str) -> ChildToken | None:
         return self._cache.get(agent)
 
-    # -- the one entry point -------------------------------------------------------------------------
-
-    async def run(self, agent: str, auth_method: str, fn: Callable[[str], Awaitable[T]]) -> T:
-        """``fn(child_token)`` for ``agent``; once more with a new token if Vault says the token is gone."""
-        for attempt in range(2):
-            entry = await self.acquire(agent, auth_method)
-            try:
-                return await fn(entry.token)
-            except VaultPermissionDeniedError as exc:
-                if attempt or not _bare_denial(exc):
-                    raise
-                self.stats.rejected += 1
-                log.warning("vault.child.rejected", agent=agent, token_type=entry.token_type)
-                entry.revocable = False  # already invalid: nothing to revoke
-                self._retire(entry)
-            finally:
-                self.release(entry)
-        raise AssertionError("unreachable")
+    # -- TokenSource ---------------------------------------------------------------------------------
 
     async def acquire(self, agent: str, auth_method: str) -> ChildToken:
         """A token for ``agent``; pair every call with :meth:`release`."""
@@ -181,6 +163,14 @@ class ChildTokenBroker:
         entry.users = max(0, entry.users - 1)
         if entry.retired and entry.users == 0:
             self._schedule_revoke(entry)
+
+    async def rejected(self, entry: ChildToken) -> bool:
+        """Vault rejected ``entry``: retire it (a later :meth:`acquire` mints a new one)."""
+        self.stats.rejected += 1
+        log.warning("vault.child.rejected", agent=entry.agent, token_type=entry.token_type)
+        entry.revocable = False  # already invalid: nothing to revoke
+        self._retire(entry)
+        return True
 
     def _mint_done(self, agent: str, task: asyncio.Task[ChildToken]) -> None:
         if self._inflight.get(agent) is task:
@@ -209,11 +199,11 @@ class ChildTokenBroker:
 
     async def _renew(self, entry: ChildToken) -> bool:
         try:
-            resp = await self._client.auth_token.renew_self(int(self.ttl), token=entry.token)
+            auth = await self._client.auth_token.renew_self(int(self.ttl), token=entry.token)
         except VaultHTTPError as exc:
             log.info("vault.child.renew_failed", agent=entry.agent, status=exc.status)
             return False
-        granted = float((resp.auth or {}).get("lease_duration") or 0)
+        granted = float(auth.lease_duration)
         if granted < self.ttl / 2:  # the explicit max TTL is near: replace instead
             return False
         entry.expires_at = self._clock() + granted
@@ -229,18 +219,13 @@ class ChildTokenBroker:
             "display_name": f"mcp-{agent}",
             "meta": {"agent": agent, "auth_method": auth_method, "issuer": "vault-mcp-bridge"},
         }
-        parent = await self._keeper.ensure()
         started = self._clock()
+
+        async def mint(parent: str) -> VaultResponse:
+            return await self._client.auth_token.create_with_role(self.role, body, token=parent)
+
         try:
-            try:
-                resp = await self._client.auth_token.create_with_role(self.role, body, token=parent)
-            except VaultPermissionDeniedError as exc:
-                if not _bare_denial(exc):
-                    raise
-                fresh = await self._keeper.recover(parent)
-                if fresh is None:
-                    raise
-                resp = await self._client.auth_token.create_with_role(self.role, body, token=fresh)
+            resp = await with_token(self._parent, agent, auth_method, mint)
         except VaultPermissionDeniedError as exc:
             log.error("vault.child.mint_denied", agent=agent, role=self.role)
             raise ChildTokenError(
@@ -250,14 +235,14 @@ class ChildTokenBroker:
             log.error("vault.child.mint_refused", agent=agent, role=self.role, vault_error=exc.detail)
             raise ChildTokenError(f"Vault refused to mint a child token through role '{self.role}': "
                                   f"{exc.detail}") from exc
-        auth = resp.auth or {}
-        token = str(auth.get("client_token") or "")
-        token_type = str(auth.get("token_type") or "")
-        lease = float(auth.get("lease_duration") or 0)
-        policies = [str(p) for p in auth.get("policies") or []]
+        auth = resp.auth
+        token = auth.client_token.get_secret_value() if auth is not None else ""
+        token_type = auth.token_type if auth is not None else ""
+        lease = float(auth.lease_duration) if auth is not None else 0.0
+        policies = auth.policies if auth is not None else ()
         entry = ChildToken(agent=agent, token=token, token_type=token_type, ttl=lease,
-                           renewable=bool(auth.get("renewable")), minted_at=started, expires_at=started + lease,
-                           revocable=token_type == "service")
+                           renewable=auth is not None and auth.renewable, minted_at=started,
+                           expires_at=started + lease, revocable=token_type == "service")
         problem = ""
         if not token:
             problem = "Vault returned no client token"

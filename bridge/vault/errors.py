@@ -5,11 +5,15 @@
     VaultError                      root of everything the client raises
     ├── VaultTransportError         no HTTP answer at all
     │   ├── VaultConnectionError    connection refused / reset / DNS / TLS
-    │   └── VaultTimeoutError       VAULT_TIMEOUT elapsed
+    │   ├── VaultTimeoutError       VAULT_TIMEOUT elapsed
+    │   └── CircuitOpenError        not attempted: Vault was unreachable recently (bridge/vault/breaker.py)
+    ├── VaultCredentialError        the bridge has no usable credential of its own (no token, an unreadable
+    │                               secret-id file, a login that returned no token, shut down); no HTTP status
+    ├── ChildTokenError             a child token could not be minted as configured (bridge/vault/childtokens.py)
     └── VaultHTTPError              Vault answered with an error status (status, errors[])
         ├── VaultInvalidRequestError     400
         ├── VaultPermissionDeniedError   403
-        ├── VaultNotFoundError           404 (``body`` keeps KV v2's envelope for deleted versions)
+        ├── VaultNotFoundError           404 (a deleted or destroyed KV version: ``version_meta``)
         ├── VaultUnsupportedMediaError   415
         ├── VaultRateLimitedError        429 (``retry_after``)
         ├── VaultServerError             500, other 5xx
@@ -24,6 +28,8 @@ Messages carry Vault's own error strings and the request path template, never a 
 from __future__ import annotations
 
 from typing import Any
+
+from bridge.vault.models import KvVersion
 
 
 class VaultError(Exception):
@@ -42,8 +48,15 @@ class VaultTimeoutError(VaultTransportError):
     """Vault did not answer within the configured timeout."""
 
 
+class VaultCredentialError(VaultError):
+    """The bridge's own Vault credential is missing or unusable: no token configured, a secret-id file that
+    cannot be read, a wrapping token that wrapped no secret id, a login answer without a token, or the bridge is
+    shutting down. Never an HTTP status: Vault did not answer this."""
+
+
 class VaultHTTPError(VaultError):
-    """Vault answered with an error status."""
+    """Vault answered with an error status. ``body`` is its decoded JSON answer, for the sub-APIs (a Transit
+    batch's per-item results travel in a 400)."""
 
     def __init__(self, status: int, errors: list[str], *, body: dict[str, Any] | None = None,
                  retry_after: float | None = None) -> None:
@@ -68,7 +81,10 @@ class VaultPermissionDeniedError(VaultHTTPError):
 
 
 class VaultNotFoundError(VaultHTTPError):
-    """404."""
+    """404. A KV read of a deleted or destroyed version carries that version's metadata in ``version_meta``
+    (set by :meth:`bridge.vault.kv.KvV2.read`)."""
+
+    version_meta: KvVersion | None = None
 
 
 class VaultUnsupportedMediaError(VaultHTTPError):

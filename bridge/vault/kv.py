@@ -1,78 +1,91 @@
-"""KV v2 secrets engine."""
+"""KV v2 secrets engine: ``{mount}/data|metadata|delete|undelete|destroy/{path}``; ``path`` is a full path below
+the mount."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bridge.vault.client import VaultResponse, quote_path
+from bridge.vault.api import LIST, Requester, quote_path
 from bridge.vault.errors import VaultNotFoundError
-
-if TYPE_CHECKING:
-    from bridge.vault.client import VaultClient
+from bridge.vault.models import KvMetadata, KvSecret, KvVersion
 
 
 class KvV2:
-    """``{mount}/data|metadata|delete|undelete|destroy/{path}``; ``path`` is a full path below the mount."""
+    def __init__(self, requester: Requester) -> None:
+        self._requester = requester
 
-    def __init__(self, client: VaultClient) -> None:
-        self._c = client
-
-    async def read(self, mount: str, path: str, *, version: int | None = None,
-                   token: str | None = None) -> dict[str, Any]:
-        """``{"data": {...}, "metadata": {...}}``. A deleted or destroyed version raises
-        :class:`VaultNotFoundError` whose ``body`` holds the metadata."""
+    async def read(self, mount: str, path: str, *, token: str, version: int | None = None) -> KvSecret:
+        """The secret (latest, or ``version``). A missing secret or version raises :class:`VaultNotFoundError`;
+        a deleted or destroyed version too, with that version's metadata in ``version_meta``."""
         params = {"version": str(version)} if version else None
-        resp = await self._c.request("GET", f"{mount}/data/{quote_path(path)}", operation="kv.read",
-                                     token=token, params=params)
-        return resp.data or {}
+        try:
+            resp = await self._requester.request("GET", f"{mount}/data/{quote_path(path)}", operation="kv.read",
+                                                 token=token, params=params)
+        except VaultNotFoundError as exc:
+            meta = ((exc.body or {}).get("data") or {}).get("metadata") if isinstance(exc.body, dict) else None
+            if isinstance(meta, dict):
+                exc.version_meta = KvVersion.parse(meta)
+            raise
+        return KvSecret.parse(resp.data)
 
-    async def write(self, mount: str, path: str, data: dict[str, Any], *, cas: int | None = None,
-                    token: str | None = None) -> dict[str, Any]:
-        """Returns the new version's metadata (``version``, ``created_time`` …)."""
+    async def write(self, mount: str, path: str, data: dict[str, Any], *, token: str,
+                    cas: int | None = None) -> KvVersion:
+        """Write a new version; its metadata (``version``, ``created_time``)."""
         body: dict[str, Any] = {"data": data}
         if cas is not None:
             body["options"] = {"cas": cas}
-        resp = await self._c.request("POST", f"{mount}/data/{quote_path(path)}", operation="kv.write",
-                                     token=token, json_body=body)
-        return resp.data or {}
+        resp = await self._requester.request("POST", f"{mount}/data/{quote_path(path)}", operation="kv.write",
+                                             token=token, json_body=body)
+        return KvVersion.parse(resp.data)
 
-    async def patch(self, mount: str, path: str, data: dict[str, Any], *, cas: int | None = None,
-                    token: str | None = None) -> dict[str, Any]:
+    async def patch(self, mount: str, path: str, data: dict[str, Any], *, token: str,
+                    cas: int | None = None) -> KvVersion:
         """JSON merge patch; raises :class:`VaultNotFoundError` when the secret does not exist."""
         body: dict[str, Any] = {"data": data}
         if cas is not None:
             body["options"] = {"cas": cas}
-        resp = await self._c.request("PATCH", f"{mount}/data/{quote_path(path)}", operation="kv.patch",
-                                     token=token, json_body=body,
-                                     content_type="application/merge-patch+json")
-        return resp.data or {}
+        resp = await self._requester.request("PATCH", f"{mount}/data/{quote_path(path)}", operation="kv.patch",
+                                             token=token, json_body=body,
+                                             content_type="application/merge-patch+json")
+        return KvVersion.parse(resp.data)
 
-    async def delete_latest(self, mount: str, path: str, *, token: str | None = None) -> None:
-        await self._c.request("DELETE", f"{mount}/data/{quote_path(path)}", operation="kv.delete",
-                              token=token)
+    async def delete_latest(self, mount: str, path: str, *, token: str) -> None:
+        await self._requester.request("DELETE", f"{mount}/data/{quote_path(path)}", operation="kv.delete",
+                                      token=token)
 
-    async def undelete(self, mount: str, path: str, versions: list[int], *, token: str | None = None) -> None:
-        await self._c.request("POST", f"{mount}/undelete/{quote_path(path)}", operation="kv.undelete",
-                              token=token, json_body={"versions": versions})
+    async def undelete(self, mount: str, path: str, versions: list[int], *, token: str) -> None:
+        await self._requester.request("POST", f"{mount}/undelete/{quote_path(path)}", operation="kv.undelete",
+                                      token=token, json_body={"versions": versions})
 
-    async def destroy(self, mount: str, path: str, versions: list[int], *, token: str | None = None) -> None:
-        await self._c.request("POST", f"{mount}/destroy/{quote_path(path)}", operation="kv.destroy",
-                              token=token, json_body={"versions": versions})
+    async def destroy(self, mount: str, path: str, versions: list[int], *, token: str) -> None:
+        await self._requester.request("POST", f"{mount}/destroy/{quote_path(path)}", operation="kv.destroy",
+                                      token=token, json_body={"versions": versions})
 
-    async def list(self, mount: str, prefix: str, *, token: str | None = None) -> list[str]:
+    async def list(self, mount: str, prefix: str, *, token: str) -> list[str]:
         """Keys below ``prefix``; an empty or missing prefix is ``[]``."""
         try:
-            # GET ?list=true is Vault's documented twin of the LIST verb, and passes proxies and HTTP
-            # parsers that refuse non-standard methods (llhttp, hence aiohttp servers, answer LIST with 400).
-            resp: VaultResponse = await self._c.request(
-                "GET", f"{mount}/metadata/{quote_path(prefix)}", operation="kv.list", token=token,
-                params={"list": "true"},
-            )
+            resp = await self._requester.request("GET", f"{mount}/metadata/{quote_path(prefix)}",
+                                                 operation="kv.list", token=token, params=LIST)
         except VaultNotFoundError:
             return []
-        return [str(k) for k in (resp.data or {}).get("keys") or []]
+        keys = (resp.data or {}).get("keys")
+        return [str(k) for k in keys] if isinstance(keys, list) else []
 
-    async def metadata(self, mount: str, path: str, *, token: str | None = None) -> dict[str, Any]:
-        resp = await self._c.request("GET", f"{mount}/metadata/{quote_path(path)}", operation="kv.metadata",
-                                     token=token)
-        return resp.data or {}
+    async def metadata(self, mount: str, path: str, *, token: str) -> KvMetadata:
+        resp = await self._requester.request("GET", f"{mount}/metadata/{quote_path(path)}",
+                                             operation="kv.metadata", token=token)
+        return KvMetadata.parse(resp.data)
+
+    async def write_custom_metadata(self, mount: str, path: str, custom_metadata: dict[str, str | None], *,
+                                    token: str, create: bool = False) -> None:
+        """Merge ``custom_metadata`` into the secret's (a ``None`` value removes a key); ``create``: the secret has
+        no metadata yet, so write it whole (a metadata write of a missing path makes an entry with no versions)."""
+        path = f"{mount}/metadata/{quote_path(path)}"
+        if create:
+            values = {k: v for k, v in custom_metadata.items() if v is not None}
+            await self._requester.request("POST", path, operation="kv.metadata.write", token=token,
+                                          json_body={"custom_metadata": values})
+        else:
+            await self._requester.request("PATCH", path, operation="kv.metadata.patch", token=token,
+                                          json_body={"custom_metadata": custom_metadata},
+                                          content_type="application/merge-patch+json")

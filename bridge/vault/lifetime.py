@@ -2,15 +2,19 @@
 
 The schedule is a pure function, :func:`plan_refresh`: given the remaining TTL it says what to do next
 (renew, log in again, or nothing) and after how long. :class:`TokenKeeper` runs that plan in a background
-task started from ``cleanup_ctx``; its clock, random source and sleep are injectable for tests.
+task started from ``cleanup_ctx``; its clock, random source and sleep are injectable for tests. It takes one
+:class:`~bridge.vault.auth.AuthMethod`:
 
-- Static token (``VAULT_TOKEN``): looked up at start; renewed when renewable; root and non-renewable tokens
+- a static token (``VAULT_TOKEN``): looked up at start; renewed when renewable; root and non-renewable tokens
   are left alone.
-- AppRole (``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``): logged in at start (and on demand while Vault was down),
+- AppRole (``VAULT_ROLE_ID`` and a secret id): logged in at start (and on demand while Vault was down),
   renewed about two thirds into its TTL, logged in again when renewal fails, when the max TTL caps renewal,
   or when Vault says the token is gone. At shutdown :meth:`TokenKeeper.revoke` revokes it (``revoke-self``),
   so a stopped bridge leaves no live token behind (nor the service child tokens minted under it). A static
   token belongs to the operator and is never revoked.
+
+The keeper is a :class:`~bridge.vault.tokens.TokenSource`: every call made with the bridge's token gets it
+through :func:`~bridge.vault.tokens.with_token`, which asks the keeper to log in again when Vault rejects it.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
 
-from bridge.vault.client import VaultClient, VaultResponse
+from bridge.vault.auth import AuthMethod, Login
+from bridge.vault.client import VaultClient
 from bridge.vault.errors import (
+    VaultCredentialError,
     VaultError,
     VaultHTTPError,
     VaultInvalidRequestError,
@@ -42,47 +47,6 @@ MIN_DELAY = 0.5
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
 REVOKE_TIMEOUT = 5.0
-
-
-SecretIdSource = Callable[[], Awaitable[str]]
-"""Where an AppRole secret id comes from when it is not in the environment."""
-
-
-def secret_id_from_file(path: str) -> SecretIdSource:
-    """``VAULT_SECRET_ID_FILE``: read at every login, so rewriting the file rotates the secret id."""
-
-    async def read() -> str:
-        try:
-            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
-        except OSError as exc:
-            raise VaultInvalidRequestError(400, [f"cannot read VAULT_SECRET_ID_FILE ({exc.strerror})"]) from None
-        secret = text.strip()
-        if not secret:
-            raise VaultInvalidRequestError(400, ["VAULT_SECRET_ID_FILE is empty"])
-        return secret
-
-    return read
-
-
-def secret_id_from_wrapping_token(client: VaultClient, wrapping_token: str) -> SecretIdSource:
-    """``VAULT_WRAPPED_SECRET_ID``: unwrapped once (``sys/wrapping/unwrap`` with the wrapping token as the
-    request token), then kept in memory; a wrapping token works only once."""
-    unwrapped: list[str] = []
-    lock = asyncio.Lock()
-
-    async def unwrap() -> str:
-        async with lock:
-            if not unwrapped:
-                resp = await client.request("POST", "sys/wrapping/unwrap", operation="sys.wrapping.unwrap",
-                                            token=wrapping_token)
-                secret = str((resp.data or {}).get("secret_id") or "")
-                if not secret:
-                    raise VaultInvalidRequestError(400, ["the wrapping token did not wrap an AppRole secret id"])
-                unwrapped.append(secret)
-                log.info("vault.secret_id.unwrapped")
-            return unwrapped[0]
-
-    return unwrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +81,7 @@ def retry_delay(failures: int, rand: float) -> float:
 
 @dataclass(slots=True)
 class TokenState:
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     ttl: float = 0.0
     renewable: bool = False
     obtained_at: float = 0.0
@@ -131,43 +95,43 @@ class TokenState:
     logins: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class BridgeToken:
+    """The keeper's :class:`~bridge.vault.tokens.TokenHandle`: one per token obtained (a renewal keeps it)."""
+
+    token: str = field(repr=False)
+
+
 class TokenKeeper:
-    """Owns the bridge token: sets ``client.token`` and keeps it fresh."""
+    """Owns the bridge token (obtained with ``method``) and keeps it fresh."""
 
     def __init__(
         self,
         client: VaultClient,
+        method: AuthMethod,
         *,
-        static_token: str | None = None,
-        role_id: str = "",
-        secret_id: str | None = None,
-        approle_mount: str = "approle",
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_event: Callable[[str], None] | None = None,
-        secret_id_source: SecretIdSource | None = None,
     ) -> None:
         self._client = client
-        self._static = static_token
-        self._role_id = role_id
-        self._secret_id = secret_id
-        self._secret_id_source = secret_id_source  # VAULT_SECRET_ID_FILE / VAULT_WRAPPED_SECRET_ID
-        self._mount = approle_mount
+        self.method = method
         self._clock = clock
         self._rng = rng
         self._sleep = sleep
         self._on_event = on_event
         self._lock = asyncio.Lock()
         self.state = TokenState()
+        self._handle: BridgeToken | None = None
         self._wake = asyncio.Event()
         self._closed = False  # revoked at shutdown: no new login
-        if static_token:
-            self._set(static_token, ttl=0.0, renewable=False, verified=False)
+        if method.preset is not None and method.preset.get_secret_value():
+            self._set(method.preset.get_secret_value(), ttl=0.0, renewable=False, verified=False)
 
     @property
     def can_login(self) -> bool:
-        return bool(self._role_id and (self._secret_id or self._secret_id_source is not None))
+        return self.method.relogin
 
     @property
     def token(self) -> str | None:
@@ -186,6 +150,8 @@ class TokenKeeper:
 
     def _set(self, token: str, *, ttl: float, renewable: bool, verified: bool,
              increment: float | None = None, is_root: bool = False) -> None:
+        if self.state.token != token:
+            self._handle = BridgeToken(token)
         self.state.token = token
         self.state.ttl = ttl
         self.state.renewable = renewable
@@ -194,7 +160,6 @@ class TokenKeeper:
         self.state.is_root = is_root
         self.state.verified = verified
         self.state.last_error = ""
-        self._client.token = token
 
     def _emit(self, event: str) -> None:
         if self._on_event is not None:
@@ -203,45 +168,29 @@ class TokenKeeper:
     # -- one-shot operations -------------------------------------------------------------------------
 
     async def login(self) -> str:
-        """AppRole login; sets the new token."""
-        if self._closed:
-            raise VaultPermissionDeniedError(403, ["the bridge is shutting down; its token was revoked"])
-        secret_id = self._secret_id
-        if secret_id is None:
-            assert self._secret_id_source is not None
-            secret_id = await self._secret_id_source()
-        resp = await self._client.approle.login(self._role_id, secret_id, mount=self._mount)
-        auth = resp.auth or {}
-        token = str(auth.get("client_token") or "")
-        if not token:
-            raise VaultInvalidRequestError(200, ["approle login returned no client token"])
-        ttl = float(auth.get("lease_duration") or 0)
-        self._set(token, ttl=ttl, renewable=bool(auth.get("renewable")), verified=True, increment=ttl or None)
-        self.state.logins += 1
-        self._emit("login")
-        log.info("vault.token.logged_in", method="approle", ttl=ttl, renewable=self.state.renewable)
+        """Obtain the token with the method (an AppRole login; a static token's lookup) and set it."""
+        if self._closed and self.method.relogin:
+            raise VaultCredentialError("the bridge is shutting down; its token was revoked")
+        got: Login = await self.method.login(self._client)
+        token = got.token.get_secret_value()
+        self._set(token, ttl=got.ttl, renewable=got.renewable, verified=True, increment=got.increment,
+                  is_root=got.is_root)
+        if self.method.relogin:
+            self.state.logins += 1
+            self._emit("login")
+            log.info("vault.token.logged_in", method=self.method.name, ttl=got.ttl, renewable=got.renewable)
+        else:
+            log.info("vault.token.looked_up", ttl=got.ttl, renewable=got.renewable, root=got.is_root)
         return token
 
-    async def lookup(self) -> None:
-        """Learn TTL and renewability of the static token."""
-        resp: VaultResponse = await self._client.auth_token.lookup_self()
-        data = resp.data or {}
-        policies = list(data.get("policies") or [])
-        ttl = float(data.get("ttl") or 0)
-        creation_ttl = float(data.get("creation_ttl") or 0) or None
-        assert self.state.token is not None
-        self._set(self.state.token, ttl=ttl, renewable=bool(data.get("renewable")), verified=True,
-                  increment=creation_ttl, is_root="root" in policies)
-        log.info("vault.token.looked_up", ttl=ttl, renewable=self.state.renewable, root=self.state.is_root)
-
     async def renew(self) -> None:
+        token = self.state.token
+        assert token is not None
         inc = int(self.state.increment) if self.state.increment else None
-        resp = await self._client.auth_token.renew_self(inc)
-        auth = resp.auth or {}
-        ttl = float(auth.get("lease_duration") or 0)
-        assert self.state.token is not None
-        self._set(self.state.token, ttl=ttl, renewable=bool(auth.get("renewable")), verified=True,
-                  increment=self.state.increment, is_root=self.state.is_root)
+        auth = await self._client.auth_token.renew_self(inc, token=token)
+        ttl = float(auth.lease_duration)
+        self._set(token, ttl=ttl, renewable=auth.renewable, verified=True, increment=self.state.increment,
+                  is_root=self.state.is_root)
         self.state.renewals += 1
         self._emit("renewal")
         log.info("vault.token.renewed", ttl=ttl)
@@ -252,36 +201,26 @@ class TokenKeeper:
         ``VAULT_TOKEN`` is the operator's and is left alone. True when Vault confirmed the revocation."""
         self._closed = True
         token = self.state.token
-        if self._static or not token or not self.state.logins:
+        if not self.method.relogin or not token or not self.state.logins:
             return False
         self.state.token = None
         self.state.verified = False
-        if self._client.token == token:
-            self._client.token = None
+        self._handle = None
         try:
             await asyncio.wait_for(self._client.auth_token.revoke_self(token=token), timeout=REVOKE_TIMEOUT)
         except (VaultError, TimeoutError) as exc:
             log.warning("vault.token.revoke_failed", error=type(exc).__name__)
             return False
-        log.info("vault.token.revoked", method="approle")
+        log.info("vault.token.revoked", method=self.method.name)
         return True
 
     async def ensure(self) -> str:
         """The current token; with AppRole and no token yet, log in now (one login for all callers)."""
-        token = self.state.token
-        if token:
-            return token
-        if not self.can_login:
-            raise VaultPermissionDeniedError(403, ["the bridge has no Vault token configured"])
-        async with self._lock:
-            if self.state.token:
-                return self.state.token
-            token = await self.login()
-        self._wake.set()
-        return token
+        return (await self.acquire()).token
 
     async def recover(self, failed_token: str) -> str | None:
-        """Vault said ``failed_token`` is not valid: log in again (AppRole) and return the new token."""
+        """Vault said ``failed_token`` is not valid: log in again (AppRole) and return the new token; ``None``
+        when there is no other token to be had (a static token: it is marked not valid)."""
         if not self.can_login:
             self.state.verified = False
             self.state.last_error = "token rejected by vault"
@@ -294,13 +233,33 @@ class TokenKeeper:
         self._wake.set()
         return token
 
+    # -- TokenSource -----------------------------------------------------------------------------------
+
+    async def acquire(self, agent: str = "", auth_method: str = "") -> BridgeToken:
+        """The bridge token (the same for every agent); with AppRole and none yet, log in now."""
+        handle = self._handle
+        if handle is not None:
+            return handle
+        if not self.can_login:
+            raise VaultCredentialError("the bridge has no Vault token configured")
+        async with self._lock:
+            if self._handle is None:
+                await self.login()
+        self._wake.set()
+        assert self._handle is not None
+        return self._handle
+
+    def release(self, handle: BridgeToken) -> None:
+        """Nothing to do: the bridge token is shared."""
+
+    async def rejected(self, handle: BridgeToken) -> bool:
+        return await self.recover(handle.token) is not None
+
     async def verify(self) -> bool:
         """Check the token with Vault now (lookup, or AppRole login when there is none); ``valid`` after."""
         try:
             async with self._lock:
-                if self._static:
-                    await self.lookup()
-                elif self.can_login and not self.valid:
+                if not self.method.relogin or not self.valid:
                     await self.login()
         except VaultError as exc:
             self.state.last_error = type(exc).__name__
@@ -313,13 +272,9 @@ class TokenKeeper:
     # -- the background task -------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        if self._static:
-            await self.lookup()
-        elif self.can_login:
-            async with self._lock:
-                if not self.state.verified:
-                    await self.login()
-
+        async with self._lock:
+            if not self.state.verified:
+                await self.login()
     async def _step(self) -> None:
         plan = plan_refresh(self.remaining() or 0.0, renewable=self.state.renewable and not self.state.is_root,
                             can_login=self.can_login, rand=self._rng(), increment=self.state.increment)
@@ -365,7 +320,8 @@ class TokenKeeper:
             except VaultError as exc:
                 failures += 1
                 self.state.last_error = type(exc).__name__
-                if isinstance(exc, VaultHTTPError) and exc.status in (400, 403) and self._static and not started:
+                if (isinstance(exc, VaultHTTPError) and exc.status in (400, 403) and not self.method.relogin
+                        and not started):
                     self.state.verified = False
                 delay = retry_delay(failures, self._rng())
                 self.state.next_action = "retry"

@@ -18,8 +18,8 @@ from joserfc.jwk import OctKey
 
 from bridge.app import create_app
 from bridge.config import Settings
+from devtools.fakevault import FakeVault
 from tests.conftest import API_KEYS, JWT_SECRET
-from tests.fakevault import FakeVault
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 

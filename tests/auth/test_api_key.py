@@ -14,9 +14,9 @@ from bridge.auth import api_key as api_key_module
 from bridge.auth.api_key import ApiKeyAuthenticator, key_digest
 from bridge.config import parse_api_keys
 from bridge.errors import UnauthenticatedError
+from devtools.fakevault import FakeVault
 from tests.auth.conftest import MakeClient, hs256
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB, API_KEY_READONLY
-from tests.fakevault import FakeVault
 
 
 async def test_key_maps_to_agent_with_all_scopes(make_client: MakeClient) -> None:

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from tests.auth.conftest import MakeClient, hs256
 from tests.auth.test_mtls import MTLS_ENV
 from tests.conftest import API_KEY_ALICE, API_KEY_BOB
-from tests.trust.pki import PROXY_SECRET, escaped_pem, issue, make_ca
+from tests.support.pki import PROXY_SECRET, escaped_pem, issue, make_ca
 
 
 async def raw_request(client: TestClient[Any, Any], headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:

@@ -26,10 +26,10 @@ from structlog.testing import capture_logs
 
 from bridge.auth.api_key import ApiKeyAuthenticator
 from bridge.config import parse_api_keys
-from bridge.devvault import DevVault, free_port
 from bridge.keys import AUTH
+from devtools.devvault import DevVault, free_port
+from devtools.fakevault import FakeVault
 from tests.auth.conftest import MakeClient
-from tests.fakevault import FakeVault
 
 KEY_A = "file-key-alice-" + "a" * 16
 KEY_B = "file-key-bob-" + "b" * 18

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from bridge.config import ConfigError, Settings
 from tests.auth.conftest import MakeClient, hs256
 from tests.conftest import API_KEY_ALICE
-from tests.trust.pki import (
+from tests.support.pki import (
     CRAFTED,
     CRAFTED_SPIFFE,
     PROXY_SECRET,

@@ -10,10 +10,10 @@ from structlog.testing import capture_logs
 
 from bridge.auth.identity import normalize_subject
 from bridge.errors import ForbiddenError
+from devtools.fakevault import FakeVault
 from tests.auth.conftest import MakeClient, hs256
 from tests.auth.test_mtls import MTLS_ENV
-from tests.fakevault import FakeVault
-from tests.trust.pki import issue, make_ca, relayed
+from tests.support.pki import issue, make_ca, relayed
 
 
 @pytest.mark.parametrize(("raw", "subject"), [

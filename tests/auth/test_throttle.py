@@ -1,5 +1,5 @@
 """Failed authentication is throttled per source address (``AUTH_FAILURE_LIMIT``, default 30 per minute, then
-429 with ``Retry-After``), with bounded memory. Through nginx: tests/trust/test_nginx.py."""
+429 with ``Retry-After``), with bounded memory. Through nginx: tests/test_nginx.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from tests.auth.conftest import MakeClient, hs256
 from tests.auth.test_mtls import MTLS_ENV
 from tests.conftest import API_KEY_ALICE
-from tests.trust.pki import PROXY_SECRET
+from tests.support.pki import PROXY_SECRET
 
 WRONG = {"X-API-Key": "wrong-key-" + "w" * 20}
 

@@ -327,7 +327,7 @@ async def test_request_body_cap_after_substitution(broker: Broker, make_upstream
 
 
 async def test_connect_failures(broker: Broker, secrets_table: SecretTable) -> None:
-    from bridge.devvault import free_port
+    from devtools.devvault import free_port
 
     port = free_port()  # nothing listens there
     secrets_table.add("a", "v", "value-" + "c" * 12, f"api.test:{port},nowhere.test")

@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.devvault import DevVault
 from bridge.intake import IntakeCodec, IntakeField, IntakeRecord, IntakeStore, IntakeTicket, MemoryIntakeStore
 from bridge.intake.store import RECORD_DIR, expired_record, record_path
+from devtools.devvault import DevVault
 from tests.intake.conftest import KEY, Clock
 
 

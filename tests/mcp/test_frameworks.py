@@ -20,7 +20,7 @@ from agents import Agent, FunctionTool, RunContextWrapper
 from agents.mcp import MCPServerStreamableHttp
 from agents.tool_context import ToolContext
 
-from bridge.mcp.tools import TOOLS
+from bridge.operations import default_registry
 from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
 from tests.mcp.conftest import ServerFactory
 
@@ -51,7 +51,7 @@ async def agent_tools(url: str, key: str) -> AsyncIterator[dict[str, FunctionToo
 
 async def test_openai_agents_sdk_loads_the_tools_and_calls_one(mcp_server: ServerFactory) -> None:
     async with agent_tools(await mcp_server(), API_KEY_ALICE) as tools:
-        assert set(tools) == {spec.name for spec in TOOLS}
+        assert set(tools) == {op.name for op in default_registry().tools()}
         assert tools["kv_write"].params_json_schema["required"]  # the bridge's input schema reached the agent
         written = json.loads(await invoke(tools["kv_write"], {"path": "agents-sdk/db", "data": {"user": "app"}}))
         assert written["version"] >= 1

@@ -26,8 +26,8 @@ from mcp.shared.exceptions import MCPError
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import free_port
 from bridge.errors import BridgeError
+from devtools.devvault import free_port
 from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
 from tests.mcp.conftest import (
     MCP_ACCEPT,

@@ -22,14 +22,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
-from bridge.mcp.tools import TOOLS
+from bridge.operations import default_registry
 from tests.conftest import API_KEY_ALICE, API_KEY_READONLY
 from tests.mcp.conftest import ServerFactory
 
 pytestmark = pytest.mark.integration
 
 MODES = ["legacy", "2026-07-28", "auto"]
-ALL_TOOLS = [spec.name for spec in TOOLS]
+ALL_TOOLS = [op.name for op in default_registry().tools()]
 
 
 @asynccontextmanager

@@ -8,13 +8,13 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from bridge.auth.identity import Identity
-from bridge.config import Settings
-from bridge.edge import origin_allowed
+from bridge.config import SCOPES, Settings
+from bridge.edge import origin_policy
 from bridge.mcp.server import accepts_both, decode_cursor, decode_header_value, encode_cursor
 from bridge.mcp.session import SessionCodec
-from bridge.mcp.tools import TOOLS, output_schema, tools_by_name, visible_tools
+from bridge.mcp.tools import definition, output_schema
 from bridge.models import SecretOut
-from bridge.service import OPERATION_SCOPES
+from bridge.operations import default_registry
 
 KEY = b"k" * 32
 
@@ -60,22 +60,26 @@ def test_random_key_when_no_secret() -> None:
     assert SessionCodec.from_secret("s" * 20, 60).verify(shared.issue("alice", "2025-11-25"), "alice")
 
 
+REGISTRY = default_registry()
+TOOLS = {op.name: definition(op) for op in REGISTRY.tools()}
+
+
 def test_tool_table_is_complete_and_consistent() -> None:
-    names = [spec.name for spec in TOOLS]
+    names = [op.name for op in REGISTRY.tools()]
     assert len(names) == len(set(names))
     assert {"kv_read", "kv_write", "kv_patch", "kv_list", "kv_delete", "kv_undelete", "kv_destroy", "kv_metadata",
             "transit_encrypt", "transit_decrypt", "whoami"} <= set(names)
-    for spec in TOOLS:
-        assert re.fullmatch(r"[a-z][a-z0-9_]{0,63}", spec.name)
-        assert spec.operation in OPERATION_SCOPES
-        definition = spec.definition
-        assert definition["inputSchema"]["type"] == "object"
-        jsonschema.Draft202012Validator.check_schema(definition["inputSchema"])
-        jsonschema.Draft202012Validator.check_schema(definition["outputSchema"])
-        assert set(definition["annotations"]) >= {"readOnlyHint", "destructiveHint", "idempotentHint"}
-        if definition["annotations"]["readOnlyHint"]:
-            assert not definition["annotations"]["destructiveHint"]
-        assert tools_by_name()[spec.name] is spec
+    for op in REGISTRY.tools():
+        assert re.fullmatch(r"[a-z][a-z0-9_]{0,63}", op.name)
+        assert op.scope is None or op.scope in SCOPES
+        tool = TOOLS[op.name]
+        assert tool["inputSchema"]["type"] == "object"
+        jsonschema.Draft202012Validator.check_schema(tool["inputSchema"])
+        jsonschema.Draft202012Validator.check_schema(tool["outputSchema"])
+        assert set(tool["annotations"]) >= {"readOnlyHint", "destructiveHint", "idempotentHint"}
+        if tool["annotations"]["readOnlyHint"]:
+            assert not tool["annotations"]["destructiveHint"]
+        assert REGISTRY[op.name] is op
 
 
 def test_output_schema_admits_success_and_error_only() -> None:
@@ -90,19 +94,19 @@ def test_output_schema_admits_success_and_error_only() -> None:
 
 
 def test_argument_schemas_come_from_the_rest_models() -> None:
-    write = tools_by_name()["kv_write"].definition["inputSchema"]
+    write = TOOLS["kv_write"]["inputSchema"]
     assert set(write["required"]) == {"path", "data"}
     assert write["additionalProperties"] is False
     assert write["properties"]["cas"]["anyOf"][0] == {"minimum": 0, "maximum": 999_999_999, "type": "integer"}
-    assert tools_by_name()["whoami"].definition["inputSchema"]["properties"] == {}
+    assert TOOLS["whoami"]["inputSchema"]["properties"] == {}
 
 
 def test_visible_tools_follow_scopes() -> None:
     none = Identity("alice", "api_key", frozenset())
-    assert [t.name for t in visible_tools(none)] == ["whoami"]
+    assert [op.name for op in REGISTRY.tools() if op.allowed(none)] == ["whoami"]
     reader = Identity("alice", "api_key", frozenset({"read"}))
-    assert {t.name for t in visible_tools(reader)} == {"kv_read", "kv_metadata", "transit_decrypt", "transit_verify",
-                                                       "transit_random", "whoami"}
+    assert {op.name for op in REGISTRY.tools() if op.allowed(reader)} == {
+        "kv_read", "kv_metadata", "transit_decrypt", "transit_verify", "transit_random", "whoami"}
 
 
 @pytest.mark.parametrize(("origin", "allowed"), [
@@ -112,13 +116,13 @@ def test_visible_tools_follow_scopes() -> None:
     ("file:///etc", False), ("", False), ("http://10.0.0.5", False),
 ])
 def test_default_origins(origin: str, allowed: bool) -> None:
-    assert origin_allowed(origin, Settings.from_env({})) is allowed
+    assert origin_policy(Settings.from_env({}))(origin) is allowed
 
 
 def test_wildcard_bind_host_does_not_allow_everything() -> None:
     settings = Settings.from_env({}, host="0.0.0.0")
-    assert not origin_allowed("http://0.0.0.0", settings)
-    assert origin_allowed("http://localhost:1", settings)
+    assert not origin_policy(settings)("http://0.0.0.0")
+    assert origin_policy(settings)("http://localhost:1")
 
 
 @pytest.mark.parametrize(("header", "ok"), [

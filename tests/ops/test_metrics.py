@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.devvault import DevVault
 from bridge.keys import KEEPER
-from bridge.metrics import Metrics, OpsStats, error_kind
+from bridge.ops.metrics import Metrics, error_kind
+from bridge.ops.stats import OpsStats
 from bridge.vault.client import CallStats
-from tests.conftest import API_KEY_ALICE, API_KEY_BOB
-from tests.ops.conftest import OpsClient
+from devtools.devvault import DevVault
+from tests.conftest import API_KEY_ALICE, API_KEY_BOB, OpsClient
 
 pytestmark = pytest.mark.integration
 
@@ -124,9 +124,10 @@ def test_hooks_fold_unknown_label_values() -> None:
     m = Metrics()
     m.observe_vault(CallStats("kv.read", 0.01, "VaultPermissionDeniedError"))
     m.observe_vault(CallStats("kv.read", 0.01, "ok"))
-    m.mcp_call("kv_read", "ok")
-    m.mcp_call("../secret/path", "not_found")
-    m.mcp_call("kv_read", "Some Weird Outcome")
+    m.operation("kv_read", "mcp", "ok")
+    m.operation("../secret/path", "mcp", "not_found")
+    m.operation("kv_read", "mcp", "Some Weird Outcome")
+    m.operation("kv_read", "rest", "ok")  # REST requests are counted per route, not here
     from bridge.vault.childtokens import BrokerStats
 
     assert value(samples(m.render().decode()), "bridge_child_token_events_total", event="mint") == 0

@@ -12,17 +12,19 @@ import pytest
 from openapi_spec_validator import validate
 
 from bridge.keys import PUBLIC_ROUTES
-from bridge.openapi import EXCLUDED_ROUTES, OPERATIONS, build_openapi, documented_routes
-from tests.conftest import API_KEY_ALICE
-from tests.ops.conftest import OpsClient
+from bridge.operations import default_registry
+from bridge.ops.openapi import EXCLUDED_ROUTES, build_openapi, documented_routes, rows
+from tests.conftest import API_KEY_ALICE, OpsClient
 
 FUZZ_SEED = os.environ.get("OPS_FUZZ_SEED", "20261128")
 FUZZ_EXAMPLES = os.environ.get("OPS_FUZZ_EXAMPLES", "10")
 FUZZ_TIMEOUT = 60.0
+REGISTRY = default_registry()
+OPERATIONS = rows(REGISTRY)
 
 
 def test_document_is_valid_openapi_31() -> None:
-    doc = build_openapi()
+    doc = build_openapi(REGISTRY)
     validate(doc)  # raises on any violation of the OpenAPI 3.1 schema
     assert doc["openapi"] == "3.1.0"
     schemes = doc["components"]["securitySchemes"]
@@ -42,7 +44,7 @@ def test_document_is_valid_openapi_31() -> None:
 def test_models_are_the_source_of_the_schemas() -> None:
     from bridge.models import WriteBody, WriteOut
 
-    schemas = build_openapi()["components"]["schemas"]
+    schemas = build_openapi(REGISTRY)["components"]["schemas"]
     assert schemas["WriteOut"]["properties"].keys() == WriteOut.model_fields.keys()
     assert schemas["WriteBody"]["required"] == ["data"]
     assert schemas["WriteBody"]["additionalProperties"] is False
@@ -53,9 +55,9 @@ async def test_every_named_route_is_documented(ops_client: OpsClient) -> None:
     client = await ops_client()
     app = client.app
     named = {r.name for r in app.router.routes() if r.name}
-    missing = named - documented_routes() - EXCLUDED_ROUTES
-    assert not missing, f"routes without an OpenAPI row in bridge/openapi.py: {sorted(missing)}"
-    doc = build_openapi()
+    missing = named - documented_routes(REGISTRY) - EXCLUDED_ROUTES
+    assert not missing, f"routes without an OpenAPI row in bridge/ops/openapi.py: {sorted(missing)}"
+    doc = build_openapi(REGISTRY)
     for op in OPERATIONS:
         assert op.route in named, f"{op.route} is documented but not registered"
         operation = doc["paths"][op.path][op.method.lower()]
@@ -66,7 +68,7 @@ async def test_served_document(ops_client: OpsClient) -> None:
     client = await ops_client()
     resp = await client.get("/openapi.json")
     assert resp.status == 200
-    assert await resp.json() == build_openapi()
+    assert await resp.json() == build_openapi(REGISTRY)
 
 
 @pytest.mark.integration

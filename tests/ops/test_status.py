@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devvault import DevVault
-from bridge.metrics import MinuteRow
-from bridge.status import chart, display_addr
-from tests.conftest import API_KEY_ALICE, API_KEY_BOB
-from tests.ops.conftest import OpsClient
+from bridge.logging import safe_url
+from bridge.ops.stats import MinuteRow
+from bridge.ops.status import chart
+from devtools.devvault import DevVault
+from tests.conftest import API_KEY_ALICE, API_KEY_BOB, OpsClient
 
 pytestmark = pytest.mark.integration
 
@@ -97,8 +97,8 @@ async def test_status_page_shows_the_apis_error_codes(ops_client: OpsClient) -> 
 
 
 def test_display_addr_drops_credentials() -> None:
-    assert display_addr("https://user:pw@vault.example:8200") == "https://vault.example:8200"
-    assert display_addr("http://127.0.0.1:8200") == "http://127.0.0.1:8200"
+    assert safe_url("https://user:pw@vault.example:8200") == "https://vault.example:8200"
+    assert safe_url("http://127.0.0.1:8200") == "http://127.0.0.1:8200"
 
 
 def test_chart_geometry() -> None:

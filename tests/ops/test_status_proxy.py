@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestServer
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import free_port
-from tests.ops.conftest import OpsClient
+from devtools.devvault import free_port
+from tests.conftest import OpsClient
 
 pytestmark = pytest.mark.integration
 

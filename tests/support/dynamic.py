@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.devvault import DevVault
 from bridge.provision import ProvisionOptions, ProvisionResult, provision
 from bridge.provision_dynamic import parse_dynamic, plan_dynamic
 from bridge.vault.client import VaultClient
+from devtools.devvault import DevVault
 from tests.support.postgres import PostgresServer, make_login_role
+from tests.support.vault import RootVault
 
 CREATE_LOGIN = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
 
@@ -50,10 +51,8 @@ class DynamicVault:
     def client(self) -> VaultClient:
         return VaultClient(self.bao.addr, namespace=self.namespace)
 
-    def root(self) -> VaultClient:
-        client = self.client()
-        client.token = self.bao.root_token
-        return client
+    def root(self) -> RootVault:
+        return RootVault(self.client(), self.bao.root_token)
 
 
 async def provision_dynamic(bao: DevVault, namespace: str, server: PostgresServer, *,

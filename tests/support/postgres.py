@@ -29,7 +29,7 @@ from typing import IO
 
 import pytest
 
-from bridge.devvault import die_with_parent, free_port
+from devtools.devvault import die_with_parent, free_port
 
 BINARIES = ("initdb", "postgres", "pg_isready")
 SUPERUSER = "postgres"

@@ -19,7 +19,6 @@ from structlog.testing import capture_logs
 
 from bridge.app import create_app
 from bridge.config import Settings
-from bridge.devvault import free_port
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import (
     VaultConnectionError,
@@ -30,8 +29,9 @@ from bridge.vault.errors import (
     VaultTimeoutError,
     VaultUnavailableError,
 )
+from devtools.devvault import free_port
+from devtools.fakevault import POLICY_DENIED_BODY, FakeVault
 from tests.conftest import API_KEY_ALICE, API_KEYS, until, until_status
-from tests.fakevault import POLICY_DENIED_BODY, FakeVault
 from tests.mcp.conftest import modern_body, modern_headers
 
 ALICE = {"X-API-Key": API_KEY_ALICE}
@@ -62,7 +62,6 @@ def make_bridge(fake_vault: FakeVault, aiohttp_client: Callable[..., Any]) -> Ma
 async def vault(fake_vault: FakeVault) -> AsyncIterator[VaultClient]:
     # 1 s: generous for a loaded CI machine, yet well below the 3 s the slow fake takes
     async with VaultClient(fake_vault.addr, timeout=1.0, retry_backoff=0.01) as c:
-        c.token = fake_vault.root_token
         yield c
 
 
@@ -72,7 +71,7 @@ async def test_client_timeout(fake_vault: FakeVault, vault: VaultClient) -> None
     fake_vault.slow("secret/*", 3.0)
     started = time.perf_counter()
     with pytest.raises(VaultTimeoutError) as info:
-        await vault.kv.read("secret", "mcp/alice/db")
+        await vault.kv.read("secret", "mcp/alice/db", token=fake_vault.root_token)
     assert time.perf_counter() - started < 2.5
     assert "alice" not in str(info.value)
     assert fake_vault.root_token not in str(info.value)
@@ -93,7 +92,7 @@ async def test_client_maps_status(fake_vault: FakeVault, vault: VaultClient, sta
                                   exc: type[Exception]) -> None:
     fake_vault.set("secret/*", status=status, body=body, headers={"Retry-After": "7"} if status == 429 else None)
     with pytest.raises(exc) as info:
-        await vault.kv.write("secret", "mcp/alice/db", {"pw": "hunter2"})
+        await vault.kv.write("secret", "mcp/alice/db", {"pw": "hunter2"}, token=fake_vault.root_token)
     assert "hunter2" not in str(info.value)
     assert fake_vault.root_token not in str(info.value)
     if status == 429:
@@ -102,9 +101,8 @@ async def test_client_maps_status(fake_vault: FakeVault, vault: VaultClient, sta
 
 async def test_client_connection_refused(aiohttp_server: Any) -> None:
     async with VaultClient(f"http://127.0.0.1:{free_port()}", timeout=1, retry_backoff=0.01) as c:
-        c.token = "s.secret-token"
         with pytest.raises(VaultConnectionError) as info:
-            await c.kv.read("secret", "mcp/alice/db")
+            await c.kv.read("secret", "mcp/alice/db", token="s.secret-token")
     assert "s.secret-token" not in str(info.value)
 
 
@@ -120,14 +118,14 @@ async def test_connection_error_never_names_the_user_info_of_vault_addr() -> Non
 
 async def test_reads_retry_once_after_a_dropped_connection_writes_never(fake_vault: FakeVault,
                                                                          vault: VaultClient) -> None:
-    await vault.kv.write("secret", "mcp/alice/db", {"a": 1})
+    await vault.kv.write("secret", "mcp/alice/db", {"a": 1}, token=fake_vault.root_token)
     fake_vault.set("secret/data/*", method="GET", close=True, times=1)
-    assert (await vault.kv.read("secret", "mcp/alice/db"))["data"] == {"a": 1}
+    assert (await vault.kv.read("secret", "mcp/alice/db", token=fake_vault.root_token)).data == {"a": 1}
     assert len(fake_vault.calls("secret/data/", method="GET")) == 2
 
     fake_vault.set("secret/data/*", method="POST", close=True, times=1)
     with pytest.raises(VaultConnectionError):
-        await vault.kv.write("secret", "mcp/alice/db", {"a": 2})
+        await vault.kv.write("secret", "mcp/alice/db", {"a": 2}, token=fake_vault.root_token)
     assert len(fake_vault.calls("secret/data/", method="POST")) == 2  # the first write + this one, no retry
 
 
@@ -309,11 +307,9 @@ async def test_a_node_that_is_not_active_is_503_with_retry_after(fake_vault: Fak
         assert message not in await resp.text()
 
 
-@pytest.mark.parametrize("http_client", ["aiohttp", "lean"])
-async def test_a_redirect_is_never_a_success(fake_vault: FakeVault, make_bridge: MakeBridge,
-                                             http_client: str) -> None:
+async def test_a_redirect_is_never_a_success(fake_vault: FakeVault, make_bridge: MakeBridge) -> None:
     """A standby's redirect that is not (or cannot be) followed: the write did not happen, so never a 200."""
-    api = await make_bridge(vault_http_client=http_client)
+    api = await make_bridge()
     fake_vault.set("secret/*", status=307, headers={"Location": f"{fake_vault.addr}/v1/secret/data/elsewhere"})
     resp = await api.put("/secrets/db", json={"data": {"a": 1}}, headers=ALICE)
     assert resp.status == 503, await resp.text()

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
-from bridge.devvault import DevVault
+from bridge.vault.auth import AppRoleLogin, StaticToken, secret_id_value
 from bridge.vault.client import VaultClient
-from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedError
+from bridge.vault.errors import VaultCredentialError, VaultInvalidRequestError, VaultPermissionDeniedError
 from bridge.vault.lifetime import (
     JITTER_FRACTION,
     MIN_DELAY,
@@ -27,6 +28,7 @@ from bridge.vault.lifetime import (
     plan_refresh,
     retry_delay,
 )
+from devtools.devvault import DevVault
 
 # -- the schedule (pure) -----------------------------------------------------------------------------
 
@@ -87,31 +89,34 @@ class Role:
     secret_id: str
 
 
+    def method(self) -> AppRoleLogin:
+        return AppRoleLogin(self.role_id, secret_id_value(SecretStr(self.secret_id)))
+
+
 async def _approle(bao: DevVault, name: str, **role: Any) -> Role:
-    async with VaultClient(bao.addr) as root:
-        root.token = bao.root_token
+    root = bao.root_token
+    async with VaultClient(bao.addr) as vault:
         with contextlib.suppress(VaultInvalidRequestError):  # already enabled by an earlier test
-            await root.request("POST", "sys/auth/approle", operation="t", json_body={"type": "approle"})
-        await root.request("POST", f"auth/approle/role/{name}", operation="t",
-                           json_body={"token_policies": ["mcp-agent-alice"], "token_type": "service", **role})
-        rid = (await root.request("GET", f"auth/approle/role/{name}/role-id", operation="t")).data or {}
-        sid = (await root.request("POST", f"auth/approle/role/{name}/secret-id", operation="t",
-                                  json_body={})).data or {}
-        return Role(str(rid["role_id"]), str(sid["secret_id"]))
+            await vault.sys.enable_auth("approle", "approle", token=root)
+        await vault.logical.write(f"auth/approle/role/{name}", {"token_policies": ["mcp-agent-alice"],
+                                                              "token_type": "service", **role}, token=root)
+        rid = await vault.approle.role_id(name, mount="approle", token=root)
+        sid = await vault.approle.new_secret_id(name, mount="approle", token=root)
+        assert isinstance(sid, SecretStr)
+        return Role(rid, sid.get_secret_value())
 
 
 async def _revoke(bao: DevVault, token: str) -> None:
-    async with VaultClient(bao.addr) as root:
-        root.token = bao.root_token
-        await root.request("POST", "auth/token/revoke", operation="t", json_body={"token": token})
+    async with VaultClient(bao.addr) as vault:
+        await vault.logical.write("auth/token/revoke", {"token": token}, token=bao.root_token)
 
 
 async def _create_token(bao: DevVault, **body: Any) -> str:
-    async with VaultClient(bao.addr) as root:
-        root.token = bao.root_token
-        resp = await root.request("POST", "auth/token/create", operation="t",
-                                  json_body={"policies": ["mcp-agent-alice"], **body})
-        return str((resp.auth or {})["client_token"])
+    async with VaultClient(bao.addr) as vault:
+        resp = await vault.logical.write("auth/token/create", {"policies": ["mcp-agent-alice"], **body},
+                                         token=bao.root_token)
+        assert resp.auth is not None
+        return resp.auth.client_token.get_secret_value()
 
 
 class Events:
@@ -161,16 +166,15 @@ async def _wait(cond: Callable[[], bool], within: float = 5.0) -> None:
 async def test_approle_login_renewal_and_relogin_after_revocation(bao: DevVault, client: VaultClient) -> None:
     role = await _approle(bao, "keeper-short-" + secrets.token_hex(3), token_ttl="3s", token_max_ttl="60s")
     events = Events()
-    keeper = TokenKeeper(client, role_id=role.role_id, secret_id=role.secret_id, on_event=events)
+    keeper = TokenKeeper(client, role.method(), on_event=events)
     async with running(keeper):
         await events.wait_for("login")
         first = keeper.token
         assert first
-        assert client.token == first
         assert keeper.valid
         assert keeper.state.ttl == 3
         assert keeper.state.renewable
-        assert (await client.auth_token.lookup_self()).data["policies"] == ["default", "mcp-agent-alice"]  # type: ignore[index]
+        assert (await client.auth_token.lookup_self(token=first)).policies == ("default", "mcp-agent-alice")
 
         await events.wait_for("renewal", within=6)  # about 2 s in (two thirds of 3 s, minus jitter)
         assert keeper.token == first
@@ -181,31 +185,30 @@ async def test_approle_login_renewal_and_relogin_after_revocation(bao: DevVault,
         await events.wait_for("login", count=2, within=6)
         assert keeper.token
         assert keeper.token != first
-        assert client.token == keeper.token
-        data = (await client.auth_token.lookup_self()).data or {}
-        assert data["policies"] == ["default", "mcp-agent-alice"]
+        assert (await client.auth_token.lookup_self(token=keeper.token)).policies == ("default", "mcp-agent-alice")
     assert events.seen[0] == "login"
 
 
 @pytest.mark.integration
 async def test_recover_logs_in_again_once_for_concurrent_callers(bao: DevVault, client: VaultClient) -> None:
     role = await _approle(bao, "keeper-long-" + secrets.token_hex(3), token_ttl="1h")
-    keeper = TokenKeeper(client, role_id=role.role_id, secret_id=role.secret_id)
+    keeper = TokenKeeper(client, role.method())
     first = await keeper.ensure()  # logs in on demand
     await _revoke(bao, first)
     with pytest.raises(VaultPermissionDeniedError):
-        await client.auth_token.lookup_self()
+        await client.auth_token.lookup_self(token=first)
     fresh = await asyncio.gather(*(keeper.recover(first) for _ in range(5)))
     assert len(set(fresh)) == 1
     assert fresh[0] != first
     assert keeper.state.logins == 2
-    await client.auth_token.lookup_self()  # the new token works
+    assert fresh[0] is not None
+    await client.auth_token.lookup_self(token=fresh[0])  # the new token works
 
 
 @pytest.mark.integration
 async def test_static_root_token_is_left_alone(bao: DevVault, client: VaultClient) -> None:
     events = Events()
-    keeper = TokenKeeper(client, static_token=bao.root_token, on_event=events)
+    keeper = TokenKeeper(client, StaticToken(SecretStr(bao.root_token)), on_event=events)
     async with running(keeper):
         await _wait(lambda: keeper.state.next_action == "idle" and keeper.state.verified)
         await asyncio.sleep(0.3)
@@ -215,39 +218,38 @@ async def test_static_root_token_is_left_alone(bao: DevVault, client: VaultClien
     assert keeper.state.renewals == 0
     assert keeper.state.logins == 0
     assert events.seen == []
-    assert client.token == bao.root_token
+    assert keeper.token == bao.root_token
 
 
 @pytest.mark.integration
 async def test_static_non_renewable_token_is_left_alone(bao: DevVault, client: VaultClient) -> None:
     token = await _create_token(bao, ttl="1h", renewable=False)
     events = Events()
-    keeper = TokenKeeper(client, static_token=token, on_event=events)
+    keeper = TokenKeeper(client, StaticToken(SecretStr(token)), on_event=events)
     async with running(keeper):
         await _wait(lambda: keeper.state.next_action == "idle" and keeper.state.verified)
     assert not keeper.state.renewable
     assert 3500 < (keeper.remaining() or 0) <= 3600
     assert events.seen == []
-    assert client.token == token
+    assert keeper.token == token
 
 
 @pytest.mark.integration
 async def test_static_renewable_token_is_renewed(bao: DevVault, client: VaultClient) -> None:
     token = await _create_token(bao, ttl="3s", renewable=True, explicit_max_ttl="1m")
     events = Events()
-    keeper = TokenKeeper(client, static_token=token, on_event=events)
+    keeper = TokenKeeper(client, StaticToken(SecretStr(token)), on_event=events)
     async with running(keeper):
         await events.wait_for("renewal", within=6)
     assert keeper.token == token
     assert keeper.state.renewals >= 1
     assert keeper.state.logins == 0
-    data = (await client.auth_token.lookup_self()).data or {}
-    assert 0 < data["ttl"] <= 3
+    assert 0 < (await client.auth_token.lookup_self(token=token)).ttl <= 3
 
 
 @pytest.mark.integration
 async def test_invalid_static_token_is_not_valid(bao: DevVault, client: VaultClient) -> None:
-    keeper = TokenKeeper(client, static_token="s.not-a-real-token-000000")
+    keeper = TokenKeeper(client, StaticToken(SecretStr("s.not-a-real-token-000000")))
     async with running(keeper):
         await _wait(lambda: keeper.state.last_error != "")
     assert not keeper.valid
@@ -257,7 +259,7 @@ async def test_invalid_static_token_is_not_valid(bao: DevVault, client: VaultCli
 
 @pytest.mark.integration
 async def test_bad_approle_credentials_do_not_log_in(bao: DevVault, client: VaultClient) -> None:
-    keeper = TokenKeeper(client, role_id="no-such-role", secret_id="nope")
+    keeper = TokenKeeper(client, AppRoleLogin("no-such-role", secret_id_value(SecretStr("nope"))))
     with pytest.raises(VaultInvalidRequestError):
         await keeper.ensure()
     assert keeper.token is None
@@ -341,19 +343,18 @@ async def test_shutdown_never_revokes_a_static_token(bao: DevVault, client: Vaul
     token = await _create_token(bao, ttl="1h")
     used = await _serve_and_stop(aiohttp_client, vault_addr=bao.addr, vault_token=token)
     assert used == token
-    data = (await client.auth_token.lookup_self(token=token)).data or {}
-    assert data["id"] == token
+    assert (await client.auth_token.lookup_self(token=token)).policies == ("default", "mcp-agent-alice")
 
 
 @pytest.mark.integration
 async def test_no_login_after_revocation(bao: DevVault, client: VaultClient) -> None:
     role = await _approle(bao, "bridge-" + secrets.token_hex(3), token_ttl="1h")
-    keeper = TokenKeeper(client, role_id=role.role_id, secret_id=role.secret_id)
+    keeper = TokenKeeper(client, role.method())
     token = await keeper.ensure()
     assert await keeper.revoke()
     assert keeper.token is None
     with pytest.raises(VaultPermissionDeniedError):
         await client.auth_token.lookup_self(token=token)
-    with pytest.raises(VaultPermissionDeniedError, match="shutting down"):
+    with pytest.raises(VaultCredentialError, match="shutting down"):
         await keeper.ensure()
     assert not await keeper.revoke()  # nothing left to revoke
