@@ -225,3 +225,28 @@ def test_fingerprint_text_and_values() -> None:
     assert value_text("s") == "s"
     assert value_text({"b": [1, 2], "a": None}) == '{"b":[1,2],"a":null}'
     assert FieldRef(fingerprint="f").reference is None
+
+
+async def test_no_fingerprint_without_the_bridges_own_hmac_right(reveal_client: RevealClient, child_settings: Any,
+                                                                 admin: Admin) -> None:
+    """Fingerprints use the bridge's own token: in child-token mode its provisioned policy grants HMAC with exactly
+    FINGERPRINT_KEY, so another key name is refused by Vault: 502 fingerprint_unavailable, never a plain hash."""
+    path = unique("nofp")
+    await admin.write(path, {"k": "fp-value"})
+    for key in ("mcp-bridge-fingerprint", "not-granted-key"):
+        settings = child_settings(fingerprint_key=key)
+        client = await reveal_client(**{k: getattr(settings, k) for k in
+                                        ("vault_token", "vault_role_id", "vault_secret_id", "child_token_enabled",
+                                         "fingerprint_key")})
+        resp = await client.get(f"/secrets/{path}", headers=USER)
+        body = await resp.json()
+        if key == "mcp-bridge-fingerprint":
+            assert resp.status == 200, body
+            assert FINGERPRINT.fullmatch(body["fields"]["k"]["fingerprint"])
+        else:
+            assert resp.status == 502, body
+            assert body["error"]["code"] == "fingerprint_unavailable"
+            assert "transit/hmac/not-granted-key" in body["error"]["message"]
+            assert "fp-value" not in json.dumps(body)
+            resp = await client.get(f"/secrets/{path}", headers=ALICE)  # values need no fingerprint
+            assert (await resp.json())["data"] == {"k": "fp-value"}
