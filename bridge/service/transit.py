@@ -225,27 +225,24 @@ class TransitService:
         """Each batch item as sent to Vault (its reference resolved), or its :class:`BatchItemError` (a malformed
         reference, a missing secret or field, a secret that may not be encrypted: that item only). An identity
         without ``use`` or ``read`` is refused the whole batch; Vault being unavailable fails it too."""
-        out: list[dict[str, Any] | BatchItemError] = []
-        for item in items:
-            if isinstance(item, BatchItemError):
-                out.append(item)
+        return [item if isinstance(item, BatchItemError) else await self._inline_item(identity, op, item)
+                for item in items]
+
+    async def _inline_item(self, identity: Identity, op: str, item: BaseModel) -> dict[str, Any] | BatchItemError:
+        dumped = item.model_dump(exclude_none=True, exclude=set(REF_FIELDS))
+        for field, target in REF_FIELDS.items():
+            text = getattr(item, field, None)
+            if text is None:
                 continue
-            dumped = item.model_dump(exclude_none=True, exclude=set(REF_FIELDS))
-            reference = dumped.get("reference")
-            for field, target in REF_FIELDS.items():
-                text = getattr(item, field, None)
-                if text is None:
-                    continue
-                try:
-                    dumped[target] = await self._referenced(identity, op, f"batch_input.{field}", text)
-                except (InvalidRequestError, NotFoundError) as exc:
-                    dumped = BatchItemError(error=exc.message, reference=reference)  # type: ignore[assignment]
-                except ForbiddenError as exc:
-                    if exc.code != "secret_not_revealable":
-                        raise
-                    dumped = BatchItemError(error=exc.message, reference=reference)  # type: ignore[assignment]
-            out.append(dumped)
-        return out
+            try:
+                dumped[target] = await self._referenced(identity, op, f"batch_input.{field}", text)
+            except (InvalidRequestError, NotFoundError) as exc:
+                return BatchItemError(error=exc.message, reference=dumped.get("reference"))
+            except ForbiddenError as exc:
+                if exc.code != "secret_not_revealable":
+                    raise
+                return BatchItemError(error=exc.message, reference=dumped.get("reference"))
+        return dumped
 
     async def _key_exists(self, identity: Identity, key: str) -> bool:
         """Whether Transit key ``key`` exists, asked with the agent's token (False: missing or cannot tell)."""
