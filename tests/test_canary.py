@@ -135,3 +135,9 @@ async def test_every_place_a_value_is_used_trips_the_canary(reveal_client: Revea
     assert 'bridge_canary_trips_total{how="broker",operation="http_request"} 2.0' in metrics
     assert 'bridge_canary_trips_total{how="reference",operation="kv_read"} 2.0' in metrics
     assert client.app[CANARY].trips == len(hows)
+
+    # a wrap refused because the canary is also bridge.reveal=never still trips (the refusal is any such secret's)
+    await admin.policy(decoy, reveal="never")
+    resp = await client.get(f"/secrets/{decoy}", params={"wrap_ttl": "30s"}, headers=USER)
+    assert (await resp.json())["error"]["code"] == "secret_not_revealable"
+    assert acted[-1] == ("alice", decoy, "wrap")

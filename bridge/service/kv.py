@@ -87,6 +87,7 @@ class KvService:
                 extra={"max_seconds": self._wrap_max})
         meta = await self._values.metadata(identity, path)
         settings = SecretSettings.parse(meta.custom_metadata)
+        await self._values.tripwire(identity, settings, operation="kv_read", path=path, how="wrap")  # even if refused
         if not settings.revealable:
             raise ForbiddenError(
                 f"'{path}' is marked bridge.reveal=never: its values leave the bridge for no one, wrapped or not. "
@@ -100,7 +101,6 @@ class KvService:
         version_meta = KvVersion.parse({**entry, "version": version})
         if version_meta.destroyed or version_meta.deletion_time:
             raise gone(path, version_meta)
-        await self._values.tripwire(identity, settings, operation="kv_read", path=path, how="wrap")
         full = self._access.kv_path(identity, path)
 
         async def go(token: str) -> WrapInfo:
