@@ -25,12 +25,17 @@ from bridge.audit import AuditLog
 from bridge.auth import AuthChain, build_auth_chain
 from bridge.auth.jwks import JwksCache
 from bridge.auth.keyfile import ApiKeyFile
+from bridge.broker import Broker
+from bridge.broker.ctx import broker_ctx
+from bridge.canary import CanaryAction, CanaryWatch
 from bridge.config import Settings
 from bridge.edge import edge_middleware
 from bridge.inflight import InflightLimiter
 from bridge.keys import (
     AUDIT,
     AUTH,
+    BROKER,
+    CANARY,
     CHILD_TOKENS,
     EXECUTOR,
     INFLIGHT,
@@ -85,9 +90,10 @@ log = structlog.get_logger("bridge.app")
 
 
 def create_app(settings: Settings, *, registry: Registry | None = None,
-               limiter: RateLimiter | None = None) -> web.Application:
+               limiter: RateLimiter | None = None, canary_action: CanaryAction | None = None) -> web.Application:
     """The service for ``settings``. ``registry`` defaults to the bridge's own operations, ``limiter`` to the one
-    ``RATE_LIMIT_BACKEND`` names (tests add operations, or a limiter with their own clock)."""
+    ``RATE_LIMIT_BACKEND`` names (tests add operations, or a limiter with their own clock); ``canary_action`` is
+    what the canary watch does about an agent that used a canary (``app[CANARY].action`` can be set later too)."""
     registry = registry if registry is not None else default_registry()
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -116,7 +122,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
             ttl=settings.child_token_ttl, policy_prefix=settings.child_token_policy_prefix,
             reuse_seconds=settings.child_reuse_seconds, cache_size=settings.child_token_cache_size)
         metrics.watch_child_tokens(children.stats)
-    access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children)
+    canary = app[CANARY] = CanaryWatch(audit, count=metrics.canary_tripped, action=canary_action)
+    broker = app[BROKER] = Broker.from_settings(settings)  # its outbound session: broker_ctx
+    access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children, canary=canary,
+                         broker=broker)
     services = build_services((op.service for op in registry), access)
     executor = app[EXECUTOR] = Executor(registry, services, audit=audit,
                                         limiter=limiter if settings.rate_limit_enabled else None,
@@ -164,6 +173,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     close_limiter = getattr(limiter, "close", None)  # a shared limiter's pool (Redis)
     if close_limiter is not None:
         app.cleanup_ctx.append(_resource_ctx(lambda: None, close_limiter))
+    app.cleanup_ctx.append(broker_ctx)
     app.cleanup_ctx.append(_vault_ctx(settings, auth, vault, keeper, children, probe))
     return app
 

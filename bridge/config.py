@@ -26,7 +26,11 @@ from pydantic import (
 
 from bridge.ratelimit import Quota
 
-SCOPES: tuple[str, ...] = ("read", "write", "delete", "list")
+SCOPES: tuple[str, ...] = ("read", "write", "delete", "list", "use")
+"""Every scope an identity may hold. ``use``: use secrets through references (brokered HTTP, Transit by reference,
+reads that answer references and fingerprints) without ever receiving a value; ``read`` may see values."""
+DEFAULT_SCOPES: tuple[str, ...] = ("read", "write", "delete", "list")
+"""The scopes of an API key that names none, and of a client certificate (unchanged by the ``use`` scope)."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -200,7 +204,7 @@ class ApiKeyEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     agent: str
-    scopes: tuple[str, ...] = SCOPES
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
     rate_limit: RateLimitSpec | None = None
 
 
@@ -385,8 +389,10 @@ class Settings(BaseModel):
     intake_secret: SecretStr | None = Field(default=None, repr=False)  # signs intake links (default: derived)
     intake_secret_file: str = ""
     intake_public_url: str = ""  # the bridge's public base URL for intake links (https://bridge.example.com)
+    fingerprint_key: str = ""  # the bridge's Transit HMAC key; "" = {DEFAULT_PREFIX}-bridge-fingerprint
+    wrap_max_ttl: float = 300.0  # the longest wrap_ttl of a wrapped read (kv_read wrap_ttl, ?wrap_ttl=)
 
-    @field_validator("broker_timeout", "intake_ttl", mode="before")
+    @field_validator("broker_timeout", "intake_ttl", "wrap_max_ttl", mode="before")
     @classmethod
     def _issue12_durations(cls, value: Any) -> float:
         return parse_duration(value)
@@ -404,6 +410,25 @@ class Settings(BaseModel):
         if not 30 <= value <= 86400:
             raise ValueError("must be from 30s to 24h")
         return value
+
+    @field_validator("wrap_max_ttl")
+    @classmethod
+    def _wrap_max_ttl(cls, value: float) -> float:
+        if not 1 <= value <= 86400:
+            raise ValueError("must be from 1s to 24h")
+        return float(int(value))  # whole seconds, as Vault's X-Vault-Wrap-TTL
+
+    @field_validator("fingerprint_key")
+    @classmethod
+    def _fingerprint_key(cls, value: str) -> str:
+        if value and not IDENT_RE.match(value):
+            raise ValueError("must match ^[a-z0-9][a-z0-9_-]{0,63}$ (a Transit key name without '.')")
+        return value
+
+    @property
+    def fingerprint_key_name(self) -> str:
+        """``FINGERPRINT_KEY``, or its default ``{DEFAULT_PREFIX}-bridge-fingerprint`` (as ``provision`` makes it)."""
+        return self.fingerprint_key or f"{self.default_prefix}-bridge-fingerprint"
 
     @field_validator("intake_secret")
     @classmethod

@@ -140,8 +140,9 @@ async def _read(session: aiohttp.ClientSession, url: str, ref: Reference) -> dic
         code, message = error.get("code", f"http_{status}"), error.get("message", "no error body")
         raise ExecError(f"exec: {ref}: the bridge answered {status} {code}: {message}")
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-        raise ExecError(f"exec: {ref}: the bridge returned no values (the API key needs the read scope; a use-only "
-                        "key gets references and fingerprints)")
+        raise ExecError(f"exec: {ref}: the bridge returned references instead of values: the API key needs the "
+                        "read scope (a use-only key gets references and fingerprints), and the secret must not be "
+                        "marked bridge.reveal=never (its values leave the bridge for no one)")
     data: dict[str, Any] = body["data"]
     return data
 

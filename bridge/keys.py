@@ -8,6 +8,7 @@ from aiohttp import web
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain
 from bridge.broker import Broker
+from bridge.canary import CanaryWatch
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.intake import IntakeFlow
@@ -36,5 +37,7 @@ AUDIT = web.AppKey("audit", AuditLog)
 PROBE = web.AppKey("vault_probe", VaultProbe)
 BROKER = web.AppKey("broker", Broker)
 """Brokered HTTP (issue 12): made and closed by ``bridge.broker.ctx.broker_ctx``."""
+CANARY = web.AppKey("canary", CanaryWatch)
+"""The canary watch (issues 12, 13): every use of a ``bridge.canary`` secret; its ``action`` is settable."""
 INTAKE = web.AppKey("intake", IntakeFlow)
 """Intake links and pages (issue 12): set by ``bridge.intake.routes.setup_intake_routes``."""

@@ -11,7 +11,7 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from bridge.config import IDENT_RE, MAX_TRANSIT_BATCH
 from bridge.errors import InvalidRequestError
@@ -41,14 +41,29 @@ class PathArgs(_Strict):
     path: str = Field(description=PATH_DESCRIPTION)
 
 
+WRAP_TTL_PATTERN = r"^[0-9]{1,6}[smh]?$"
+_WRAP_UNITS = {"s": 1, "m": 60, "h": 3600, "": 1}
+
+
 class KvReadArgs(PathArgs):
     version: int | None = Field(default=None, ge=0, le=MAX_VERSION,  # as REST's ?version= (nine digits)
                                 description="Version to read; omit (or 0) for the latest version.")
+    wrap_ttl: str | None = Field(default=None, pattern=WRAP_TTL_PATTERN, description=(
+        "Wrapped delivery: instead of the secret, return a Vault response-wrapping token valid this long (e.g. "
+        "'60s', '5m'; at most WRAP_MAX_TTL) for another process to unwrap at Vault, once."))
 
     @field_validator("version")
     @classmethod
     def _latest(cls, value: int | None) -> int | None:
         return value or None  # 0 is the latest version, as an omitted one
+
+    @property
+    def wrap_seconds(self) -> int | None:
+        """``wrap_ttl`` in seconds (``None``: not a wrapped read)."""
+        if self.wrap_ttl is None:
+            return None
+        unit = self.wrap_ttl[-1] if self.wrap_ttl[-1] in "smh" else ""
+        return int(self.wrap_ttl.removesuffix(unit)) * _WRAP_UNITS[unit]
 
 
 class KvListArgs(_Strict):
@@ -129,11 +144,18 @@ def _b64(value: str | None) -> str | None:
     return value
 
 
-def _one_of(body: BaseModel, single: str) -> None:
-    has_single = getattr(body, single) is not None
-    has_batch = getattr(body, "batch_input", None) is not None
-    if has_single == has_batch:
-        raise ValueError(f"give either '{single}' or 'batch_input'")
+def _one_of(body: BaseModel, *singles: str) -> None:
+    given = [name for name in (*singles, "batch_input") if getattr(body, name, None) is not None]
+    if len(given) != 1:
+        names = ", ".join(f"'{name}'" for name in singles)
+        raise ValueError(f"give exactly one of {names} or 'batch_input'")
+
+
+REF_MAX_LENGTH = 4096
+
+
+def _ref(description: str) -> Any:
+    return Field(default=None, max_length=REF_MAX_LENGTH, description=description)
 
 
 KEY_DESCRIPTION = ("Your Transit key name (lower-case letters, digits, '_' and '-'); it is yours alone: "
@@ -185,11 +207,19 @@ def _batch_of(item: type[_Item]) -> Any:
 
 
 class PlaintextItem(_Item):
-    plaintext: str = Field(description="Base64 of the bytes to encrypt.", max_length=_MAX_B64)
+    plaintext: str | None = Field(default=None, description="Base64 of the bytes to encrypt.", max_length=_MAX_B64)
+    plaintext_ref: str | None = _ref("Instead of 'plaintext': a secret reference secret://<path>#<field>[@<version>] "
+                                     "whose value is encrypted (needs the 'use' or 'read' scope).")
     context: str | None = _context()
 
     _p = field_validator("plaintext")(_b64)
     _c = field_validator("context")(_b64)
+
+    @model_validator(mode="after")
+    def _either(self) -> PlaintextItem:
+        if (self.plaintext is None) == (self.plaintext_ref is None):
+            raise ValueError("give either 'plaintext' or 'plaintext_ref'")
+        return self
 
 
 class CiphertextItem(_Item):
@@ -207,6 +237,24 @@ class InputItem(_Item):
     _c = field_validator("context")(_b64)
 
 
+class InputRefItem(_Item):
+    """An item of ``transit_sign`` / ``transit_hmac``: ``input``, or ``input_ref``, a secret reference."""
+
+    input: str | None = Field(default=None, description="Base64 of the data.", max_length=_MAX_B64)
+    input_ref: str | None = _ref("Instead of 'input': a secret reference secret://<path>#<field>[@<version>] whose "
+                                 "value is used (needs the 'use' or 'read' scope).")
+    context: str | None = _context()
+
+    _i = field_validator("input")(_b64)
+    _c = field_validator("context")(_b64)
+
+    @model_validator(mode="after")
+    def _either(self) -> InputRefItem:
+        if (self.input is None) == (self.input_ref is None):
+            raise ValueError("give either 'input' or 'input_ref'")
+        return self
+
+
 class VerifyItem(InputItem):
     signature: str | None = Field(default=None, max_length=16384, description="vault:vN:… signature to check.")
     hmac: str | None = Field(default=None, max_length=16384, description="vault:vN:… HMAC to check.")
@@ -222,6 +270,10 @@ class EncryptBody(_Strict):
     key: str = Field(description=KEY_DESCRIPTION + " Created (aes256-gcm96) on first use.")
     plaintext: str | None = Field(default=None, description="Base64 of the bytes to encrypt.",
                                   max_length=_MAX_B64)
+    plaintext_ref: str | None = _ref(
+        "Instead of 'plaintext': a secret reference secret://<path>#<field>[@<version>]; the bridge encrypts that "
+        "value without it passing through you (needs the 'use' or 'read' scope; refused for a secret whose "
+        "bridge.reveal is never).")
     context: str | None = _context()
     key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
                                     description="Encrypt with this key version.")
@@ -234,7 +286,7 @@ class EncryptBody(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> EncryptBody:
-        _one_of(self, "plaintext")
+        _one_of(self, "plaintext", "plaintext_ref")
         return self
 
 
@@ -263,6 +315,8 @@ class RewrapBody(DecryptBody):
 class SignBody(_Strict):
     key: str = Field(description=KEY_DESCRIPTION + " Must be a signing key (ed25519, ecdsa-*, rsa-*).")
     input: str | None = Field(default=None, description="Base64 of the data to sign.", max_length=_MAX_B64)
+    input_ref: str | None = _ref("Instead of 'input': a secret reference secret://<path>#<field>[@<version>] whose "
+                                 "value is signed without passing through you (needs the 'use' or 'read' scope).")
     context: str | None = _context()
     hash_algorithm: HashAlgorithm | None = Field(default=None, description="Default sha2-256 (ignored by ed25519).")
     signature_algorithm: Literal["pss", "pkcs1v15"] | None = Field(default=None, description="RSA keys only.")
@@ -270,16 +324,16 @@ class SignBody(_Strict):
     prehashed: bool | None = Field(default=None, description="'input' is already a hash.")
     key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
                                     description="Sign with this key version.")
-    batch_input: list[InputItem | BatchItemError] | None = None
+    batch_input: list[InputRefItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _i = field_validator("input")(_b64)
     _c = field_validator("context")(_b64)
-    _b = _batch_of(InputItem)
+    _b = _batch_of(InputRefItem)
 
     @model_validator(mode="after")
     def _shape(self) -> SignBody:
-        _one_of(self, "input")
+        _one_of(self, "input", "input_ref")
         return self
 
 
@@ -313,17 +367,19 @@ class VerifyBody(_Strict):
 class HmacBody(_Strict):
     key: str = Field(description=KEY_DESCRIPTION + " Any key type that supports HMAC (aes*, chacha20, hmac).")
     input: str | None = Field(default=None, description="Base64 of the data.", max_length=_MAX_B64)
+    input_ref: str | None = _ref("Instead of 'input': a secret reference secret://<path>#<field>[@<version>] whose "
+                                 "value is HMACed without passing through you (needs the 'use' or 'read' scope).")
     hash_algorithm: HashAlgorithm | None = Field(default=None, description="Default sha2-256.")
     key_version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
-    batch_input: list[InputItem | BatchItemError] | None = None
+    batch_input: list[InputRefItem | BatchItemError] | None = None
 
     _k = field_validator("key")(_key_name)
     _i = field_validator("input")(_b64)
-    _b = _batch_of(InputItem)
+    _b = _batch_of(InputRefItem)
 
     @model_validator(mode="after")
     def _shape(self) -> HmacBody:
-        _one_of(self, "input")
+        _one_of(self, "input", "input_ref")
         return self
 
 
@@ -350,6 +406,8 @@ class CreateKeyBody(_Strict):
 
 
 class SecretOut(BaseModel):
+    """A read that shows values: the caller has ``read`` and the secret's ``bridge.reveal`` is ``allow``."""
+
     path: str
     data: dict[str, Any]
     version: int
@@ -357,17 +415,57 @@ class SecretOut(BaseModel):
     custom_metadata: dict[str, str] | None = None
 
 
+class FieldRef(BaseModel):
+    fingerprint: str = Field(description=(
+        "hmac-sha256:v<key version>:<base64url>: a keyed HMAC of the value computed by Vault with the bridge's own "
+        "key; equal values have equal fingerprints (under one key version), the value cannot be learnt from it."))
+    reference: str | None = Field(default=None, description=(
+        "secret://<path>#<field>@<version>: use it in place of the value (http_request placeholders, plaintext_ref "
+        "/ input_ref). Absent for a field name no reference can name (over 256 characters, control characters)."))
+
+
+class SecretRefsOut(BaseModel):
+    """A read without the right to see values (``use`` without ``read``, or ``bridge.reveal=never``): a reference
+    and a fingerprint per field, never a value."""
+
+    path: str
+    version: int
+    fields: dict[str, FieldRef]
+
+
+class WrapInfoOut(BaseModel):
+    token: str = Field(description="The response-wrapping token: hand it to the process that needs the value; "
+                                   "it unwraps it once at Vault (sys/wrapping/unwrap).")
+    accessor: str
+    ttl: int = Field(description="Seconds the token can be unwrapped.")
+    creation_time: str
+    creation_path: str = Field(description="Vault's path of the wrapped read; check it with sys/wrapping/lookup "
+                                           "before unwrapping.")
+
+
+class WrappedSecretOut(BaseModel):
+    """A wrapped read (``wrap_ttl``): Vault's response-wrapping token instead of the value."""
+
+    path: str
+    version: int
+    wrap_info: WrapInfoOut
+
+
+class KvReadOut(RootModel[SecretOut | SecretRefsOut | WrappedSecretOut]):
+    """``kv_read``: values (:class:`SecretOut`), references and fingerprints (:class:`SecretRefsOut`), or a
+    wrapping token (:class:`WrappedSecretOut`)."""
+
+
 class WriteOut(BaseModel):
+    """A write's answer: where and which version, never the data."""
+
     path: str
-    data: dict[str, Any]
     version: int
     created_time: str
 
 
-class PatchOut(BaseModel):
-    path: str
-    version: int
-    created_time: str
+class PatchOut(WriteOut):
+    """A patch's answer, as a write's."""
 
 
 class ListOut(BaseModel):

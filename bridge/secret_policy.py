@@ -1,8 +1,8 @@
 """``vault-mcp-bridge secret-policy AGENT PATH [--reveal allow|never] [--allowed-hosts H,…] [--canary true|false]``.
 
 An operator's per-secret settings live in the secret's KV v2 custom metadata under ``bridge.*`` keys, which
-agents can read but never write (their policy grants ``read, list`` on ``metadata/``, and the bridge refuses
-``bridge.*`` keys from agents):
+agents can read but never write (their policy grants ``read, list`` on ``metadata/``, and no operation of the bridge
+takes custom metadata). What they mean, and the one parser the bridge reads them with: :mod:`bridge.secret_settings`:
 
 - ``bridge.reveal``: ``allow`` or ``never`` (no value leaves the bridge for anyone);
 - ``bridge.allowed_hosts``: comma-separated ``host[:port]`` (``*.`` prefix allowed) a secret may be brokered to;
@@ -20,76 +20,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
-import re
 import sys
 from collections.abc import Mapping
-from typing import Any
 
+from bridge.broker.hosts import parse_entry
 from bridge.config import IDENT_RE
 from bridge.errors import InvalidPathError
 from bridge.paths import agent_path, validate_path
 from bridge.policy import check_mount
+from bridge.secret_settings import ALLOWED_HOSTS, BRIDGE_KEY_PREFIX, CANARY, REVEAL, bridge_settings
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultError, VaultNotFoundError
 
-REVEAL = "bridge.reveal"
-ALLOWED_HOSTS = "bridge.allowed_hosts"
-CANARY = "bridge.canary"
-BRIDGE_KEY_PREFIX = "bridge."
 MAX_METADATA_VALUE = 512  # KV v2 custom_metadata: values of at most 512 bytes
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
-
-
-def _host(value: str) -> str:
-    """One ``host[:port]`` entry, lower-cased; ``*.`` prefix for subdomains; IPv6 in brackets."""
-    entry = value.strip().lower()
-    if any(ch in entry for ch in "/@?# "):
-        raise ValueError(f"{value!r}: give host[:port] only (no scheme, user, path or spaces)")
-    host, port = entry, ""
-    if entry.startswith("["):
-        end = entry.find("]")
-        if end < 0:
-            raise ValueError(f"{value!r}: unclosed [")
-        host, rest = entry[1:end], entry[end + 1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{value!r}: not an IPv6 address") from None
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{value!r}: expected :port after ]")
-        port = rest[1:]
-        host = f"[{host}]"
-    else:
-        if ":" in entry:
-            host, port = entry.rsplit(":", 1)
-        wildcard = host.startswith("*.")
-        name = host[2:] if wildcard else host
-        is_ip = False
-        try:
-            ipaddress.IPv4Address(name)
-            is_ip = True
-        except ValueError:
-            pass
-        if is_ip and wildcard:
-            raise ValueError(f"{value!r}: *. applies to domain names, not addresses")
-        if not is_ip and (not name or len(name) > 253 or not all(_LABEL.match(p) for p in name.split("."))):
-            raise ValueError(f"{value!r}: not a host name (letters, digits, -, dots; *. prefix allowed)")
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"{value!r}: the port must be 1-65535")
-    if entry.endswith(":") or (":" in entry and not port and not entry.startswith("[")):
-        raise ValueError(f"{value!r}: empty port")
-    return f"{host}:{port}" if port else host
 
 
 def parse_allowed_hosts(value: str) -> str | None:
-    """The normalized ``bridge.allowed_hosts`` value, or ``None`` for an empty value (remove the key)."""
+    """The normalized ``bridge.allowed_hosts`` value, or ``None`` for an empty value (remove the key). Entries are
+    parsed by the broker's own parser (:func:`bridge.broker.hosts.parse_entry`) and written back in its canonical
+    form, so what is stored is exactly what the broker will read."""
     items = [item for item in (part.strip() for part in value.split(",")) if item]
     if not items:
         return None
-    hosts = list(dict.fromkeys(_host(item) for item in items))
-    joined = ",".join(hosts)
+    hosts: list[str] = []
+    for item in items:
+        try:
+            hosts.append(str(parse_entry(item)))
+        except ValueError as exc:
+            raise ValueError(f"{item!r}: {exc}") from None
+    joined = ",".join(dict.fromkeys(hosts))
     if len(joined.encode()) > MAX_METADATA_VALUE:
         raise ValueError(f"the allowed hosts take more than {MAX_METADATA_VALUE} bytes (a KV metadata limit)")
     return joined
@@ -109,10 +69,6 @@ def settings_patch(*, reveal: str | None, allowed_hosts: str | None, canary: str
             raise ValueError("--canary is true or false")
         patch[CANARY] = canary
     return patch
-
-
-def bridge_settings(custom_metadata: Mapping[str, Any] | None) -> dict[str, str]:
-    return {k: str(v) for k, v in sorted((custom_metadata or {}).items()) if k.startswith(BRIDGE_KEY_PREFIX)}
 
 
 async def apply_secret_policy(client: VaultClient, token: str, mount: str, kv_path: str,
@@ -191,3 +147,7 @@ def secret_policy_main(args: argparse.Namespace, environ: Mapping[str, str] | No
     for key, value in settings.items():
         print(f"{key}={value}")
     return 0
+
+
+__all__ = ["ALLOWED_HOSTS", "BRIDGE_KEY_PREFIX", "CANARY", "MAX_METADATA_VALUE", "REVEAL", "add_secret_policy_args",
+           "apply_secret_policy", "bridge_settings", "parse_allowed_hosts", "secret_policy_main", "settings_patch"]

@@ -9,7 +9,8 @@
 - From ``tests/support/``: ``fake_vault`` (the in-process fake Vault), ``fresh_namespace`` (an empty OpenBao
   namespace per test), ``postgres`` (Debian's PostgreSQL), ``pbao`` (a restartable OpenBao with Raft storage),
   ``redis_server``, ``spawn_bridge`` (a bridge process), ``bridge_creds``/``child_settings`` (the provisioned
-  AppRole and child-token settings).
+  AppRole and child-token settings), ``reveal_client``/``admin`` (issue 12: a bridge with a ``use``-only key, and
+  an operator's direct Vault access for secrets and their ``bridge.*`` settings).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import DevVault, provision_demo_sync, start_dev_vault
 
-pytest_plugins = ("tests.support.postgres", "tests.support.vault", "tests.support.servers", "tests.support.approle")
+pytest_plugins = ("tests.support.postgres", "tests.support.vault", "tests.support.servers", "tests.support.approle",
+                  "tests.support.reveal")
 
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20

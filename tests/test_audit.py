@@ -75,7 +75,7 @@ async def test_canary_never_reaches_the_audit_file(ops_client: OpsClient, tmp_pa
     for r in lines:
         assert set(r) <= {"time", "type", "request_id", "agent", "auth_method", "operation", "path", "prefix",
                           "key", "version", "versions", "cas", "outcome", "code", "status", "vault_request_id",
-                          "duration_ms"}
+                          "duration_ms", "answer"}
         assert r["agent"] == "alice"
         assert r["auth_method"] == "api_key"
         assert r["request_id"]
@@ -83,6 +83,7 @@ async def test_canary_never_reaches_the_audit_file(ops_client: OpsClient, tmp_pa
     assert by_op["kv_write"]["vault_request_id"]
     assert by_op["kv_patch"]["version"] == 2
     assert lines[3]["version"] == 1  # the read of ?version=1
+    assert lines[3]["answer"] == "values"  # how the read answered (values, references or wrapped)
     assert by_op["kv_list"]["prefix"] == f"{base}/"
     assert by_op["transit_encrypt"]["key"] == "audit-key"
     assert by_op["transit_encrypt"]["version"] == 1

@@ -59,3 +59,26 @@ def test_intake_secret_file(tmp_path: Path) -> None:
     assert Settings.from_env({"INTAKE_SECRET_FILE": str(path)}).intake_secret is not None
     with pytest.raises(ConfigError, match="INTAKE_SECRET_FILE: set only one"):
         Settings.from_env({"INTAKE_SECRET_FILE": str(path), "INTAKE_SECRET": "g" * 40})
+
+
+def test_fingerprint_key_and_wrap_max_ttl() -> None:
+    s = Settings.from_env({})
+    assert (s.fingerprint_key, s.fingerprint_key_name, s.wrap_max_ttl) == ("", "mcp-bridge-fingerprint", 300.0)
+    s = Settings.from_env({"DEFAULT_PREFIX": "team", "WRAP_MAX_TTL": "1h"})
+    assert (s.fingerprint_key_name, s.wrap_max_ttl) == ("team-bridge-fingerprint", 3600.0)
+    assert Settings.from_env({"FINGERPRINT_KEY": "fp_key-2"}).fingerprint_key_name == "fp_key-2"
+    assert Settings.from_env({"WRAP_MAX_TTL": "90.7"}).wrap_max_ttl == 90.0  # whole seconds
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"FINGERPRINT_KEY": "mcp.alice.key"}, "FINGERPRINT_KEY"),  # a '.' could name an agent's key
+    ({"FINGERPRINT_KEY": "Upper"}, "FINGERPRINT_KEY"),
+    ({"FINGERPRINT_KEY": "a/b"}, "FINGERPRINT_KEY"),
+    ({"WRAP_MAX_TTL": "0"}, "WRAP_MAX_TTL"),
+    ({"WRAP_MAX_TTL": "25h"}, "WRAP_MAX_TTL"),
+    ({"WRAP_MAX_TTL": "later"}, "WRAP_MAX_TTL"),
+])
+def test_bad_issue12_values(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert str(info.value).startswith(f"invalid setting {variable}:")

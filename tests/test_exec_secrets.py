@@ -33,6 +33,7 @@ from tests.conftest import API_KEY_ALICE, API_KEYS
 pytestmark = pytest.mark.integration
 
 LIST_ONLY_KEY = "list-only-key-" + "l" * 16
+USE_ONLY_KEY = "use-only-key-" + "u" * 17
 TOKEN = "tok_" + secrets.token_hex(12) + "/+=&?"
 PASSWORD = "pässwörd \"quoted\" " + secrets.token_hex(6)
 
@@ -43,6 +44,7 @@ class Bridge:
     key_file: Path
     list_key_file: Path
     prefix: str
+    use_key_file: Path
 
 
 def _http(method: str, url: str, body: object | None = None) -> tuple[int, dict[str, object]]:
@@ -64,7 +66,8 @@ def bridge(bao: DevVault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env.update({"HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning", "VAULT_ADDR": bao.addr,
                 "VAULT_TOKEN": bao.root_token,
-                "API_KEYS_JSON": json.dumps({**API_KEYS, LIST_ONLY_KEY: {"agent": "alice", "scopes": ["list"]}})})
+                "API_KEYS_JSON": json.dumps({**API_KEYS, LIST_ONLY_KEY: {"agent": "alice", "scopes": ["list"]},
+                                             USE_ONLY_KEY: {"agent": "alice", "scopes": ["use", "list"]}})})
     log_path = tmp / "bridge.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, stdout=log,
@@ -88,10 +91,17 @@ def bridge(bao: DevVault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         assert _http("PUT", f"{url}/secrets/{prefix}/api", {"data": {"token": TOKEN, "n": 42}})[0] == 200
         assert _http("PUT", f"{url}/secrets/{prefix}/db", {"data": {"password": PASSWORD}})[0] == 200
         assert _http("PUT", f"{url}/secrets/{prefix}/db", {"data": {"password": "newer-" + PASSWORD}})[0] == 200
-        key_file, list_key_file = tmp / "alice.key", tmp / "list.key"
+        assert _http("PUT", f"{url}/secrets/{prefix}/hidden", {"data": {"password": PASSWORD}})[0] == 200
+        with urllib.request.urlopen(urllib.request.Request(  # an operator marks it: no value leaves the bridge
+                f"{bao.addr}/v1/secret/metadata/mcp/alice/{prefix}/hidden", method="POST",
+                data=json.dumps({"custom_metadata": {"bridge.reveal": "never"}}).encode(),
+                headers={"X-Vault-Token": bao.root_token}), timeout=10) as resp:
+            assert resp.status == 204
+        key_file, list_key_file, use_key_file = tmp / "alice.key", tmp / "list.key", tmp / "use.key"
         key_file.write_text(API_KEY_ALICE + "\n")
         list_key_file.write_text(LIST_ONLY_KEY)
-        yield Bridge(url, key_file, list_key_file, prefix)
+        use_key_file.write_text(USE_ONLY_KEY)
+        yield Bridge(url, key_file, list_key_file, prefix, use_key_file)
     finally:
         stop_process(proc, timeout=15)
 
@@ -178,6 +188,14 @@ def test_exit_codes_and_refusals(bridge: Bridge, capfd: pytest.CaptureFixture[st
     assert status == 125
     assert "403" in err
     assert TOKEN not in err + out
+    # the new read shapes: a use-only key, and a secret no one may see, get references: no values, no child
+    for key_file, ref in ((bridge.use_key_file, f"secret://{bridge.prefix}/api#token"),
+                          (bridge.key_file, f"secret://{bridge.prefix}/hidden#password")):
+        status, out, err = exec_in_process(bridge, [f"X={ref}"], never, capfd, key_file=key_file)
+        assert status == 125
+        assert "references instead of values" in err
+        assert "never" not in out
+        assert TOKEN not in err + out and PASSWORD not in err + out  # noqa: PT018
     status, _, err = exec_in_process(bridge, ["X=secret://../x#y"], never, capfd)
     assert status == 2
     assert "invalid" in err.lower()

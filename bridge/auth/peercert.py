@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from bridge.auth.identity import Identity, normalize_subject
-from bridge.config import SCOPES
+from bridge.config import DEFAULT_SCOPES
 from bridge.errors import UnauthenticatedError
 
 log = structlog.get_logger("bridge.auth")
@@ -76,7 +76,7 @@ def certificate_agent(cert: x509.Certificate, spiffe_trust_domain: str = "") -> 
 def certificate_identity(cert: x509.Certificate, spiffe_trust_domain: str = "") -> Identity:
     """The identity of a verified client certificate: the agent of :func:`certificate_agent`, all scopes."""
     return Identity(normalize_subject(certificate_agent(cert, spiffe_trust_domain), "mtls"), "mtls",
-                    frozenset(SCOPES))
+                    frozenset(DEFAULT_SCOPES))
 
 
 def peer_certificate(request: web.Request) -> x509.Certificate | None:

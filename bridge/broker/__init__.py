@@ -16,9 +16,10 @@ from bridge.broker.broker import (
     BrokerHttpBody,
     ResolvedSecret,
     SecretResolver,
+    audit_fields,
 )
 from bridge.broker.hosts import HostResolver, SystemResolver
 from bridge.broker.redact import Redactor, StreamRedactor, value_forms
 
 __all__ = ["METHODS", "Broker", "BrokerHttpAnswer", "BrokerHttpBody", "HostResolver", "Redactor", "ResolvedSecret",
-           "SecretResolver", "StreamRedactor", "SystemResolver", "value_forms"]
+           "SecretResolver", "StreamRedactor", "SystemResolver", "audit_fields", "value_forms"]

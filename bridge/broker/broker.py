@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import json
 import re
@@ -75,6 +76,7 @@ from bridge.broker.hosts import (
 from bridge.broker.redact import Redactor
 from bridge.config import Settings
 from bridge.errors import (
+    BridgeError,
     BrokerRefusedError,
     BrokerUpstreamError,
     InvalidRequestError,
@@ -486,4 +488,25 @@ class Broker:
                                 body_encoding=encoding, redactions=count)
 
 
-__all__ = ["METHODS", "Broker", "BrokerHttpAnswer", "BrokerHttpBody", "ResolvedSecret", "SecretResolver"]
+def audit_fields(request: BrokerHttpBody, answer: BrokerHttpAnswer | None = None) -> dict[str, Any]:
+    """What an audit record says about a brokered request: the method, the destination's host and port, the
+    references used (and the answer's status and redaction count); never the URL's path or query, a header or the
+    body. Whatever part is malformed is left out (the refusal's code says why)."""
+    out: dict[str, Any] = {"method": request.method.upper()[:16]}
+    try:
+        dest = _parse_url(request.url)
+    except BridgeError:
+        return out
+    out.update(host=dest.host, port=dest.port)
+    texts = [("url", dest.rest), *((f"headers.{k}", v) for k, v in request.headers.items())]
+    if request.body is not None:
+        texts.append(("body", request.body))
+    with contextlib.suppress(BridgeError):  # a malformed placeholder: the refusal says where
+        out["references"] = [str(ref) for ref in collect_references(texts)][:MAX_REFERENCES + 1]
+    if answer is not None:
+        out.update(upstream_status=answer.status, redactions=answer.redactions)
+    return out
+
+
+__all__ = ["METHODS", "Broker", "BrokerHttpAnswer", "BrokerHttpBody", "ResolvedSecret", "SecretResolver",
+           "audit_fields"]

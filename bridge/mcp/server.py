@@ -350,9 +350,13 @@ class McpEndpoint:
             out = await self._executor.execute(op, call, _arguments(arguments))
         except BridgeError as err:
             if err.code == "insufficient_scope":
-                log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=op.scope)
+                # the challenge asks for the least privileged scope that allows the tool (the first declared:
+                # "use" for kv_read); OAuth reads a scope list as "all of these", so any-of is never listed there
+                scope = op.scopes[0] if op.scopes else None
+                log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=scope,
+                         accepted_scopes=list(op.scopes))
                 err.headers["WWW-Authenticate"] = self._challenges.bearer(request, error="insufficient_scope",
-                                                                          scope=op.scope)
+                                                                          scope=scope)
                 raise  # HTTP 403, JSON-RPC -31403 (bridge.middlewares), audited as denied
             if err.code == "rate_limited":
                 raise  # HTTP 429 with its headers, as the middleware's refusals

@@ -64,14 +64,23 @@ def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """An object schema admitting the success shape (``model``) and the ``{"error": {...}}`` shape."""
+    """An object schema admitting the success shape (``model``) and the ``{"error": {...}}`` shape. A union output
+    (a ``RootModel`` of several models, e.g. ``kv_read``: values, references or a wrapping token) admits each of its
+    shapes: their properties together, and one ``required`` set per shape."""
     success: dict[str, Any] = _strip_titles(model.model_json_schema(mode="serialization"))
     defs = success.pop("$defs", None)
-    properties = {name: _not_null(prop) for name, prop in success.get("properties", {}).items()}
+    shapes = [success]
+    if "properties" not in success and isinstance(success.get("anyOf"), list):
+        shapes = [(defs or {})[branch["$ref"].rsplit("/", 1)[-1]] if "$ref" in branch else branch
+                  for branch in success["anyOf"]]
+    properties: dict[str, Any] = {}
+    for shape in shapes:
+        for name, prop in shape.get("properties", {}).items():
+            properties.setdefault(name, _not_null(prop))
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {**properties, "error": ERROR_SCHEMA},
-        "anyOf": [{"required": success.get("required", [])}, {"required": ["error"]}],
+        "anyOf": [*({"required": shape.get("required", [])} for shape in shapes), {"required": ["error"]}],
     }
     if defs:
         schema["$defs"] = defs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from bridge import models as m
@@ -14,6 +16,9 @@ SECRET_PATH = Param("path", "path", {"type": "string", "pattern": PATH_PATTERN, 
                     "separated by '/'; percent-encode '/' or send it literally).")
 VERSION = Param("version", "query", {"type": "integer", "minimum": 0, "maximum": m.MAX_VERSION},
                 "A specific version (0 or absent = latest).")
+WRAP_TTL = Param("wrap_ttl", "query", {"type": "string", "pattern": m.WRAP_TTL_PATTERN},
+                 "Wrapped delivery: answer a Vault response-wrapping token valid this long (60s, 5m; at most "
+                 "WRAP_MAX_TTL) instead of the secret.")
 PREFIX = Param("prefix", "query", {"type": "string", "maxLength": MAX_PATH_LENGTH, "pattern": PREFIX_PATTERN},
                "List below this relative prefix (empty = your root).")
 
@@ -26,17 +31,34 @@ def _secret(method: str, suffix: str = "", *, route: str, body: type[BaseModel] 
                        query=query, body=body, status=status, params=params)
 
 
+def _read_details(args: m.KvReadArgs, out: m.KvReadOut | None) -> dict[str, Any]:
+    """How a read answered (``values``, ``references``, ``wrapped``), and a wrapping token's accessor (an operator
+    can look it up or revoke it; the token itself is never recorded)."""
+    answer = out.root if out is not None else None
+    if isinstance(answer, m.WrappedSecretOut):
+        return {"answer": "wrapped", "wrap_ttl": answer.wrap_info.ttl, "wrap_accessor": answer.wrap_info.accessor}
+    if isinstance(answer, m.SecretRefsOut):
+        return {"answer": "references"}
+    if isinstance(answer, m.SecretOut):
+        return {"answer": "values"}
+    return {"wrap_ttl": args.wrap_seconds} if args.wrap_ttl is not None else {}
+
+
 OPERATIONS: tuple[AnyOperation, ...] = (
     Operation(
-        name="kv_read", scope="read", input=m.KvReadArgs, output=m.SecretOut, service=KvService, run=KvService.read,
-        title="Read a secret", summary="Read a secret (latest or ?version=N).",
+        name="kv_read", scope=("use", "read"), input=m.KvReadArgs, output=m.KvReadOut, service=KvService,
+        run=KvService.read, title="Read a secret", summary="Read a secret (latest or ?version=N), or wrap it.",
         description=(
-            "Read one secret (a JSON object of key/value pairs) from your namespace in Vault. Use it when you "
-            "need a credential or setting you stored before. 'path' names the secret; 'version' picks an older "
-            "version (omit for the latest). Fails with not_found, secret_deleted (undelete it) or "
-            "secret_destroyed."),
-        annotations=hints(read_only=True, idempotent=True), audit=("path", "version"),
-        rest=_secret("GET", route="secret_get", query=("version",), params=(SECRET_PATH, VERSION))),
+            "Read one secret (a JSON object of key/value pairs) from your namespace in Vault. 'path' names the "
+            "secret; 'version' picks an older version (omit for the latest). With the 'read' scope you get the "
+            "values ('data'); without it, or when the operator marked the secret bridge.reveal=never, you get "
+            "'fields': per key a 'reference' (secret://<path>#<key>@<version>) to use in http_request "
+            "placeholders or transit plaintext_ref/input_ref, and a 'fingerprint' (equal values, equal "
+            "fingerprints). 'wrap_ttl' (e.g. '60s') returns a one-time Vault wrapping token instead, for another "
+            "process to unwrap. Fails with not_found, secret_deleted (undelete it) or secret_destroyed."),
+        annotations=hints(read_only=True, idempotent=True), audit=("path", "version"), audit_details=_read_details,
+        rest=_secret("GET", route="secret_get", query=("version", "wrap_ttl"),
+                     params=(SECRET_PATH, VERSION, WRAP_TTL))),
     Operation(
         name="kv_write", scope="write", input=m.KvWriteArgs, output=m.WriteOut, service=KvService, run=KvService.write,
         title="Write a secret", summary="Write a new version (optionally check-and-set).",
@@ -93,7 +115,7 @@ OPERATIONS: tuple[AnyOperation, ...] = (
         annotations=hints(read_only=False, destructive=True, idempotent=True), audit=("path", "versions"),
         rest=_secret("POST", ":destroy", route="secret_post", body=m.VersionsBody)),
     Operation(
-        name="kv_metadata", scope="read", input=m.PathArgs, output=m.MetadataOut, service=KvService,
+        name="kv_metadata", scope=("use", "read"), input=m.PathArgs, output=m.MetadataOut, service=KvService,
         run=KvService.metadata, title="Secret versions and metadata",
         summary="Read a secret's metadata and version history.",
         description=(

@@ -3,15 +3,15 @@
 Every transport (REST, MCP, later stdio) hands an operation, the caller (:class:`Call`) and the operation's raw
 arguments to :meth:`Executor.execute`, which in this order:
 
-1. checks the scope (and the operation's ``available`` hook): a refusal is 403 (``insufficient_scope`` on MCP,
-   ``forbidden`` elsewhere);
+1. checks the scope (any one of the operation's scopes; and its ``available`` hook): a refusal is 403
+   (``insufficient_scope`` on MCP, ``forbidden`` elsewhere), naming the scopes;
 2. reads the arguments (a mapping, or an awaitable that reads them: REST reads the body only now, after the
    scope check) and validates them with the input model (400 ``invalid_request``);
 3. asks the operation's cost and charges what the transport has not charged yet against the agent's rate-limit
    bucket (``billing.charge``: 400 ``batch_too_large``, 429 ``rate_limited``);
 4. runs the service method;
-5. writes the audit record (ok, or the error's code: ``denied`` for a refusal) and reports the outcome to the
-   observer (metrics).
+5. writes the audit record (ok, or the error's code: ``denied`` for a refusal; the allow-listed input fields and
+   the operation's ``audit_details``) and reports the outcome to the observer (metrics).
 
 It knows nothing of aiohttp; the transports render its result or its :class:`~bridge.errors.BridgeError`. An
 exception raised while the arguments are read that is not a ``BridgeError`` (a protocol error of the transport, a
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 
 from bridge.audit import AuditLog, AuditUnavailableError, clip, now, outcome_of, request_fields
 from bridge.auth.identity import Identity
@@ -72,16 +72,25 @@ class _Bound:
     cost: Callable[[Any], int] | None
     available: Callable[[Identity], Awaitable[bool]] | None
     audit: tuple[str, ...]
-    result_version: str | None
 
 
 def _bind(op: AnyOperation, services: Mapping[type[Any], Any]) -> _Bound:
     service = services.get(op.service)
     if service is None:
         raise ValueError(f"{op.name}: no {op.service.__name__} among the services")
-    version = next((name for name in _RESULT_VERSION if name in op.output.model_fields), None)
     return _Bound(op, op.run.__get__(service), op.cost.__get__(service) if op.cost is not None else None,
-                  op.available.__get__(service) if op.available is not None else None, op.audit, version)
+                  op.available.__get__(service) if op.available is not None else None, op.audit)
+
+
+def _result_version(out: BaseModel) -> int | None:
+    """The output's ``version`` (or ``key_version``, ``current_version``); a union output (``RootModel``) is
+    looked into."""
+    target = out.root if isinstance(out, RootModel) else out
+    for name in _RESULT_VERSION:
+        value = getattr(target, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 class Executor:
@@ -137,11 +146,9 @@ class Executor:
         if self._observe is not None:
             self._observe(op.name, call.transport, "ok")
         if audit is not None:
-            entry = self._entry(bound, identity, args, None)
-            if bound.result_version is not None and "version" not in entry:
-                value = getattr(out, bound.result_version)
-                if isinstance(value, int):
-                    entry["version"] = value
+            entry = self._entry(bound, identity, args, None, out)
+            if "version" not in entry and (version := _result_version(out)) is not None:
+                entry["version"] = version
             entry.update(outcome="ok", vault_request_id=ids[-1] if ids else None,
                          duration_ms=round((time.perf_counter() - started) * 1000, 2))
             await audit.write(entry)  # fail closed: 503 audit_unavailable
@@ -162,7 +169,7 @@ class Executor:
         if self._audit is None:
             return
         raw = arguments if args is None and isinstance(arguments, Mapping) else None  # refused before validation
-        entry = self._entry(bound, call.identity, args, raw)
+        entry = self._entry(bound, call.identity, args, raw, None)
         entry.update(outcome=outcome_of(status) if isinstance(exc, BridgeError) else "error", code=code,
                      status=status, vault_request_id=ids[-1] if ids else None,
                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -170,9 +177,11 @@ class Executor:
             await self._audit.write(entry)
 
     @staticmethod
-    def _entry(bound: _Bound, identity: Identity, args: Any, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _entry(bound: _Bound, identity: Identity, args: Any, raw: Mapping[str, Any] | None,
+               out: BaseModel | None) -> dict[str, Any]:
         """The record's head and the operation's allow-listed fields: from the validated input, or from the raw
-        arguments of a call refused before they were validated (only strings, integers and lists of them)."""
+        arguments of a call refused before they were validated (only strings, integers and lists of them); then
+        the operation's ``audit_details`` of the validated input (and output), the same kinds of values."""
         entry: dict[str, Any] = {"time": now(), "type": "audit", **request_fields(), "agent": identity.subject,
                                  "auth_method": identity.auth_method, "operation": bound.op.name}
         for name in bound.audit:
@@ -183,16 +192,40 @@ class Executor:
                 entry[name] = value
             elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 entry[name] = value[:_MAX_ITEMS]
+        details = bound.op.audit_details
+        if details is not None and args is not None:
+            for name, value in details(args, out).items():
+                if name not in entry and (kept := _audit_value(value)) is not None:
+                    entry[name] = kept
         return entry
+
+
+def _audit_value(value: Any) -> Any:
+    """A detail as recorded: strings clipped, integers and booleans, lists of those (at most ``_MAX_ITEMS``)."""
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, list | tuple):
+        return [clip(v) if isinstance(v, str) else v for v in value[:_MAX_ITEMS] if isinstance(v, str | int)]
+    return None
+
+
+def scope_phrase(scopes: tuple[str, ...]) -> str:
+    """``the 'write' scope`` / ``the 'use' or 'read' scope``."""
+    return "the " + " or ".join(f"'{scope}'" for scope in scopes) + " scope"
 
 
 def _scope_error(op: AnyOperation, call: Call) -> ForbiddenError:
     """The refusal of an operation outside the caller's scopes; on MCP it is ``insufficient_scope`` (the
-    transport adds the ``WWW-Authenticate`` challenge)."""
-    scope = op.scope
+    transport adds the ``WWW-Authenticate`` challenge). ``required_scope`` is the least privileged scope that
+    allows it (the first declared); ``accepted_scopes`` lists every one when any of several will do."""
+    scopes = op.scopes
     have = ", ".join(sorted(call.identity.scopes)) or "none"
+    extra: dict[str, Any] = {"required_scope": scopes[0]}
+    if len(scopes) > 1:
+        extra["accepted_scopes"] = list(scopes)
     if call.transport == "mcp":
-        return ForbiddenError(f"The tool '{op.name}' needs the '{scope}' scope; this identity has: {have}.",
-                              code="insufficient_scope", extra={"required_scope": scope})
-    return ForbiddenError(f"This operation needs the '{scope}' scope; this identity has: {have}.",
-                          extra={"required_scope": scope})
+        return ForbiddenError(f"The tool '{op.name}' needs {scope_phrase(scopes)}; this identity has: {have}.",
+                              code="insufficient_scope", extra=extra)
+    return ForbiddenError(f"This operation needs {scope_phrase(scopes)}; this identity has: {have}.", extra=extra)

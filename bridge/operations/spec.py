@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from bridge.auth.identity import Identity
 
-Scope = Literal["read", "write", "delete", "list"]
+Scope = Literal["read", "write", "delete", "list", "use"]
 S = TypeVar("S")
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -40,15 +40,17 @@ BODY_ERRORS = (408, 413, 415)
 """What a route that reads a body may answer besides."""
 
 
-def hints(*, read_only: bool, destructive: bool = False, idempotent: bool) -> dict[str, bool]:
-    """MCP ``ToolAnnotations``. Every operation acts on the caller's own Vault namespace only (closed world).
+def hints(*, read_only: bool, destructive: bool = False, idempotent: bool,
+          open_world: bool = False) -> dict[str, bool]:
+    """MCP ``ToolAnnotations``. An operation acts on the caller's own Vault namespace only (closed world), unless
+    ``open_world`` (brokered HTTP reaches outside hosts).
 
     ``destructive`` is true for anything that changes what a reader of the latest version sees (write and
     patch replace or drop values, even though KV v2 keeps older versions) or removes data (delete, destroy):
     clients use it to ask a human before the call.
     """
     return {"readOnlyHint": read_only, "destructiveHint": destructive, "idempotentHint": idempotent,
-            "openWorldHint": False}
+            "openWorldHint": open_world}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +116,23 @@ class RestBinding:
 class Operation(Generic[S, In, Out]):
     """One operation, declared once (see the module docstring).
 
-    ``run`` is the service method, unbound: ``async def method(self, identity, args) -> Out`` of ``service``
-    (the executor binds it to the app's instance). ``cost`` (a method of ``service`` too) is what one call costs
-    against the rate limit, known once the input is parsed (a Transit batch: its items); ``None`` costs 1.
+    ``scope`` is the scope the caller needs, or a tuple of scopes any one of which will do (``("use", "read")``:
+    the service then answers according to the one the caller holds, e.g. ``kv_read`` answers values to ``read``
+    and references to ``use``); list the least privileged first: it is the one a refusal's challenge asks for.
+    ``None``: any identity. ``run`` is the service method, unbound: ``async def method(self, identity, args) ->
+    Out`` of ``service`` (the executor binds it to the app's instance). ``cost`` (a method of ``service`` too) is
+    what one call costs against the rate limit, known once the input is parsed (a Transit batch: its items);
+    ``None`` costs 1.
     ``available`` (a method of ``service``) says whether the operation is open to an identity beyond its scope
     (e.g. the agent's Vault capabilities); ``None``: whenever the scope allows. ``audit`` names the input fields
-    the audit record keeps (never a value: paths, names, versions). ``rest``/``mcp``: whether (and how) it is
-    served over REST and as an MCP tool.
+    the audit record keeps (never a value: paths, names, versions); ``audit_details(args, out)`` (a plain function
+    of the validated input and the output, ``None`` when the operation failed) adds fields derived from them
+    (a brokered request's host and references, how a read answered): strings, integers, booleans and lists of
+    them, never a value. ``rest``/``mcp``: whether (and how) it is served over REST and as an MCP tool.
     """
 
     name: str
-    scope: Scope | None
+    scope: Scope | tuple[Scope, ...] | None
     input: type[In]
     output: type[Out]
     service: type[S]
@@ -134,14 +142,23 @@ class Operation(Generic[S, In, Out]):
     description: str
     annotations: Mapping[str, bool] = field(default_factory=lambda: hints(read_only=True, idempotent=True))
     audit: tuple[str, ...] = ()
+    audit_details: Callable[[In, Out | None], Mapping[str, Any]] | None = field(default=None, repr=False)
     cost: Callable[[S, In], int] | None = field(default=None, repr=False)
     available: Callable[[S, Identity], Awaitable[bool]] | None = field(default=None, repr=False)
     rest: RestBinding | None = None
     mcp: bool = True
 
+    @property
+    def scopes(self) -> tuple[Scope, ...]:
+        """The scopes any one of which allows the operation (empty: any identity), least privileged first."""
+        if self.scope is None:
+            return ()
+        return (self.scope,) if isinstance(self.scope, str) else self.scope
+
     def allowed(self, identity: Identity) -> bool:
         """Whether the identity's scopes allow the operation (the ``available`` hook is the executor's)."""
-        return self.scope is None or self.scope in identity.scopes
+        scopes = self.scopes
+        return not scopes or any(scope in identity.scopes for scope in scopes)
 
 
 AnyOperation = Operation[Any, Any, Any]
@@ -157,6 +174,8 @@ class Registry:
         for op in operations:
             if op.name in self._ops:
                 raise ValueError(f"operation {op.name} is declared twice")
+            if isinstance(op.scope, tuple) and (not op.scope or len(set(op.scope)) != len(op.scope)):
+                raise ValueError(f"{op.name}: any-of scopes must be distinct and at least one")
             if op.rest is not None:
                 _check_binding(op, op.rest)
                 key = (op.rest.method, op.rest.path)

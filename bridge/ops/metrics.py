@@ -10,6 +10,7 @@ The ``observe_*`` methods are the hooks other parts call:
 - :meth:`Metrics.token_event` is the ``TokenKeeper`` ``on_event`` callback (``renewal`` / ``login``);
 - :meth:`Metrics.watch_child_tokens` exports the child-token broker's mint / cache-hit / renewal counters;
 - :meth:`Metrics.operation` is the executor's observer: MCP tool calls by tool and outcome;
+- :meth:`Metrics.canary_tripped` is the canary watch's counter (``bridge_canary_trips_total{operation, how}``);
 - :func:`metrics_middleware` records every HTTP request (and feeds the status page's
   :class:`~bridge.ops.stats.OpsStats`).
 """
@@ -39,6 +40,7 @@ _CHILD_EVENTS = (("mint", "mints"), ("cache_hit", "reuses"), ("renewal", "renewa
                  ("rejected", "rejected"))
 _MCP_TOOL_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CANARY_HOWS = frozenset({"read", "reference", "wrap", "broker", "transit"})
 
 
 class _ChildTokenCollector(Collector):
@@ -102,6 +104,9 @@ class Metrics:
             ["tool", "outcome"], registry=reg)
         self.audit_failures = Counter(
             "bridge_audit_write_failures", "Audit records that could not be written.", registry=reg)
+        self.canary_trips = Counter(
+            "bridge_canary_trips", "Canary secrets used by an agent, by operation and how (bridge/canary.py).",
+            ["operation", "how"], registry=reg)
         for event in sorted(_TOKEN_EVENTS):
             self.token_events.labels(event=event)
 
@@ -143,6 +148,11 @@ class Metrics:
             return
         self.mcp_calls.labels(tool=name if _MCP_TOOL_RE.match(name) else "other",
                               outcome=outcome if re.fullmatch(r"[a-z_]{1,40}", outcome) else "other").inc()
+
+    def canary_tripped(self, operation: str, how: str) -> None:
+        """The canary watch's counter hook (``bridge.canary.CanaryWatch``); names outside the known sets fold."""
+        self.canary_trips.labels(operation=operation if _MCP_TOOL_RE.match(operation) else "other",
+                                 how=how if how in _CANARY_HOWS else "other").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

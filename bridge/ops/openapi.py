@@ -97,6 +97,8 @@ class Op:
     errors: tuple[int, ...] = AUTH_ERRORS
     media: str = "application/json"
     extra_responses: dict[int, str] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+    """The scopes any one of which allows the route (an operation's ``scopes``); documented as ``x-scopes``."""
 
     @property
     def operation_id(self) -> str:
@@ -135,7 +137,7 @@ def operation_row(op: AnyOperation) -> Op:
     assert rest is not None
     return Op(rest.method, rest.path, rest.route, op.summary, rest.tag,
               None if rest.status == 204 else op.output, status=rest.status, body=rest.body, params=rest.params,
-              errors=rest.statuses)
+              errors=rest.statuses, scopes=op.scopes)
 
 
 def rows(registry: Registry) -> tuple[Op, ...]:
@@ -212,6 +214,10 @@ def build_openapi(registry: Registry, *, title: str = "Vault MCP Bridge") -> dic
         if op.body is not None:
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": refs[(op.body, "validation")]}}}
+        if op.scopes:
+            operation["description"] = ("Needs the " + " or ".join(f"'{scope}'" for scope in op.scopes)
+                                        + " scope" + (" (any one of them)." if len(op.scopes) > 1 else "."))
+            operation["x-scopes"] = list(op.scopes)
         if op.public:
             operation["security"] = []
         paths.setdefault(op.path, {})[op.method.lower()] = operation

@@ -1,6 +1,7 @@
 """The service layer: what each operation does, shared by every transport. It knows nothing of aiohttp.
 
-One class per area (:mod:`bridge.service.kv`, :mod:`bridge.service.transit`, :mod:`bridge.service.identity`), made
+One class per area (:mod:`bridge.service.kv`, :mod:`bridge.service.transit`, :mod:`bridge.service.identity`,
+:mod:`bridge.service.broker`; what they share about using secret values: :mod:`bridge.service.secrets`), made
 from a :class:`~bridge.service.access.VaultAccess`; each method ``async def method(self, identity, args) -> Out``
 runs one operation of :mod:`bridge.operations`. Scope, rate-limit cost and audit are the executor's
 (:mod:`bridge.operations.pipeline`); a service method confines the agent to its namespace, calls Vault with the
@@ -13,11 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from bridge.service.access import VaultAccess
+from bridge.service.broker import BrokerService
 from bridge.service.identity import IdentityService
 from bridge.service.kv import KvService
 from bridge.service.transit import TransitService
 
-__all__ = ["IdentityService", "KvService", "TransitService", "VaultAccess", "build_services"]
+__all__ = ["BrokerService", "IdentityService", "KvService", "TransitService", "VaultAccess", "build_services"]
 
 
 def build_services(classes: Iterable[type[Any]], access: VaultAccess) -> dict[type[Any], Any]:

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bridge.auth.identity import Identity
+from bridge.broker import Broker
+from bridge.canary import CanaryWatch
 from bridge.config import Settings
 from bridge.errors import from_vault_error
 from bridge.paths import agent_path
@@ -25,11 +27,15 @@ T = TypeVar("T")
 
 class VaultAccess:
     def __init__(self, settings: Settings, vault: VaultClient, *, bridge_tokens: TokenSource[Any],
-                 agent_tokens: TokenSource[Any] | None = None) -> None:
+                 agent_tokens: TokenSource[Any] | None = None, canary: CanaryWatch | None = None,
+                 broker: Broker | None = None) -> None:
         self.settings = settings
         self.vault = vault
         self.bridge_tokens = bridge_tokens
         self.agent_tokens: TokenSource[Any] = agent_tokens if agent_tokens is not None else bridge_tokens
+        self.canary = canary if canary is not None else CanaryWatch()
+        self.broker = broker
+        """Started and closed by ``bridge.broker.ctx.broker_ctx`` (``create_app`` makes and hands it over)."""
 
     async def call(self, identity: Identity, what: str, fn: Callable[[str], Awaitable[T]]) -> T:
         """``fn(token)`` with the agent's token; a Vault error becomes a bridge error about ``what``."""

@@ -1,4 +1,9 @@
-"""KV v2 secrets of the calling agent, confined to ``{KV_MOUNT}/data/{DEFAULT_PREFIX}/{agent}/``."""
+"""KV v2 secrets of the calling agent, confined to ``{KV_MOUNT}/data/{DEFAULT_PREFIX}/{agent}/``.
+
+A read answers values, references and fingerprints, or a wrapping token, by the rules of
+:mod:`bridge.service.secrets`; a write or patch answers where and which version, never the data; custom metadata
+is shown without ``bridge.canary``, and no operation writes it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bridge.auth.identity import Identity
-from bridge.errors import BridgeError, ConflictError, NotFoundError
+from bridge.errors import BridgeError, ConflictError, ForbiddenError, InvalidRequestError, NotFoundError
 from bridge.models import (
+    FieldRef,
     KvListArgs,
     KvPatchArgs,
     KvReadArgs,
+    KvReadOut,
     KvVersionsArgs,
     KvWriteArgs,
     ListOut,
@@ -19,12 +26,17 @@ from bridge.models import (
     PatchOut,
     PathArgs,
     SecretOut,
+    SecretRefsOut,
+    WrapInfoOut,
+    WrappedSecretOut,
     WriteOut,
 )
 from bridge.paths import validate_path, validate_prefix
+from bridge.references import Reference
+from bridge.secret_settings import SecretSettings, agent_view
 from bridge.service.access import VaultAccess
-from bridge.vault.errors import VaultNotFoundError
-from bridge.vault.models import KvMetadata, KvSecret, KvVersion
+from bridge.service.secrets import SecretValues, gone, referable, value_text, version_error
+from bridge.vault.models import KvVersion, WrapInfo
 
 
 class _Put(Protocol):
@@ -39,38 +51,73 @@ class KvService:
         self._access = access
         self._vault = access.vault
         self._mount = access.settings.kv_mount
+        self._wrap_max = int(access.settings.wrap_max_ttl)
+        self._values = SecretValues(access)
 
-    async def read(self, identity: Identity, args: KvReadArgs) -> SecretOut:
+    async def read(self, identity: Identity, args: KvReadArgs) -> KvReadOut:
+        """Values, references and fingerprints, or a wrapping token (see :mod:`bridge.service.secrets`)."""
         path = validate_path(args.path)
-        full = self._access.kv_path(identity, path)
-        version = args.version
+        if args.wrap_ttl is not None:
+            return KvReadOut(await self._wrapped(identity, path, args))
+        secret = await self._values.read(identity, path, args.version)
+        meta = secret.metadata
+        settings = SecretSettings.parse(meta.custom_metadata)
+        if self._values.may_reveal(identity, settings):
+            await self._values.tripwire(identity, settings, operation="kv_read", path=path, how="read")
+            return KvReadOut(SecretOut(path=path, data=secret.data, version=meta.version,
+                                       created_time=meta.created_time,
+                                       custom_metadata=agent_view(meta.custom_metadata)))
+        await self._values.tripwire(identity, settings, operation="kv_read", path=path, how="reference")
+        names = list(secret.data)
+        prints = await self._values.fingerprints([value_text(secret.data[name]) for name in names])
+        fields = {name: FieldRef(fingerprint=fingerprint,
+                                 reference=str(Reference(path, name, meta.version)) if referable(name) else None)
+                  for name, fingerprint in zip(names, prints, strict=True)}
+        return KvReadOut(SecretRefsOut(path=path, version=meta.version, fields=fields))
 
-        async def go(token: str) -> KvSecret:
-            try:
-                return await self._vault.kv.read(self._mount, full, version=version, token=token)
-            except VaultNotFoundError as exc:
-                meta = exc.version_meta
-                if meta is None or not (meta.destroyed or meta.deletion_time):
-                    raise
-                raise _gone(path, meta) from None
+    async def _wrapped(self, identity: Identity, path: str, args: KvReadArgs) -> WrappedSecretOut:
+        """Wrapped delivery: the read of the secret (latest or ``version``) wrapped by Vault, under the caller's own
+        token (Vault applies the agent's policy), for ``wrap_ttl`` (at most ``WRAP_MAX_TTL``). Refused for a
+        secret whose ``bridge.reveal`` is ``never``. The metadata is read first (settings, version, deletion);
+        the wrapped read is pinned to that version, so the answer names the version that was wrapped."""
+        ttl = args.wrap_seconds or 0
+        if not 1 <= ttl <= self._wrap_max:
+            raise InvalidRequestError(
+                f"'wrap_ttl' must be from 1s to {self._wrap_max}s (WRAP_MAX_TTL).", code="invalid_wrap_ttl",
+                extra={"max_seconds": self._wrap_max})
+        meta = await self._values.metadata(identity, path)
+        settings = SecretSettings.parse(meta.custom_metadata)
+        await self._values.tripwire(identity, settings, operation="kv_read", path=path, how="wrap")  # even if refused
+        if not settings.revealable:
+            raise ForbiddenError(
+                f"'{path}' is marked bridge.reveal=never: its values leave the bridge for no one, wrapped or not. "
+                "Use it by reference (http_request, input_ref).", code="secret_not_revealable")
+        version = args.version or meta.current_version
+        entry = meta.versions.get(str(version))
+        if meta.current_version == 0 or (args.version is None and not isinstance(entry, dict)):
+            raise NotFoundError(f"No secret at '{path}'.")
+        if not isinstance(entry, dict):
+            raise version_error(path, version, meta.current_version, meta.oldest_version)
+        version_meta = KvVersion.parse({**entry, "version": version})
+        if version_meta.destroyed or version_meta.deletion_time:
+            raise gone(path, version_meta)
+        full = self._access.kv_path(identity, path)
+
+        async def go(token: str) -> WrapInfo:
+            return await self._vault.kv.read_wrapped(self._mount, full, token=token, version=version, wrap_ttl=ttl)
 
         try:
-            result = await self._access.call(identity, "the read", go)
-        except NotFoundError as exc:
-            if exc.code != "not_found":
-                raise  # deleted or destroyed
-            err: BridgeError = NotFoundError(f"No secret at '{path}'.")
-            if version:
-                err = await self._version_not_found(identity, full, path, version) or err
-            raise err from None
-        meta = result.metadata
-        return SecretOut(path=path, data=result.data, version=meta.version, created_time=meta.created_time,
-                         custom_metadata=meta.custom_metadata)
+            wrap = await self._access.call(identity, "the wrapped read", go)
+        except NotFoundError:  # deleted or destroyed since the metadata was read
+            raise NotFoundError(f"Version {version} of '{path}' is no longer readable.") from None
+        return WrappedSecretOut(path=path, version=version, wrap_info=WrapInfoOut(
+            token=wrap.token.get_secret_value(), accessor=wrap.accessor, ttl=wrap.ttl,
+            creation_time=wrap.creation_time, creation_path=wrap.creation_path))
 
     async def write(self, identity: Identity, args: KvWriteArgs) -> WriteOut:
         path, meta = await self._new_version(identity, args.path, args.cas, "the write", self._vault.kv.write,
                                              args.data)
-        return WriteOut(path=path, data=args.data, version=meta.version, created_time=meta.created_time)
+        return WriteOut(path=path, version=meta.version, created_time=meta.created_time)  # never the data
 
     async def patch(self, identity: Identity, args: KvPatchArgs) -> PatchOut:
         try:
@@ -103,19 +150,10 @@ class KvService:
         return ListOut(prefix=prefix, keys=await self._access.call(identity, "the list", go))
 
     async def metadata(self, identity: Identity, args: PathArgs) -> MetadataOut:
-        path = validate_path(args.path)
-        full = self._access.kv_path(identity, path)
-
-        async def go(token: str) -> KvMetadata:
-            return await self._vault.kv.metadata(self._mount, full, token=token)
-
-        try:
-            meta = await self._access.call(identity, "the metadata read", go)
-        except NotFoundError:
-            raise NotFoundError(f"No secret at '{path}'.") from None
+        meta = await self._values.metadata(identity, validate_path(args.path))
         return MetadataOut(current_version=meta.current_version, oldest_version=meta.oldest_version,
                            created_time=meta.created_time, updated_time=meta.updated_time, versions=meta.versions,
-                           custom_metadata=meta.custom_metadata)
+                           custom_metadata=agent_view(meta.custom_metadata))
 
     async def _new_version(self, identity: Identity, path: str, cas: int | None, what: str, put: _Put,
                            data: dict[str, Any]) -> tuple[str, KvVersion]:
@@ -139,38 +177,11 @@ class KvService:
 
     # -- telling errors apart ------------------------------------------------------------------------------
 
-    async def _versions(self, identity: Identity, full: str) -> tuple[int, int] | None:
-        """``(current_version, oldest_version)`` of a secret, ``(0, 0)`` when it does not exist, ``None`` when
-        Vault could not say (the caller then keeps its first answer)."""
-
-        async def go(token: str) -> KvMetadata:
-            return await self._vault.kv.metadata(self._mount, full, token=token)
-
-        try:
-            meta = await self._access.call(identity, "the metadata read", go)
-        except NotFoundError:
-            return (0, 0)
-        except BridgeError:
-            return None
-        return meta.current_version, meta.oldest_version
-
-    async def _version_not_found(self, identity: Identity, full: str, path: str,
-                                 version: int) -> BridgeError | None:
-        """Vault answers a missing version as it answers a missing secret (404, no body): tell them apart."""
-        versions = await self._versions(identity, full)
-        if versions is None or versions[0] == 0:
-            return None
-        current, oldest = versions
-        return NotFoundError(
-            f"Version {version} of '{path}' does not exist: its versions run from {oldest or 1} to {current}.",
-            code="version_not_found",
-            extra={"version": version, "current_version": current, "oldest_version": oldest or 1})
-
     async def _cas_conflict(self, identity: Identity, full: str, path: str, cas: int | None,
                             exc: ConflictError) -> BridgeError:
         """A check-and-set mismatch, naming the secret's current version (read from Vault after the conflict:
         Vault's message does not carry it)."""
-        versions = await self._versions(identity, full)
+        versions = await self._values.versions(identity, full)
         if versions is None:
             return exc
         current = versions[0]
@@ -180,12 +191,3 @@ class KvService:
             f"Check-and-set failed: 'cas' was {cas} but {now}. Read the secret, then write with cas={current} "
             "(0 = only if it does not exist).", extra={"current_version": current})
 
-
-def _gone(path: str, meta: KvVersion) -> NotFoundError:
-    """The read version is destroyed or deleted (Vault's 404 carries its metadata)."""
-    if meta.destroyed:
-        return NotFoundError(f"Version {meta.version} of '{path}' was destroyed and cannot be recovered.",
-                             code="secret_destroyed",
-                             extra={"version": meta.version, "deletion_time": meta.deletion_time or None})
-    return NotFoundError(f"Version {meta.version} of '{path}' is deleted; undelete it to read it again.",
-                         code="secret_deleted", extra={"version": meta.version, "deletion_time": meta.deletion_time})

@@ -8,10 +8,17 @@ items against the rate limit and may hold at most ``TRANSIT_MAX_BATCH`` of them 
 which the executor asks before the operation runs).
 Creating a key (``transit_create_key``, or an encrypt naming a key that does not exist yet) is admitted by the
 ``TRANSIT_MAX_KEYS_PER_AGENT`` guard (:mod:`bridge.keyguard`).
+
+References (issue 12): ``transit_encrypt`` takes ``plaintext_ref`` and ``transit_sign`` / ``transit_hmac`` take
+``input_ref``, a ``secret://<path>#<field>[@<version>]`` in place of the value, also in batch items. The secret is
+read with the caller's identity (``use`` or ``read`` scope, :meth:`bridge.service.secrets.SecretValues.use`) and its
+value base64-encoded into the request; it never passes through the agent. ``bridge.reveal=never`` refuses
+encryption by reference (``transit_decrypt`` would reverse it), not HMAC or signing.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,11 +53,15 @@ from bridge.models import (
     VerifyBody,
     VerifyOut,
 )
+from bridge.references import parse_reference
 from bridge.service.access import VaultAccess
+from bridge.service.secrets import SecretValues
 from bridge.vault.errors import VaultError, VaultPermissionDeniedError
 from bridge.vault.models import TransitItem, TransitKey, TransitResult
 
 Out = TypeVar("Out", bound=BaseModel)
+REF_FIELDS = {"plaintext_ref": "plaintext", "input_ref": "input"}
+"""A reference field and the field its value (base64) takes the place of."""
 
 
 def batch_results(items: tuple[TransitItem, ...], expected: int) -> list[dict[str, Any]]:
@@ -71,6 +82,7 @@ class TransitService:
         self._shared = settings.transit_key_scope == "shared"
         self._max_batch = settings.transit_max_batch
         self._allowed_types = settings.transit_allowed_key_types
+        self._values = SecretValues(access)
         # TRANSIT_MAX_KEYS_PER_AGENT; shared-scope keys belong to no agent
         self.key_guard = TransitKeyGuard(prefix=settings.default_prefix, list_names=self._list_key_names,
                                          limit=0 if self._shared else settings.transit_max_keys_per_agent)
@@ -151,15 +163,18 @@ class TransitService:
     async def _transit(self, identity: Identity, op: str, what: str, args: BaseModel, output: type[Out],
                        single: Callable[[TransitItem], Out], *, algorithm: str | None = None) -> Out:
         """One Transit operation on the caller's key: ``single(result)``, or (with ``batch_input``) ``output``
-        with the results per item (see the module docstring)."""
+        with the results per item (see the module docstring). References (``plaintext_ref``, ``input_ref``) are
+        resolved first, the values base64-encoded in their place."""
         name = str(getattr(args, "key"))  # noqa: B009 - every transit input has it
         key = self.vault_key(identity, name)
-        payload = args.model_dump(exclude_none=True, exclude={"key", "hash_algorithm", "batch_input"})
+        payload = args.model_dump(exclude_none=True, exclude={"key", "hash_algorithm", "batch_input", *REF_FIELDS})
+        await self._inline_reference(identity, op, args, payload)
         items: list[BaseModel] | None = getattr(args, "batch_input", None)
-        valid: list[BaseModel] = []
+        sent: list[dict[str, Any] | BatchItemError] = []
         if items is not None:
-            valid = [item for item in items if not isinstance(item, BatchItemError)]
-            payload["batch_input"] = [item.model_dump(exclude_none=True) for item in valid]
+            sent = await self._inline_item_references(identity, op, items)
+            payload["batch_input"] = [item for item in sent if not isinstance(item, BatchItemError)]
+        valid = payload.get("batch_input", [])
 
         async def go(token: str) -> TransitResult:
             return await self._vault.transit.call(self._mount, op, key, payload, algorithm=algorithm, token=token)
@@ -183,7 +198,51 @@ class TransitService:
             return single(out.single or TransitItem())
         answers = iter(batch_results(out.batch or (), len(valid)) if valid else [])
         return output(batch_results=[item.model_dump(exclude_none=True) if isinstance(item, BatchItemError)
-                                     else next(answers) for item in items])
+                                     else next(answers) for item in sent])
+
+    # -- references in place of values ----------------------------------------------------------------------
+
+    async def _referenced(self, identity: Identity, op: str, field: str, text: str) -> str:
+        """The base64 of the value ``text`` (a reference in ``field``) names, used for ``transit_<op>``. Encryption
+        of a ``bridge.reveal=never`` secret is refused: ``transit_decrypt`` would give the value back."""
+        ref = parse_reference(text, where=field)
+        used = await self._values.use(identity, ref, operation=f"transit_{op}", how="transit")
+        if op == "encrypt" and not used.settings.revealable:
+            raise ForbiddenError(
+                f"{used.reference} is marked bridge.reveal=never: encrypting it would let transit_decrypt reveal it. "
+                "HMAC or sign it by reference instead (input_ref).", code="secret_not_revealable",
+                extra={"reference": str(used.reference)})
+        return base64.b64encode(used.value.encode("utf-8")).decode("ascii")
+
+    async def _inline_reference(self, identity: Identity, op: str, args: BaseModel, payload: dict[str, Any]) -> None:
+        for field, target in REF_FIELDS.items():
+            text = getattr(args, field, None)
+            if text is not None:
+                payload[target] = await self._referenced(identity, op, field, text)
+
+    async def _inline_item_references(self, identity: Identity, op: str,
+                                      items: list[BaseModel]) -> list[dict[str, Any] | BatchItemError]:
+        """Each batch item as sent to Vault (its reference resolved), or its :class:`BatchItemError` (a malformed
+        reference, a missing secret or field, a secret that may not be encrypted: that item only). An identity
+        without ``use`` or ``read`` is refused the whole batch; Vault being unavailable fails it too."""
+        return [item if isinstance(item, BatchItemError) else await self._inline_item(identity, op, item)
+                for item in items]
+
+    async def _inline_item(self, identity: Identity, op: str, item: BaseModel) -> dict[str, Any] | BatchItemError:
+        dumped = item.model_dump(exclude_none=True, exclude=set(REF_FIELDS))
+        for field, target in REF_FIELDS.items():
+            text = getattr(item, field, None)
+            if text is None:
+                continue
+            try:
+                dumped[target] = await self._referenced(identity, op, f"batch_input.{field}", text)
+            except (InvalidRequestError, NotFoundError) as exc:
+                return BatchItemError(error=exc.message, reference=dumped.get("reference"))
+            except ForbiddenError as exc:
+                if exc.code != "secret_not_revealable":
+                    raise
+                return BatchItemError(error=exc.message, reference=dumped.get("reference"))
+        return dumped
 
     async def _key_exists(self, identity: Identity, key: str) -> bool:
         """Whether Transit key ``key`` exists, asked with the agent's token (False: missing or cannot tell)."""

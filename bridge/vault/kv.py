@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.vault.api import LIST, Requester, quote_path
-from bridge.vault.errors import VaultNotFoundError
-from bridge.vault.models import KvMetadata, KvSecret, KvVersion
+from bridge.vault.errors import VaultNotFoundError, VaultServerError
+from bridge.vault.models import KvMetadata, KvSecret, KvVersion, WrapInfo
 
 
 class KvV2:
@@ -27,6 +27,17 @@ class KvV2:
                 exc.version_meta = KvVersion.parse(meta)
             raise
         return KvSecret.parse(resp.data)
+
+    async def read_wrapped(self, mount: str, path: str, *, token: str, version: int, wrap_ttl: int) -> WrapInfo:
+        """The read of ``version``, response-wrapped by Vault for ``wrap_ttl`` seconds (``X-Vault-Wrap-TTL``): the
+        wrapping token's ``wrap_info``; the value never reaches the caller. An answer that Vault did not wrap (a
+        proxy that drops the header) is refused as a :class:`VaultServerError`, its body left unread."""
+        resp = await self._requester.request("GET", f"{mount}/data/{quote_path(path)}", operation="kv.read_wrapped",
+                                             token=token, params={"version": str(version)},
+                                             headers={"X-Vault-Wrap-TTL": str(wrap_ttl)})
+        if resp.wrap_info is None:
+            raise VaultServerError(resp.status, ["the answer of a wrapped read was not wrapped"])
+        return resp.wrap_info
 
     async def write(self, mount: str, path: str, data: dict[str, Any], *, token: str,
                     cas: int | None = None) -> KvVersion:

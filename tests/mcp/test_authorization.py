@@ -66,7 +66,7 @@ async def test_protected_resource_metadata(mcp_client: McpClientFactory) -> None
         doc = await resp.json()
         assert doc["resource"] == base + "/mcp"
         assert doc["authorization_servers"] == [ISSUER]
-        assert doc["scopes_supported"] == ["read", "write", "delete", "list"]
+        assert doc["scopes_supported"] == ["read", "write", "delete", "list", "use"]
         assert doc["bearer_methods_supported"] == ["header"]
     resp = await client.post("/mcp", json=rpc("ping"), headers={"Accept": "application/json, text/event-stream"})
     assert resp.status == 401

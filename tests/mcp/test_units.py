@@ -71,7 +71,7 @@ def test_tool_table_is_complete_and_consistent() -> None:
             "transit_encrypt", "transit_decrypt", "whoami"} <= set(names)
     for op in REGISTRY.tools():
         assert re.fullmatch(r"[a-z][a-z0-9_]{0,63}", op.name)
-        assert op.scope is None or op.scope in SCOPES
+        assert set(op.scopes) <= set(SCOPES)
         tool = TOOLS[op.name]
         assert tool["inputSchema"]["type"] == "object"
         jsonschema.Draft202012Validator.check_schema(tool["inputSchema"])
@@ -106,7 +106,10 @@ def test_visible_tools_follow_scopes() -> None:
     assert [op.name for op in REGISTRY.tools() if op.allowed(none)] == ["whoami"]
     reader = Identity("alice", "api_key", frozenset({"read"}))
     assert {op.name for op in REGISTRY.tools() if op.allowed(reader)} == {
-        "kv_read", "kv_metadata", "transit_decrypt", "transit_verify", "transit_random", "whoami"}
+        "kv_read", "kv_metadata", "transit_decrypt", "transit_verify", "transit_random", "http_request", "whoami"}
+    user = Identity("alice", "api_key", frozenset({"use"}))  # any-of scopes: use opens what reads references
+    assert {op.name for op in REGISTRY.tools() if op.allowed(user)} == {
+        "kv_read", "kv_metadata", "http_request", "whoami"}
 
 
 @pytest.mark.parametrize(("origin", "allowed"), [
