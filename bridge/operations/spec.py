@@ -26,6 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from bridge.auth.identity import Identity
+from bridge.service.capabilities import VaultNeed
 
 Scope = Literal["read", "write", "delete", "list"]
 S = TypeVar("S")
@@ -110,6 +111,16 @@ class RestBinding:
         return verb if verb.startswith(":") else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """The resource a successful call changes: the caller's KV secret (``kind="kv"``) or Transit key
+    (``"transit"``) named by the input field ``field``. The executor reports it (``Executor(on_change=...)``) after
+    the call succeeded: change notifications come from this one place."""
+
+    kind: Literal["kv", "transit"]
+    field: str
+
+
 @dataclass(frozen=True, eq=False)
 class Operation(Generic[S, In, Out]):
     """One operation, declared once (see the module docstring).
@@ -120,7 +131,9 @@ class Operation(Generic[S, In, Out]):
     ``available`` (a method of ``service``) says whether the operation is open to an identity beyond its scope
     (e.g. the agent's Vault capabilities); ``None``: whenever the scope allows. ``audit`` names the input fields
     the audit record keeps (never a value: paths, names, versions). ``rest``/``mcp``: whether (and how) it is
-    served over REST and as an MCP tool.
+    served over REST and as an MCP tool. ``needs``: what the agent's Vault policy must grant on its own paths for the
+    operation to be listed (``tools/list``, ``GET /whoami``; :mod:`bridge.service.capabilities`); ``changes``: the
+    resource a successful call changes (:class:`Changes`), for change notifications.
     """
 
     name: str
@@ -138,6 +151,8 @@ class Operation(Generic[S, In, Out]):
     available: Callable[[S, Identity], Awaitable[bool]] | None = field(default=None, repr=False)
     rest: RestBinding | None = None
     mcp: bool = True
+    needs: tuple[VaultNeed, ...] = ()
+    changes: Changes | None = None
 
     def allowed(self, identity: Identity) -> bool:
         """Whether the identity's scopes allow the operation (the ``available`` hook is the executor's)."""

@@ -15,9 +15,10 @@ from typing import Any
 from bridge.service.access import VaultAccess
 from bridge.service.identity import IdentityService
 from bridge.service.kv import KvService
+from bridge.service.resources import ResourceService
 from bridge.service.transit import TransitService
 
-__all__ = ["IdentityService", "KvService", "TransitService", "VaultAccess", "build_services"]
+__all__ = ["IdentityService", "KvService", "ResourceService", "TransitService", "VaultAccess", "build_services"]
 
 
 def build_services(classes: Iterable[type[Any]], access: VaultAccess) -> dict[type[Any], Any]:
