@@ -11,6 +11,8 @@ from bridge.broker import Broker
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.intake import IntakeFlow
+from bridge.mcp.changes import ChangeHub
+from bridge.mcp.methods import McpMethods
 from bridge.operations import Executor, Registry
 from bridge.ops.metrics import Metrics
 from bridge.ops.stats import OpsStats
@@ -38,3 +40,7 @@ BROKER = web.AppKey("broker", Broker)
 """Brokered HTTP (issue 12): made and closed by ``bridge.broker.ctx.broker_ctx``."""
 INTAKE = web.AppKey("intake", IntakeFlow)
 """Intake links and pages (issue 12): set by ``bridge.intake.routes.setup_intake_routes``."""
+CHANGES = web.AppKey("changes", ChangeHub)
+"""Change notifications (issue 14): the streams of this replica, the bus to the others, the poller."""
+MCP_METHODS = web.AppKey("mcp_methods", McpMethods)
+"""The MCP methods, shared by ``/mcp`` and ``vault-mcp-bridge stdio``."""
