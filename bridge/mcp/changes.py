@@ -231,12 +231,14 @@ Deliver = Callable[[dict[str, str]], Awaitable[None]]
 
 class Bus(Protocol):
     """Carries messages (``{"t": "change", "agent", "uri"}``, ``{"t": "stream", "session", "stream"}``) to every
-    replica, this one included."""
+    replica, this one included, each to the ``deliver`` it was bound to."""
+
+    def bind(self, deliver: Deliver) -> None: ...
 
     async def publish(self, message: dict[str, str]) -> None: ...
 
-    async def run(self, deliver: Deliver) -> None:
-        """Deliver every message until cancelled."""
+    async def run(self) -> None:
+        """Receive until cancelled (what other replicas publish)."""
 
     async def close(self) -> None: ...
 
@@ -247,16 +249,15 @@ class MemoryBus:
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
 
+    def bind(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
     async def publish(self, message: dict[str, str]) -> None:
         if self._deliver is not None:
             await self._deliver(message)
 
-    async def run(self, deliver: Deliver) -> None:
-        self._deliver = deliver
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self._deliver = None
+    async def run(self) -> None:
+        await asyncio.Event().wait()
 
     async def close(self) -> None:
         return None
@@ -271,12 +272,16 @@ class RedisBus:
         self._url = url
         self._channel = prefix + "changes"
         self._timeout = timeout
+        self._deliver: Deliver | None = None
         self.connected = asyncio.Event()
+
+    def bind(self, deliver: Deliver) -> None:
+        self._deliver = deliver
 
     async def publish(self, message: dict[str, str]) -> None:
         await self._redis.publish(self._channel, json.dumps(message, separators=(",", ":")))
 
-    async def run(self, deliver: Deliver) -> None:
+    async def run(self) -> None:
         import redis.asyncio as aioredis
         from redis.exceptions import RedisError
 
@@ -297,8 +302,8 @@ class RedisBus:
                         body = json.loads(message["data"])
                     except (ValueError, TypeError):
                         continue
-                    if isinstance(body, dict):
-                        await deliver({str(k): str(v) for k, v in body.items()})
+                    if isinstance(body, dict) and self._deliver is not None:
+                        await self._deliver({str(k): str(v) for k, v in body.items()})
             except (RedisError, OSError) as exc:
                 self.connected.clear()
                 log.warning("mcp.changes.bus_lost", error=type(exc).__name__, retry_in=backoff)
@@ -392,6 +397,7 @@ class ChangeHub:
         self.max_uris = max_uris
         self.closing = False
         self._by_agent: dict[str, set[Listener]] = {}
+        bus.bind(self.deliver)
 
     # the executor's on_change
     async def changed(self, agent: str, kind: str, name: str) -> None:
@@ -469,7 +475,7 @@ class ChangeHub:
     async def run(self) -> None:
         """The bus subscriber and the poller, until cancelled."""
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.bus.run(self.deliver))
+            group.create_task(self.bus.run())
             if self.poller is not None and self.poller.interval > 0:
                 group.create_task(self._poll())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -37,7 +38,7 @@ from tests.mcp.conftest import (
     rpc,
     unique_agent,
 )
-from tests.support.servers import RedisServer
+from tests.support.servers import BridgeProcess, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -330,3 +331,43 @@ async def test_replicas_share_subscriptions_and_changes(aiohttp_server: Callable
                 assert got["params"] == {"uri": "vault://kv/shared"}  # alice's, not bob's (which came first)
                 assert latency < 1.0, latency
                 assert (await listen_stream.message())["params"]["uri"] == "vault://kv/shared"
+
+
+async def test_sigterm_ends_open_streams(spawn_bridge: Callable[..., BridgeProcess], bao: DevVault) -> None:
+    """A real process with open streams and a long SHUTDOWN_GRACE_SECONDS: SIGTERM sends the listen stream its
+    graceful close, ends the GET stream, and the process exits without waiting out the grace period."""
+    agent, key = unique_agent("term")
+    bridge = await asyncio.to_thread(spawn_bridge, {
+        "VAULT_ADDR": bao.addr, "VAULT_TOKEN": bao.root_token, "API_KEYS_JSON": json.dumps({key: agent}),
+        "SHUTDOWN_GRACE_SECONDS": "60"})
+    url = f"{bridge.url}/mcp"
+    async with ClientSession(timeout=ClientTimeout(total=60)) as http:
+        session = await initialize_session(http, url, key)
+        body, headers = listen_request(key, ["vault://kv/a"], listen_id="bye")
+        async with http.post(url, json=body, headers=headers) as listen, \
+                http.get(url, headers={"X-API-Key": key, "Mcp-Session-Id": session, "Accept": MCP_ACCEPT,
+                                       "MCP-Protocol-Version": "2025-11-25"}) as get:
+            listen_stream, get_stream = Sse(listen), Sse(get)
+            await listen_stream.message()
+            assert await get_stream.next() == ":"
+            started = time.monotonic()
+            bridge.process.send_signal(signal.SIGTERM)
+            final = await listen_stream.message()
+            assert final["id"] == "bye"
+            assert final["result"]["resultType"] == "complete"
+            assert await get_stream.next() is None
+            code = await asyncio.to_thread(bridge.process.wait, 30)
+    assert code == 0
+    assert time.monotonic() - started < 30  # far below SHUTDOWN_GRACE_SECONDS: nothing waited on the streams
+
+
+async def test_direct_write_reaches_a_session(mcp_server: ServerFactory, bao: DevVault) -> None:
+    """2025-11-25 too: a write made to Vault directly reaches the subscribed session's GET stream by polling,
+    including the first write of a secret that did not exist when subscribed."""
+    agent, key = unique_agent("dir")
+    url = await mcp_server(api_keys_json=json.dumps({key: agent}), subscription_poll_interval=0.2)
+    got: list[str] = []
+    async with sdk(url, key, "legacy", got) as client:
+        await subscribe(client, "vault://kv/later")
+        await direct_write(bao, agent, "later")
+        await until(lambda: got == ["vault://kv/later"], "the direct write's notification")

@@ -249,6 +249,19 @@ async def test_handshake_era_flow(mcp_client: McpClientFactory) -> None:
     assert resp.status == 200
 
 
+async def test_logging_set_level_in_the_handshake_era(mcp_client: McpClientFactory) -> None:
+    """Accepted with exactly {} (the bridge sends no log notifications); an unknown level is -32602. The
+    2026-07-28 era removed the method: 404 (test_modern_unknown_and_removed_methods_are_404)."""
+    client = await mcp_client()
+    session = await initialize(client, API_KEY_ALICE)
+    h = legacy_headers(API_KEY_ALICE, session, **{"MCP-Protocol-Version": "2025-11-25"})
+    for level in ("debug", "info", "emergency"):
+        resp = await client.post("/mcp", json=rpc("logging/setLevel", {"level": level}), headers=h)
+        assert await _json(resp) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    resp = await client.post("/mcp", json=rpc("logging/setLevel", {"level": "loud"}), headers=h)
+    assert (await _json(resp))["error"]["code"] == -32602
+
+
 async def test_unsupported_protocol_version_header_is_400(mcp_client: McpClientFactory) -> None:
     client = await mcp_client()
     session = await initialize(client, API_KEY_ALICE)
