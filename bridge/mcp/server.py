@@ -81,7 +81,7 @@ from bridge.mcp.protocol import (
     rpc_result,
 )
 from bridge.mcp.session import SessionCodec
-from bridge.routing import ERROR_CODE, IDENTITY, INFLIGHT_SLOT, MCP_MESSAGE, RATE_DECISION
+from bridge.routing import ERROR_CODE, IDENTITY, INFLIGHT_SLOT, MCP_MESSAGE, RATE_DECISION, REQUEST_ID
 
 log = structlog.get_logger("bridge.mcp")
 
@@ -375,6 +375,8 @@ class McpEndpoint:
         decision = request.get(RATE_DECISION)
         if decision is not None:
             resp.headers.update(decision.headers())
+        if REQUEST_ID in request:  # the outer middlewares' headers would come too late for a stream
+            resp.headers["X-Request-Id"] = request[REQUEST_ID]
         await resp.prepare(request)
         slot = request.get(INFLIGHT_SLOT)
         if slot is not None:

@@ -388,12 +388,17 @@ async def serve_stdio(settings: Settings, credential: Credential, *, in_fd: int 
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
+        await runner.setup()  # the cleanup contexts: audit log, Vault token, JWK Set, the change hub ...
+    except Exception:
+        log.exception("mcp.stdio.startup_failed")
+        return 2
+    try:
         identifier = Identifier(app, credential)
         await identifier.identity()
     except BridgeError as exc:
         print(f"vault-mcp-bridge stdio: {exc.message}", file=sys.stderr)
+        await _cleanup(runner)
         return 2
-    await runner.setup()  # the cleanup contexts: audit log, Vault token, the change hub ...
     session: StdioSession | None = None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -414,14 +419,20 @@ async def serve_stdio(settings: Settings, credential: Credential, *, in_fd: int 
     finally:
         if session is not None:
             await session.stop()
-        try:
-            await asyncio.wait_for(runner.cleanup(), CLEANUP_SECONDS)
-        except TimeoutError:
-            log.warning("mcp.stdio.cleanup_timeout", seconds=CLEANUP_SECONDS)
+        await _cleanup(runner)
         if writer is not None:
             await writer.close()
         log.info("mcp.stdio.stopped")
     return 0
+
+
+async def _cleanup(runner: web.AppRunner) -> None:
+    """The app's shutdown and cleanup (child tokens and the AppRole token revoked), within
+    :data:`CLEANUP_SECONDS`."""
+    try:
+        await asyncio.wait_for(runner.cleanup(), CLEANUP_SECONDS)
+    except TimeoutError:
+        log.warning("mcp.stdio.cleanup_timeout", seconds=CLEANUP_SECONDS)
 
 
 def stdio_main(settings: Settings, credential: Credential) -> int:

@@ -24,6 +24,8 @@ from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import ResourceTemplateReference
 
 from devtools.devvault import DevVault
+from tests.auth.conftest import hs256
+from tests.conftest import JWT_SECRET
 from tests.mcp.conftest import unique_agent
 
 pytestmark = pytest.mark.integration
@@ -163,3 +165,26 @@ async def test_bad_credential_exits_2(bao: DevVault, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "invalid API key" in stderr.decode()
     assert key not in stderr.decode()
+
+
+async def test_jwt_file_is_read_again_when_it_changes(bao: DevVault, tmp_path: Path) -> None:
+    """--jwt-file: the token is verified by the bridge's JWT settings; a renewed token in the file is used from the
+    next request on (here naming another subject, to make the switch visible)."""
+    first, _ = unique_agent("jwt")
+    second, _ = unique_agent("jwt")
+    token_file = tmp_path / "token"
+    token_file.write_text(hs256({"sub": first, "exp": int(time.time()) + 600}))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **_env(bao, {}), "JWT_HS256_SECRET": JWT_SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        str(BRIDGE), "stdio", "--jwt-file", str(token_file), env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdin is not None
+    whoami = _modern("tools/call", {"name": "whoami", "arguments": {}})
+    assert (await _ask(proc, whoami))["result"]["structuredContent"]["subject"] == first
+    token_file.write_text(hs256({"sub": second, "exp": int(time.time()) + 600, "pad": "x"}))
+    assert (await _ask(proc, whoami))["result"]["structuredContent"]["subject"] == second
+    token_file.write_text("not-a-jwt")
+    refused = await _ask(proc, whoami)
+    assert refused["error"]["code"] == -31401
+    proc.stdin.close()
+    assert await asyncio.wait_for(proc.wait(), WAIT) == 0

@@ -198,6 +198,7 @@ async def test_listen_wire(mcp_server: ServerFactory) -> None:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             assert resp.headers["X-Accel-Buffering"] == "no"
             assert resp.headers["Cache-Control"] == "no-cache"
+            assert len(resp.headers["X-Request-Id"]) == 32
             stream = Sse(resp)
             assert await stream.message() == {
                 "jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
