@@ -342,8 +342,8 @@ class McpEndpoint:
             return rpc_error(None, err)
         identity = request[IDENTITY]
         listener = SessionListener(identity, session_key(session_id), self._hub.store, os.urandom(8).hex())
-        return await self._stream(request, listener, opened=self._hub.open_session_stream(listener),
-                                  first=[], frame=_updated_frame(None), closing=None)
+        return await self._stream(request, listener, opened=self._hub.open_session_stream, first=[],
+                                  frame=_updated_frame(None), closing=None)
 
     async def _listen(self, request: web.Request, listen_id: str | int, params: dict[str, Any]
                       ) -> web.StreamResponse:
@@ -358,7 +358,8 @@ class McpEndpoint:
         return await self._stream(request, listener, opened=None, first=[ack], frame=_updated_frame(listen_id),
                                   closing=closing)
 
-    async def _stream(self, request: web.Request, listener: Listener, *, opened: Awaitable[None] | None,
+    async def _stream(self, request: web.Request, listener: Listener, *,
+                      opened: Callable[[SessionListener], Awaitable[None]] | None,
                       first: list[dict[str, Any]], frame: Callable[[str], dict[str, Any]],
                       closing: dict[str, Any] | None) -> web.StreamResponse:
         """Serve ``listener`` as an SSE stream until the client leaves, the stream is superseded or falls behind,
@@ -381,8 +382,8 @@ class McpEndpoint:
         slot = request.get(INFLIGHT_SLOT)
         if slot is not None:
             slot.release()  # a stream waits for changes, not on Vault: it holds no in-flight slot
-        if opened is not None:
-            await opened
+        if opened is not None and isinstance(listener, SessionListener):
+            await opened(listener)
         else:
             hub.attach(listener)
         log.info("mcp.stream.opened", agent=listener.agent, kind=type(listener).__name__)

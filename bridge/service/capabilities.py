@@ -33,6 +33,11 @@ PROBE = "vault-mcp-bridge-probe"
 """The made-up secret or key name of the representative paths (any name below the namespace would do)."""
 MAX_AGENTS = 10_000
 """The most agents whose answer is kept (least recently used dropped first)."""
+UNKNOWN_SECONDS = 5.0
+"""How long "Vault could not say" is kept (at most ``CAPABILITIES_TTL``)."""
+ASK_SECONDS = 2.0
+"""The most a capability check may take (a slow Vault must not slow ``tools/list`` or ``GET /whoami`` down for
+long): after it, Vault "could not say"."""
 
 Answer = dict[str, frozenset[str]] | None
 """Path → capabilities; ``None``: Vault could not say (nothing is hidden)."""
@@ -129,8 +134,9 @@ class CapabilityCache:
             raise
         finally:
             del self._pending[agent]
-        if self._ttl > 0:
-            self._answers[agent] = (self._clock() + self._ttl, answer)
+        if self._ttl > 0:  # "could not say" is asked again sooner: Vault may be back
+            ttl = self._ttl if answer is not None else min(self._ttl, UNKNOWN_SECONDS)
+            self._answers[agent] = (self._clock() + ttl, answer)
             self._answers.move_to_end(agent)
             while len(self._answers) > self._max_agents:
                 self._answers.popitem(last=False)
@@ -145,11 +151,13 @@ class CapabilityCache:
             return await self._access.vault.sys.capabilities_self(paths, token=token)
 
         try:
-            return await self._access.call(identity, "the capability check", go)
-        except BridgeError as exc:
+            async with asyncio.timeout(ASK_SECONDS):
+                return await self._access.call(identity, "the capability check", go)
+        except (BridgeError, TimeoutError) as exc:
             if not self._warned:
                 self._warned = True
-                log.warning("capabilities.unavailable", agent=identity.subject, code=exc.code,
+                log.warning("capabilities.unavailable", agent=identity.subject,
+                            code=exc.code if isinstance(exc, BridgeError) else "timeout",
                             hint="tools/list shows every tool the scopes allow; the token needs 'update' on "
                                  "sys/capabilities-self (provision grants it to agent policies)")
             return None
