@@ -36,11 +36,13 @@ from bridge.keys import (
     AUTH,
     BROKER,
     CANARY,
+    CHANGES,
     CHILD_TOKENS,
     EXECUTOR,
     INFLIGHT,
     KEEPER,
     LIMITER,
+    MCP_METHODS,
     METRICS,
     OPS_STATS,
     PROBE,
@@ -50,7 +52,11 @@ from bridge.keys import (
     VAULT,
 )
 from bridge.logging import safe_url
+from bridge.mcp.changes import ChangeHub, build_hub
 from bridge.mcp.metadata import Challenges, setup_metadata_routes
+from bridge.mcp.methods import McpMethods
+from bridge.mcp.prompts import Prompts
+from bridge.mcp.resources import McpResources
 from bridge.mcp.server import McpEndpoint, session_codec, setup_mcp_routes
 from bridge.mcp.tools import McpTools
 from bridge.middlewares import (
@@ -72,7 +78,8 @@ from bridge.ratelimit import MemoryRateLimiter, RateLimiter
 from bridge.ratelimit_redis import redis_limiter
 from bridge.rest import RestApi, setup_routes
 from bridge.routing import MCP_MESSAGE
-from bridge.service import VaultAccess, build_services
+from bridge.service import IdentityService, ResourceService, VaultAccess, build_services
+from bridge.service.capabilities import CapabilityCache
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.auth import (
     AppRoleLogin,
@@ -127,9 +134,16 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children, canary=canary,
                          broker=broker)
     services = build_services((op.service for op in registry), access)
+    # change notifications (MCP streams): fed by the executor, by every replica (Redis) and by polling Vault
+    hub = app[CHANGES] = build_hub(settings, ResourceService(access).state)
     executor = app[EXECUTOR] = Executor(registry, services, audit=audit,
                                         limiter=limiter if settings.rate_limit_enabled else None,
-                                        observe=metrics.operation)
+                                        observe=metrics.operation,
+                                        capabilities=CapabilityCache(access, settings.capabilities_ttl),
+                                        on_change=hub.changed)
+    identities = services.get(IdentityService)
+    if identities is not None:  # GET /whoami's capabilities: what tools/list would show
+        identities.bind_catalog(executor.usable_names)
     probe = app[PROBE] = VaultProbe(vault, keeper, settings.ready_probe_interval)
     setup_templates(app)
 
@@ -138,10 +152,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
                    max_json_depth=settings.max_json_depth)
     tools = McpTools(registry, executor)
     challenges = Challenges(settings)
+    methods = app[MCP_METHODS] = McpMethods(tools, executor, McpResources(executor, settings.mcp_page_size),
+                                            Prompts(), hub, settings.mcp_page_size)
     public = app[PUBLIC_ROUTES] = (
         setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
         | setup_ops_routes(app, build_openapi(registry))
-        | setup_mcp_routes(app, McpEndpoint(settings, tools, executor, session_codec(settings), challenges)))
+        | setup_mcp_routes(app, McpEndpoint(settings, methods, session_codec(settings), challenges, hub)))
 
     def operation_of(request: web.Request) -> str | None:
         if is_mcp(request):
@@ -175,6 +191,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         app.cleanup_ctx.append(_resource_ctx(lambda: None, close_limiter))
     app.cleanup_ctx.append(broker_ctx)
     app.cleanup_ctx.append(_vault_ctx(settings, auth, vault, keeper, children, probe))
+    app.cleanup_ctx.append(_changes_ctx(hub))
+
+    async def end_streams(app: web.Application) -> None:
+        hub.shutdown()  # before aiohttp waits for handlers: open streams send their graceful close and end
+
+    app.on_shutdown.append(end_streams)
     return app
 
 
@@ -281,6 +303,20 @@ def _vault_ctx(settings: Settings, auth: AuthChain, vault: VaultClient, keeper: 
                 await children.close()  # revokes the cached service child tokens
             await keeper.revoke()  # an AppRole login token (never a static VAULT_TOKEN)
             await vault.close()
+
+    return ctx
+
+
+def _changes_ctx(hub: ChangeHub) -> CleanupCtx:
+    """The change hub's bus subscriber and poller; its Redis connections closed at shutdown."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            async with _background(hub.run(), "mcp-changes"):
+                yield
+        finally:
+            hub.shutdown()
+            await hub.close()
 
     return ctx
 

@@ -1,5 +1,5 @@
-"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision``, ``secret-policy``, ``hash-key`` and
-``exec``."""
+"""``vault-mcp-bridge``: ``serve`` (default), ``stdio``, ``gen-policy``, ``provision``, ``secret-policy``,
+``hash-key`` and ``exec``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ def serve(settings: Settings) -> int:
     install_reload_signal(loop, app)  # SIGHUP re-reads API_KEYS_FILE
     run_app(app, settings, ssl_context=ssl_context, loop=loop)
     return 0
+
+
+def stdio(args: argparse.Namespace) -> int:
+    """``stdio``: the settings come from the environment, as for ``serve``; the credential from a file."""
+    from bridge.mcp.stdio import Credential, stdio_main
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"vault-mcp-bridge: {exc}", file=sys.stderr)
+        return 2
+    if args.api_key_file is not None:
+        return stdio_main(settings, Credential("api_key", args.api_key_file))
+    return stdio_main(settings, Credential("jwt", args.jwt_file))
 
 
 def _warn_ignored_settings() -> None:
@@ -164,7 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_exec = sub.add_parser("exec", help="run a command with secrets in its environment (resolved through the "
                                          "bridge) and its output scrubbed of them")
     add_exec_args(p_exec)
+    p_stdio = sub.add_parser("stdio", help="serve MCP over stdin/stdout for one identity (a local client such as a "
+                                           "desktop assistant starts it; docs/mcp.md)")
+    credential = p_stdio.add_mutually_exclusive_group(required=True)
+    credential.add_argument("--api-key-file", type=Path, help="file holding the identity's API key (a key of "
+                                                             "API_KEYS_JSON / API_KEYS_FILE)")
+    credential.add_argument("--jwt-file", type=Path, help="file holding the identity's JWT (re-read when it changes)")
     args = parser.parse_args(argv)
+    if args.command == "stdio":
+        return stdio(args)
     if args.command == "exec":
         return exec_main(args)
     if args.command == "gen-policy":

@@ -392,6 +392,31 @@ class Settings(BaseModel):
     fingerprint_key: str = ""  # the bridge's Transit HMAC key; "" = {DEFAULT_PREFIX}-bridge-fingerprint
     wrap_max_ttl: float = 300.0  # the longest wrap_ttl of a wrapped read (kv_read wrap_ttl, ?wrap_ttl=)
 
+    # MCP, complete (issue 14): change notifications, tools by Vault capabilities (docs/mcp.md)
+    subscription_poll_interval: float = 5.0  # how often subscribed secrets' metadata is polled (direct writes); 0 = off
+    subscription_keepalive: float = 15.0  # an SSE comment this often on every notification stream
+    subscription_max_uris: int = Field(default=100, ge=1, le=10_000)  # URIs per listen stream / per session
+    capabilities_ttl: float = 60.0  # tools/list asks Vault (sys/capabilities-self) at most this often per agent
+
+    @field_validator("subscription_poll_interval", "subscription_keepalive", "capabilities_ttl", mode="before")
+    @classmethod
+    def _issue14_durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("subscription_poll_interval", "capabilities_ttl")
+    @classmethod
+    def _zero_or_up_to_an_hour(cls, value: float) -> float:
+        if value != 0 and not 0.1 <= value <= 3600:
+            raise ValueError("must be 0 (off) or from 100ms to 1h")
+        return value
+
+    @field_validator("subscription_keepalive")
+    @classmethod
+    def _keepalive(cls, value: float) -> float:
+        if not 0.1 <= value <= 300:
+            raise ValueError("must be from 100ms to 5m")
+        return value
+
     @field_validator("broker_timeout", "intake_ttl", "wrap_max_ttl", mode="before")
     @classmethod
     def _issue12_durations(cls, value: Any) -> float:

@@ -11,11 +11,26 @@ number of agents.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from bridge.errors import RateLimitedError
+
+
+class Slot:
+    """A held slot; :meth:`release` gives it back before the request ends (a long-lived notification stream,
+    which waits for Vault changes rather than on Vault). Releasing twice is harmless."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None] | None) -> None:
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 @dataclass(slots=True)
@@ -47,9 +62,9 @@ class InflightLimiter:
             "finish, then retry.", code="too_many_concurrent_requests", headers={"Retry-After": "1"})
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
+    async def slot(self, key: str) -> AsyncIterator[Slot]:
         if self.limit <= 0:
-            yield
+            yield Slot(None)
             return
         entry = self._agents.get(key)
         if entry is None:
@@ -68,10 +83,11 @@ class InflightLimiter:
                     entry.waiting -= 1
             else:
                 await entry.slots.acquire()  # a free slot: returns at once
+            held = Slot(entry.slots.release)
             try:
-                yield
+                yield held
             finally:
-                entry.slots.release()
+                held.release()
         finally:
             entry.users -= 1
             if entry.users == 0 and self._agents.get(key) is entry:

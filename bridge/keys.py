@@ -12,6 +12,8 @@ from bridge.canary import CanaryWatch
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.intake import IntakeFlow
+from bridge.mcp.changes import ChangeHub
+from bridge.mcp.methods import McpMethods
 from bridge.operations import Executor, Registry
 from bridge.ops.metrics import Metrics
 from bridge.ops.stats import OpsStats
@@ -41,3 +43,7 @@ CANARY = web.AppKey("canary", CanaryWatch)
 """The canary watch (issues 12, 13): every use of a ``bridge.canary`` secret; its ``action`` is settable."""
 INTAKE = web.AppKey("intake", IntakeFlow)
 """Intake links and pages (issue 12): set by ``bridge.intake.routes.setup_intake_routes``."""
+CHANGES = web.AppKey("changes", ChangeHub)
+"""Change notifications (issue 14): the streams of this replica, the bus to the others, the poller."""
+MCP_METHODS = web.AppKey("mcp_methods", McpMethods)
+"""The MCP methods, shared by ``/mcp`` and ``vault-mcp-bridge stdio``."""

@@ -34,6 +34,7 @@ from bridge.routing import (
     CLIENT_REQUEST_ID,
     ERROR_CODE,
     IDENTITY,
+    INFLIGHT_SLOT,
     MCP_MESSAGE,
     RATE_DECISION,
     REQUEST_ID,
@@ -197,7 +198,8 @@ def inflight_middleware(inflight: InflightLimiter) -> Middleware:
         identity = request.get(IDENTITY)
         if identity is None:
             return await handler(request)
-        async with inflight.slot(identity.subject):
+        async with inflight.slot(identity.subject) as held:
+            request[INFLIGHT_SLOT] = held  # a notification stream releases it early
             return await handler(request)
 
     return slot_middleware

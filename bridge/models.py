@@ -545,6 +545,55 @@ class WhoamiOut(BaseModel):
     auth_method: str
     scopes: list[str]
     vault_path_prefix: str
+    capabilities: list[str] = Field(default_factory=list, description=(
+        "The operations (tools) this identity can use now: its scopes allow them and its Vault policy grants "
+        "what they need (asked of Vault, cached for CAPABILITIES_TTL)."))
+
+
+# -- MCP resources (issue 14): the agent's secrets and Transit keys as a listing, never a value --------------
+
+class SecretsPageArgs(_Strict):
+    after: str = Field(default="", max_length=512, description="List the paths after this one (sorted order).")
+    limit: int = Field(default=50, ge=1, le=1000)
+
+
+class SecretEntry(BaseModel):
+    path: str
+    version: int
+    created_time: str
+    updated_time: str
+
+
+class SecretsPageOut(BaseModel):
+    secrets: list[SecretEntry]
+    next_after: str | None = Field(default=None, description="Pass as 'after' for the next page; absent: done.")
+
+
+class TransitKeysArgs(_Strict):
+    after: str = Field(default="", max_length=64)
+    limit: int = Field(default=50, ge=1, le=1000)
+
+
+class TransitKeyArgs(_Strict):
+    key: str = Field(description=KEY_DESCRIPTION)
+
+    _k = field_validator("key")(_key_name)
+
+
+class TransitKeyInfo(BaseModel):
+    """A Transit key's description without any key material (not even public keys)."""
+
+    key: str
+    type: str
+    latest_version: int
+    supports_encryption: bool
+    supports_decryption: bool
+    supports_signing: bool
+
+
+class TransitKeysOut(BaseModel):
+    keys: list[TransitKeyInfo]
+    next_after: str | None = None
 
 
 def parse(model: type[M], obj: Any) -> M:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge.auth.identity import Identity
+from bridge.inflight import Slot
 from bridge.mcp.protocol import RpcPeek
 from bridge.ratelimit import Decision
 
@@ -31,3 +32,5 @@ def route_template(request: web.Request) -> str:
     name a request by."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "<unmatched>"
+INFLIGHT_SLOT = web.RequestKey("inflight_slot", Slot)
+"""The request's ``AGENT_MAX_INFLIGHT`` slot, which a notification stream gives back once it is open."""

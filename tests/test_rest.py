@@ -226,9 +226,10 @@ async def test_transit_round_trip_and_key_naming(api: Client, bao: DevVault) -> 
 
 async def test_whoami_and_echo_headers(api: Client) -> None:
     resp = await api.get("/whoami", headers=ALICE)
-    assert await resp.json() == {"subject": "alice", "auth_method": "api_key",
-                                 "scopes": ["delete", "list", "read", "write"],
-                                 "vault_path_prefix": "secret/data/mcp/alice/"}
+    body = await resp.json()
+    assert "kv_write" in body.pop("capabilities")  # the capability check: tests/mcp/test_capabilities.py
+    assert body == {"subject": "alice", "auth_method": "api_key", "scopes": ["delete", "list", "read", "write"],
+                    "vault_path_prefix": "secret/data/mcp/alice/"}
     token = hs256({"sub": "alice"})
     resp = await api.get("/echo-headers", headers={**ALICE, "Authorization": f"Bearer {token}",
                                                    "Cookie": "session=abc", "X-Vault-Token": "s.leak",

@@ -66,6 +66,11 @@ class ApiKeyAuthenticator:
         presented = request.headers.get(HEADER)
         if presented is None:
             return None
+        return self.identity_of(presented)
+
+    def identity_of(self, presented: str) -> Identity:
+        """The identity of a key (the header's value, or a key read from a file by ``vault-mcp-bridge stdio``);
+        :class:`UnauthenticatedError` when it matches no configured key."""
         entries, identities = self._table
         digest = key_digest(presented)
         entry: ApiKeyEntry | None = None

@@ -88,7 +88,12 @@ class JwtAuthenticator:
         """Before :meth:`authenticate`: refresh the JWK Set when the token names an unknown ``kid`` or the
         set is stale (rate-limited in :class:`JwksCache`). Never raises; a bad token fails afterwards."""
         token = bearer_token(request)
-        if token is None or self.jwks is None or len(token) > self._max_bytes:
+        if token is not None:
+            await self.prepare_token(token)
+
+    async def prepare_token(self, token: str) -> None:
+        """:meth:`prepare` for a token (``vault-mcp-bridge stdio`` reads it from a file)."""
+        if self.jwks is None or len(token) > self._max_bytes:
             return
         if self.cache is not None and self.cache.get(token) is not None:
             return
@@ -107,6 +112,10 @@ class JwtAuthenticator:
         token = bearer_token(request)
         if token is None:
             return None
+        return self.identity_of(token)
+
+    def identity_of(self, token: str) -> Identity:
+        """The identity of a verified token; :class:`UnauthenticatedError` for any token that is not valid."""
         if len(token) > self._max_bytes:
             raise UnauthenticatedError("The bearer token is too large.")
         if self.cache is not None and (cached := self.cache.get(token)) is not None:

@@ -5,7 +5,8 @@ Error codes (``RpcError.code``), by where they come from:
 - JSON-RPC 2.0: -32700 parse error, -32600 invalid request, -32601 method not found, -32602 invalid params,
   -32603 internal error.
 - MCP 2026-07-28 (``basic/index.mdx`` §Error Codes): -32020 header mismatch, -32022 unsupported protocol
-  version (``data.supported``/``data.requested``).
+  version (``data.supported``/``data.requested``). MCP 2025-11-25: -32002 resource not found (``data.uri``; the
+  2026-07-28 revision answers -32602 with ``data.uri`` instead).
 - Ours, outside the JSON-RPC reserved range as the spec asks: ``-31000 - <HTTP status>`` for a refusal that
   travels with a non-2xx HTTP status and has no JSON-RPC meaning of its own: -31401 unauthenticated, -31403
   forbidden (a bad ``Origin``, a tool outside the caller's scopes), -31404, -31405, -31413, -31429 rate limited,
@@ -27,12 +28,15 @@ from aiohttp import web
 
 import bridge
 from bridge.errors import BridgeError, code_for_status
+from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+RESOURCE_NOT_FOUND = -32002
+"""Handshake era (2025-11-25 resources §Error Handling); 2026-07-28 answers -32602 instead."""
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 HTTP_ERROR_BASE = -31000
@@ -174,3 +178,52 @@ def rpc_error(request_id: str | int | None, err: RpcError) -> web.Response:
     """The error response; ``id`` is ``null`` when the request's id could not be read (JSON-RPC 2.0 §5)."""
     return rpc_response({"jsonrpc": "2.0", "id": request_id, "error": err.to_dict()},
                         status=err.http_status, headers=err.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One JSON-RPC message: a request (``id`` set), a notification, or a response (``method`` is None)."""
+
+    id: str | int | None
+    method: str | None
+    params: dict[str, Any]
+    is_request: bool
+
+
+def _invalid(message: str, code: int = INVALID_REQUEST, bridge_code: str | None = None) -> RpcError:
+    return RpcError(code, message, http_status=400, bridge_code=bridge_code)
+
+
+def parse_message(raw: bytes, *, max_depth: int) -> Message:
+    """One JSON-RPC 2.0 message (a POST body of ``/mcp``, a line of stdio): -32700 when it is not JSON, -32600
+    for a batch or anything that is not a single JSON-RPC 2.0 message, -32602 when ``params`` is not an object."""
+    try:
+        body = load_json(raw, max_depth=max_depth)
+    except JsonLimitError as exc:
+        raise _invalid(f"Invalid Request: {exc}") from None
+    except JsonBodyError:
+        raise _invalid("Parse error: the body is not valid JSON.", PARSE_ERROR, "parse_error") from None
+    if isinstance(body, list):
+        raise _invalid("Batches are not supported: send one JSON-RPC message per POST.")
+    if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
+        raise _invalid("Invalid Request: expected a JSON-RPC 2.0 object with \"jsonrpc\": \"2.0\".")
+    has_id = "id" in body
+    msg_id = body.get("id")
+    if has_id and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
+        raise _invalid("Invalid Request: 'id' must be a string or an integer.")
+    method = body.get("method")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if method is None:
+        if has_id and (("result" in body) != ("error" in body)):
+            return Message(msg_id, None, {}, is_request=False)
+        raise _invalid("Invalid Request: a message needs 'method' (request or notification) or "
+                       "'id' with 'result' or 'error' (response).")
+    if not isinstance(method, str) or not method:
+        raise _invalid("Invalid Request: 'method' must be a non-empty string.")
+    if not isinstance(params, dict):
+        err = _invalid("Invalid params: 'params' must be an object.", INVALID_PARAMS)
+        err.request_id = msg_id if has_id else None
+        raise err
+    return Message(msg_id if has_id else None, method, params, is_request=has_id)

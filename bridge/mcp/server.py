@@ -1,4 +1,4 @@
-"""``POST /mcp``: our own JSON-RPC 2.0 handler for MCP over Streamable HTTP, both eras on one endpoint.
+"""``/mcp``: our own JSON-RPC 2.0 handler for MCP over Streamable HTTP, both eras on one endpoint.
 
 Before this handler runs, the middlewares have answered a bad ``Origin`` (403), a missing or bad credential
 (401) and an exhausted rate limit (429): each keeps its HTTP status and headers and carries a JSON-RPC error
@@ -7,34 +7,53 @@ bridge's error code). Then, in order:
 
 1. transport: ``Accept`` must list ``application/json`` and ``text/event-stream`` (406), the body must be JSON
    (415 / -32700), one message, not a batch (-32600);
-2. era: an ``initialize`` selects the handshake era (2025-11-25, 2025-06-18, 2025-03-26: signed
-   ``Mcp-Session-Id``, ``MCP-Protocol-Version`` header); per-request ``_meta`` (or ``server/discover``, or an
-   ``MCP-Protocol-Version`` of the stateless era) selects 2026-07-28 (header/body checks -32020, version
-   -32022, ``resultType``, ``ttlMs``/``cacheScope``);
-3. method: ``tools/list`` (paginated, filtered by the caller's scopes) and ``tools/call`` (a tool outside the
-   caller's scopes is HTTP 403 ``insufficient_scope``, rendered and audited as every refusal; a failing tool
-   is an ``isError`` result carrying the REST error code).
+2. era: per-request ``_meta`` with a protocol version (or ``server/discover``, or an ``MCP-Protocol-Version``
+   of the stateless era) selects 2026-07-28 (header/body checks -32020, version -32022, ``resultType``,
+   ``ttlMs``/``cacheScope``; methods that era removed, ``initialize`` included, are HTTP 404 with -32601);
+   an ``initialize`` without it selects the handshake era (2025-11-25, 2025-06-18, 2025-03-26: signed
+   ``Mcp-Session-Id``, ``MCP-Protocol-Version`` header);
+3. method: :class:`bridge.mcp.methods.McpMethods` (tools, resources, prompts, completion; a tool outside the
+   caller's scopes is HTTP 403 ``insufficient_scope``, rendered and audited as every refusal; a failing tool is
+   an ``isError`` result carrying the REST error code), or a notification stream.
 
-``GET``/``DELETE /mcp`` answer 405: we push no server-initiated stream and sessions are stateless.
+Notification streams (:mod:`bridge.mcp.changes`): ``subscriptions/listen`` (2026-07-28) answers its POST with an
+SSE stream (the acknowledgment first, then ``notifications/resources/updated`` tagged with the subscription id,
+a graceful result at shutdown); ``GET /mcp`` with a handshake-era session id opens the session's stream of
+``notifications/resources/updated`` for its ``resources/subscribe`` URIs. Both send a keep-alive comment every
+``SUBSCRIPTION_KEEPALIVE``, give back their ``AGENT_MAX_INFLIGHT`` slot once open, and end when the client goes
+away or the server shuts down. ``DELETE /mcp`` answers 405: sessions are stateless and end by expiry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import os
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from bridge.auth.identity import Identity
 from bridge.config import Settings
-from bridge.errors import BridgeError
-from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
+from bridge.errors import BridgeError, RateLimitedError
+from bridge.mcp.changes import ChangeHub, Listener, ListenListener, SessionListener, session_key
+from bridge.mcp.context import McpContext
 from bridge.mcp.metadata import MCP_PATH, Challenges
+from bridge.mcp.methods import (
+    META_SUBSCRIPTION_ID,
+    McpMethods,
+    decode_cursor,
+    discover_result,
+    encode_cursor,
+    finish,
+    initialize_result,
+    method_not_found,
+)
 from bridge.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
     HANDSHAKE_VERSIONS,
@@ -43,49 +62,38 @@ from bridge.mcp.protocol import (
     HEADER_NAME,
     HEADER_PROTOCOL_VERSION,
     HEADER_SESSION_ID,
-    INSTRUCTIONS,
+    HTTP_ERROR_BASE,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    LATEST_HANDSHAKE,
     META_CLIENT_CAPABILITIES,
     META_PROTOCOL_VERSION,
-    META_SERVER_INFO,
-    METHOD_NOT_FOUND,
     MODERN_VERSIONS,
-    PARSE_ERROR,
-    SERVER_INFO,
     SUPPORTED_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
+    Message,
     RpcError,
     RpcPeek,
+    parse_message,
     peek_message,
     rpc_error,
+    rpc_response,
     rpc_result,
 )
 from bridge.mcp.session import SessionCodec
-from bridge.mcp.tools import McpTools, result_content
-from bridge.operations import Call, Executor
-from bridge.routing import ERROR_CODE, IDENTITY, MCP_MESSAGE, RATE_DECISION
+from bridge.routing import ERROR_CODE, IDENTITY, INFLIGHT_SLOT, MCP_MESSAGE, RATE_DECISION, REQUEST_ID
 
 log = structlog.get_logger("bridge.mcp")
 
-TOOLS_LIST_TTL_MS = 60_000
-"""``tools/list`` may be cached for a minute; it is ``private`` because it depends on the caller's scopes."""
-DISCOVER_TTL_MS = 3_600_000
-SERVER_CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": False}}
-MODERN_METHODS = frozenset({"server/discover", "tools/list", "tools/call"})
+__all__ = ["McpEndpoint", "accepts_both", "decode_cursor", "decode_header_value", "encode_cursor", "read_message",
+           "session_codec", "setup_mcp_routes"]
+
 MAX_ECHO = 80
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One JSON-RPC message: a request (``id`` set), a notification, or a response (``method`` is None)."""
-
-    id: str | int | None
-    method: str | None
-    params: dict[str, Any]
-    is_request: bool
+MAX_STREAMS_PER_AGENT = 32
+"""Notification streams one agent may hold open on one process (beyond: 429)."""
+NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+"""2026-07-28: the methods whose ``Mcp-Name`` header must equal this parameter."""
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _bad_request(message: str, code: int = INVALID_REQUEST, bridge_code: str | None = None) -> RpcError:
@@ -139,46 +147,19 @@ async def read_message(request: web.Request, *, max_depth: int) -> Message:
     if request.content_type != "application/json":
         raise RpcError(INVALID_REQUEST, "Send the JSON-RPC message with 'Content-Type: application/json'.",
                        http_status=415)  # data.code: unsupported_media_type
-    raw = await request.read()
-    try:
-        body = load_json(raw, max_depth=max_depth)
-    except JsonLimitError as exc:
-        raise _bad_request(f"Invalid Request: {exc}") from None
-    except JsonBodyError:
-        raise _bad_request("Parse error: the body is not valid JSON.", PARSE_ERROR, "parse_error") from None
-    if isinstance(body, list):
-        raise _bad_request("Batches are not supported: send one JSON-RPC message per POST.")
-    if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
-        raise _bad_request("Invalid Request: expected a JSON-RPC 2.0 object with \"jsonrpc\": \"2.0\".")
-    has_id = "id" in body
-    msg_id = body.get("id")
-    if has_id and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
-        raise _bad_request("Invalid Request: 'id' must be a string or an integer.")
-    method = body.get("method")
-    params = body.get("params", {})
-    if params is None:
-        params = {}
-    if method is None:
-        if has_id and (("result" in body) != ("error" in body)):
-            return Message(msg_id, None, {}, is_request=False)
-        raise _bad_request("Invalid Request: a message needs 'method' (request or notification) or "
-                           "'id' with 'result' or 'error' (response).")
-    if not isinstance(method, str) or not method:
-        raise _bad_request("Invalid Request: 'method' must be a non-empty string.")
-    if not isinstance(params, dict):
-        err = _bad_request("Invalid params: 'params' must be an object.", INVALID_PARAMS)
-        err.request_id = msg_id if has_id else None
-        raise err
-    return Message(msg_id if has_id else None, method, params, is_request=has_id)
+    return parse_message(await request.read(), max_depth=max_depth)
 
 
 def _is_modern(request: web.Request, msg: Message) -> bool:
-    if msg.method == "initialize":
-        return False
+    """Per-request ``_meta`` with a protocol version is the stateless era whatever the method (``versioning.mdx``:
+    "a request carrying modern per-request ``_meta`` is served statelessly"); else ``initialize`` is the
+    handshake."""
     meta = msg.params.get("_meta")
     if isinstance(meta, dict) and META_PROTOCOL_VERSION in meta:
         return True
-    if msg.method in ("server/discover",):
+    if msg.method == "initialize":
+        return False
+    if msg.method == "server/discover":
         return True
     return request.headers.get(HEADER_PROTOCOL_VERSION) in MODERN_VERSIONS
 
@@ -196,24 +177,23 @@ def decode_header_value(value: str) -> str | None:
 # -- the endpoint -----------------------------------------------------------------------------------------
 
 class McpEndpoint:
-    """``POST /mcp``: the tools of ``tools``, carried out by ``executor``; sessions signed by ``sessions``."""
+    """``/mcp``: the methods of ``methods``; sessions signed by ``sessions``; streams fed by ``hub``."""
 
-    def __init__(self, settings: Settings, tools: McpTools, executor: Executor, sessions: SessionCodec,
-                 challenges: Challenges) -> None:
-        self._tools = tools
-        self._executor = executor
+    def __init__(self, settings: Settings, methods: McpMethods, sessions: SessionCodec, challenges: Challenges,
+                 hub: ChangeHub) -> None:
+        self._methods = methods
         self._sessions = sessions
         self._challenges = challenges
+        self._hub = hub
         self._max_depth = settings.max_json_depth
-        self._page_size = settings.mcp_page_size
 
-    async def post(self, request: web.Request) -> web.Response:
+    async def post(self, request: web.Request) -> web.StreamResponse:
         msg_id: str | int | None = None
         try:
             msg = await read_message(request, max_depth=self._max_depth)
             msg_id = msg.id
-            tool = msg.params.get("name") if msg.method == "tools/call" else None
-            request[MCP_MESSAGE] = RpcPeek(msg.id, msg.method, tool if isinstance(tool, str) else None)
+            name = msg.params.get("name") if msg.method == "tools/call" else None
+            request[MCP_MESSAGE] = RpcPeek(msg.id, msg.method, name if isinstance(name, str) else None)
             if _is_modern(request, msg):
                 return await self._modern(request, msg)
             return await self._legacy(request, msg)
@@ -223,19 +203,42 @@ class McpEndpoint:
             if msg_id is None and err.request_id is None:
                 msg_id = (await peek_message(request)).id  # refused before reading (406, 415): a bounded peek
             return rpc_error(msg_id if msg_id is not None else err.request_id, err)
-        except (web.HTTPException, BridgeError):
-            raise  # HTTP-level answers (413, 403 insufficient_scope, 429 ...) rendered by the error middleware
+        except BridgeError as err:
+            if err.code == "insufficient_scope":  # an operation outside the caller's scopes: the 403 challenge
+                scope = err.extra.get("required_scope")
+                err.headers["WWW-Authenticate"] = self._challenges.bearer(
+                    request, error="insufficient_scope", scope=scope if isinstance(scope, str) else None)
+            raise  # HTTP-level answers (403, 429 ...) rendered and audited by the error middleware
+        except web.HTTPException:
+            raise
         except Exception:
             log.exception("mcp.unhandled_error")
             return rpc_error(msg_id, RpcError(INTERNAL_ERROR, "Internal error; the request id identifies it in the "
                                                               "logs.", http_status=500))
 
-    async def _modern(self, request: web.Request, msg: Message) -> web.Response:
+    def _context(self, request: web.Request, *, modern: bool, session: str | None = None) -> McpContext:
+        decision = request.get(RATE_DECISION)
+        return McpContext(request[IDENTITY], modern, prepaid=1 if decision is not None else 0, decision=decision,
+                          session=session)
+
+    async def _call(self, request: web.Request, ctx: McpContext, method: str, params: dict[str, Any]
+                    ) -> dict[str, Any]:
+        try:
+            return await self._methods.call(ctx, method, params)
+        finally:
+            if ctx.decision is not None:
+                request[RATE_DECISION] = ctx.decision
+
+    async def _modern(self, request: web.Request, msg: Message) -> web.StreamResponse:
         """2026-07-28: stateless; every request carries its version and capabilities in ``_meta``."""
         if msg.method is None:
             raise _bad_request("Invalid Request: clients of protocol 2026-07-28 must not send responses.")
         if not msg.is_request:
-            return web.Response(status=202)  # 2026-07-28 defines no client notifications over HTTP; accept them
+            if msg.method == "notifications/cancelled":  # the era's one client notification (stdio's, harmless)
+                return web.Response(status=202)
+            request[ERROR_CODE] = "method_not_found"  # a removed notification (notifications/initialized ...)
+            return rpc_response({"jsonrpc": "2.0", "error": method_not_found(msg.method, modern=True).to_dict()},
+                                status=404)  # no id: the schema forbids "id": null
         meta = msg.params.get("_meta")
         version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
         if not isinstance(meta, dict) or not isinstance(version, str):
@@ -261,33 +264,25 @@ class McpEndpoint:
             what = "is required" if header_method is None else f"'{_short(header_method)}' does not match the body"
             raise _bad_request(f"Header mismatch: the {HEADER_METHOD} header {what} (method "
                                f"'{_short(msg.method)}').", HEADER_MISMATCH, "header_mismatch")
-        if msg.method not in MODERN_METHODS:
-            raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.", http_status=404,
-                           bridge_code="method_not_found")
-        assert msg.id is not None
-        if msg.method == "server/discover":
-            result: dict[str, Any] = {
-                "supportedVersions": list(SUPPORTED_VERSIONS),
-                "capabilities": SERVER_CAPABILITIES,
-                "instructions": INSTRUCTIONS,
-                "ttlMs": DISCOVER_TTL_MS,
-                "cacheScope": "public",
-            }
-        elif msg.method == "tools/list":
-            result = await self._tools_list(request, msg.params)
-            result.update({"ttlMs": TOOLS_LIST_TTL_MS, "cacheScope": "private"})
-        else:
-            name = msg.params.get("name")
+        if not self._methods.serves(msg.method, modern=True):
+            raise method_not_found(msg.method, modern=True)
+        named = NAMED_METHODS.get(msg.method)
+        if named is not None:
+            value = msg.params.get(named)
             header_name = request.headers.get(HEADER_NAME)
             decoded = decode_header_value(header_name) if header_name is not None else None
-            if isinstance(name, str) and decoded != name:
-                what = "is required" if header_name is None else "does not match params.name"
+            if isinstance(value, str) and decoded != value:
+                what = "is required" if header_name is None else f"does not match params.{named}"
                 raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH,
                                    "header_mismatch")
-            result = await self._tools_call(request, msg.params)
-        result["resultType"] = "complete"
-        result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
-        return rpc_result(msg.id, result)
+        assert msg.id is not None
+        if msg.method == "server/discover":
+            result = discover_result()
+        elif msg.method == "subscriptions/listen":
+            return await self._listen(request, msg.id, msg.params)
+        else:
+            result = await self._call(request, self._context(request, modern=True), msg.method, msg.params)
+        return rpc_result(msg.id, finish(msg.method, result))
 
     async def _legacy(self, request: web.Request, msg: Message) -> web.Response:
         """2025-03-26 … 2025-11-25: ``initialize`` first, then the signed session id on every POST."""
@@ -295,12 +290,25 @@ class McpEndpoint:
         if msg.method == "initialize":
             if msg.id is None:
                 raise _bad_request("Invalid Request: 'initialize' is a request and needs an 'id'.")
-            return _initialize(msg, identity, self._sessions)
+            version, result = initialize_result(msg.params)
+            log.info("mcp.session.started", agent=identity.subject, protocol_version=version)
+            return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: self._sessions.issue(identity.subject,
+                                                                                               version)})
+        session_id = self._session(request)
+        if not msg.is_request or msg.method is None:
+            return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
+        assert msg.id is not None
+        ctx = self._context(request, modern=False, session=session_id)
+        return rpc_result(msg.id, await self._call(request, ctx, msg.method, msg.params))
+
+    def _session(self, request: web.Request) -> str:
+        """The request's valid handshake-era session id (400 without one, 404 for one that is not valid for the
+        caller), after the ``MCP-Protocol-Version`` check."""
         session_id = request.headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise _bad_request(f"Bad Request: the {HEADER_SESSION_ID} header is required; send 'initialize' first "
                                "(or use protocol 2026-07-28 with per-request _meta).")
-        if self._sessions.verify(session_id, identity.subject) is None:
+        if self._sessions.verify(session_id, request[IDENTITY].subject) is None:
             raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is "
                                             "not one of ours. Send 'initialize' again.", http_status=404,
                            bridge_code="session_not_found")
@@ -310,112 +318,124 @@ class McpEndpoint:
                                             f"'{_short(header_version)}'.",
                            data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version},
                            http_status=400, bridge_code="unsupported_protocol_version")
-        if not msg.is_request or msg.method is None:
-            return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
-        assert msg.id is not None
-        if msg.method == "ping":
-            return rpc_result(msg.id, {})
-        if msg.method == "tools/list":
-            return rpc_result(msg.id, await self._tools_list(request, msg.params))
-        if msg.method == "tools/call":
-            return rpc_result(msg.id, await self._tools_call(request, msg.params))
-        raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.")
+        return session_id
 
-    async def _tools_list(self, request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
-        visible = await self._tools.visible(request[IDENTITY])
-        start = decode_cursor(params.get("cursor"))
-        size = self._page_size
-        page = visible[start:start + size]
-        result: dict[str, Any] = {"tools": [self._tools.definition(op) for op in page]}
-        if start + size < len(visible):
-            result["nextCursor"] = encode_cursor(start + size)
-        return result
+    # -- notification streams --------------------------------------------------------------------------------
 
-    async def _tools_call(self, request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
-        """One tool call through the executor. A tool outside the caller's scopes is HTTP 403
-        ``insufficient_scope`` and an exhausted rate limit HTTP 429 (both JSON-RPC errors); any other failure is
-        the tool's own ``isError`` result."""
-        identity = request[IDENTITY]
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise RpcError(INVALID_PARAMS, "Invalid params: 'name' (the tool name, a string) is required.")
-        op = self._tools.get(name)
-        if op is None:
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: '{_short(name)}'. Call tools/list for the tools "
-                                           "available.")
-        arguments = params.get("arguments")
-        decision = request.get(RATE_DECISION)
-        call = Call(identity, "mcp", prepaid=1 if decision is not None else 0, decision=decision)
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        """``GET /mcp``: a handshake-era session's stream of ``notifications/resources/updated`` for the URIs it
+        subscribed to (on any replica). 2026-07-28 has no GET stream (405)."""
         try:
-            out = await self._executor.execute(op, call, _arguments(arguments))
-        except BridgeError as err:
-            if err.code == "insufficient_scope":
-                # the challenge asks for the least privileged scope that allows the tool (the first declared:
-                # "use" for kv_read); OAuth reads a scope list as "all of these", so any-of is never listed there
-                scope = op.scopes[0] if op.scopes else None
-                log.info("mcp.tool.forbidden", agent=identity.subject, tool=name, required_scope=scope,
-                         accepted_scopes=list(op.scopes))
-                err.headers["WWW-Authenticate"] = self._challenges.bearer(request, error="insufficient_scope",
-                                                                          scope=scope)
-                raise  # HTTP 403, JSON-RPC -31403 (bridge.middlewares), audited as denied
-            if err.code == "rate_limited":
-                raise  # HTTP 429 with its headers, as the middleware's refusals
-            log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=True, code=err.code)
-            return result_content(err.to_dict(), is_error=True)
+            if request.headers.get(HEADER_PROTOCOL_VERSION) in MODERN_VERSIONS:
+                raise _get_not_allowed("protocol 2026-07-28 has no GET stream; use subscriptions/listen")
+            if not request.headers.get(HEADER_SESSION_ID):
+                raise _get_not_allowed(f"a GET stream belongs to a session; send {HEADER_SESSION_ID}")
+            accept = request.headers.get("Accept", "")
+            if not any(media in ("text/event-stream", "text/*", "*/*") and quality > 0
+                       for media, quality in _media_ranges(accept).items()):
+                raise RpcError(INVALID_REQUEST, "Not Acceptable: a GET stream needs 'Accept: text/event-stream'.",
+                               http_status=406)
+            session_id = self._session(request)
+        except RpcError as err:
+            if err.bridge_code is not None:
+                request[ERROR_CODE] = err.bridge_code
+            return rpc_error(None, err)
+        identity = request[IDENTITY]
+        listener = SessionListener(identity, session_key(session_id), self._hub.store, os.urandom(8).hex())
+        return await self._stream(request, listener, opened=self._hub.open_session_stream, first=[],
+                                  frame=_updated_frame(None), closing=None)
+
+    async def _listen(self, request: web.Request, listen_id: str | int, params: dict[str, Any]
+                      ) -> web.StreamResponse:
+        """``subscriptions/listen``: the acknowledgment at once, then the updates of the honoured URIs."""
+        uris, honored = self._methods.listen_filter(params)
+        identity = request[IDENTITY]
+        listener = ListenListener(identity, await self._hub.states(identity, uris))
+        meta = {META_SUBSCRIPTION_ID: listen_id}
+        ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+               "params": {"_meta": meta, "notifications": honored}}
+        closing = {"jsonrpc": "2.0", "id": listen_id, "result": {"resultType": "complete", "_meta": meta}}
+        return await self._stream(request, listener, opened=None, first=[ack], frame=_updated_frame(listen_id),
+                                  closing=closing)
+
+    async def _stream(self, request: web.Request, listener: Listener, *,
+                      opened: Callable[[SessionListener], Awaitable[None]] | None,
+                      first: list[dict[str, Any]], frame: Callable[[str], dict[str, Any]],
+                      closing: dict[str, Any] | None) -> web.StreamResponse:
+        """Serve ``listener`` as an SSE stream until the client leaves, the stream is superseded or falls behind,
+        or the server shuts down (then ``closing`` is sent, when given)."""
+        hub = self._hub
+        if hub.closing:
+            raise BridgeError("The bridge is shutting down; reconnect to another replica.", status=503,
+                              code="shutting_down", headers={"Retry-After": "1"})
+        if hub.count(listener.agent) >= MAX_STREAMS_PER_AGENT:
+            raise RateLimitedError(f"This agent has {MAX_STREAMS_PER_AGENT} notification streams open on this "
+                                   "replica; close one first.", code="too_many_streams",
+                                   headers={"Retry-After": "5"})
+        resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        decision = request.get(RATE_DECISION)
+        if decision is not None:
+            resp.headers.update(decision.headers())
+        if REQUEST_ID in request:  # the outer middlewares' headers would come too late for a stream
+            resp.headers["X-Request-Id"] = request[REQUEST_ID]
+        await resp.prepare(request)
+        slot = request.get(INFLIGHT_SLOT)
+        if slot is not None:
+            slot.release()  # a stream waits for changes, not on Vault: it holds no in-flight slot
+        if opened is not None and isinstance(listener, SessionListener):
+            await opened(listener)
+        else:
+            hub.attach(listener)
+        log.info("mcp.stream.opened", agent=listener.agent, kind=type(listener).__name__)
+        try:
+            await resp.write(b": stream open\n\n")
+            for message in first:
+                await resp.write(_sse(message))
+            last = time.monotonic()
+            while True:
+                try:
+                    uri = await asyncio.wait_for(listener.queue.get(), min(1.0, hub.keepalive))
+                except TimeoutError:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break  # the client went away
+                    if time.monotonic() - last >= hub.keepalive:
+                        await resp.write(b":\n\n")
+                        last = time.monotonic()
+                    continue
+                if uri is None:
+                    if hub.closing and closing is not None:
+                        await resp.write(_sse(closing))
+                    break
+                await resp.write(_sse(frame(uri)))
+                last = time.monotonic()
+        except ConnectionError:
+            pass  # the client went away mid-write
         finally:
-            if call.decision is not None:
-                request[RATE_DECISION] = call.decision
-        log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
-        # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
-        return result_content(out.model_dump(mode="json", exclude_none=True), is_error=False)
+            hub.detach(listener)
+            log.info("mcp.stream.closed", agent=listener.agent, shutdown=hub.closing)
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof()
+        return resp
 
 
-def _arguments(arguments: Any) -> dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]:
-    """A tool call's ``arguments`` for the executor; not an object is a JSON-RPC error (-32602), raised only
-    once the executor has checked the scope."""
-    if arguments is None:
-        return {}
-    if isinstance(arguments, dict):
-        return arguments
-
-    async def invalid() -> dict[str, Any]:
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
-
-    return invalid
+def _get_not_allowed(reason: str) -> RpcError:
+    return RpcError(HTTP_ERROR_BASE - 405, f"Method GET is not allowed here: {reason}.", http_status=405,
+                    headers={"Allow": "GET, POST"}, bridge_code="method_not_allowed")
 
 
-def _initialize(msg: Message, identity: Identity, codec: SessionCodec) -> web.Response:
-    requested = msg.params.get("protocolVersion")
-    if not isinstance(requested, str):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'protocolVersion' (a string) is required.")
-    version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
-    result = {
-        "protocolVersion": version,
-        "capabilities": SERVER_CAPABILITIES,
-        "serverInfo": SERVER_INFO,
-        "instructions": INSTRUCTIONS,
-    }
-    log.info("mcp.session.started", agent=identity.subject, protocol_version=version)
-    assert msg.id is not None
-    return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: codec.issue(identity.subject, version)})
+def _sse(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
 
 
-# -- methods ------------------------------------------------------------------------------------------------
+def _updated_frame(listen_id: str | int | None) -> Callable[[str], dict[str, Any]]:
+    def frame(uri: str) -> dict[str, Any]:
+        params: dict[str, Any] = {"uri": uri}
+        if listen_id is not None:
+            params = {"_meta": {META_SUBSCRIPTION_ID: listen_id}, "uri": uri}
+        return {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": params}
 
-def encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
-
-
-def decode_cursor(cursor: Any) -> int:
-    if cursor is None:
-        return 0
-    try:
-        value = json.loads(base64.urlsafe_b64decode(str(cursor).encode()))["o"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        value = None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'cursor' is not a cursor this server issued.")
-    return value
+    return frame
 
 
 def session_codec(settings: Settings) -> SessionCodec:
@@ -430,6 +450,7 @@ def session_codec(settings: Settings) -> SessionCodec:
 
 
 def setup_mcp_routes(app: web.Application, endpoint: McpEndpoint) -> frozenset[str]:
-    """``POST /mcp`` (GET/DELETE fall to the router's 405). No public routes."""
+    """``POST /mcp`` and ``GET /mcp`` (DELETE falls to the router's 405). No public routes."""
     app.router.add_post(MCP_PATH, endpoint.post, name="mcp")
+    app.router.add_get(MCP_PATH, endpoint.get, name="mcp_get", allow_head=False)
     return frozenset()

@@ -6,7 +6,7 @@ See docs/architecture.md, "Adding an operation".
 
 from __future__ import annotations
 
-from bridge.operations import broker, identity, kv, transit
+from bridge.operations import broker, identity, kv, resources, transit
 from bridge.operations.pipeline import Call, Executor
 from bridge.operations.spec import AnyOperation, Operation, Param, Registry, RestBinding, hints
 
@@ -16,4 +16,5 @@ __all__ = ["AnyOperation", "Call", "Executor", "Operation", "Param", "Registry",
 
 def default_registry() -> Registry:
     """The bridge's operations, in the order of ``tools/list`` and of the OpenAPI document."""
-    return Registry([*kv.OPERATIONS, *transit.OPERATIONS, *broker.OPERATIONS, *identity.OPERATIONS])
+    return Registry([*kv.OPERATIONS, *transit.OPERATIONS, *broker.OPERATIONS, *identity.OPERATIONS,
+                     *resources.OPERATIONS])

@@ -8,6 +8,7 @@ from typing import Any
 from bridge.broker import BrokerHttpAnswer, BrokerHttpBody, audit_fields
 from bridge.operations.spec import AnyOperation, Operation, RestBinding, hints
 from bridge.service.broker import BrokerService
+from bridge.service.capabilities import need
 
 
 def _audit(args: BrokerHttpBody, out: BrokerHttpAnswer | None) -> dict[str, Any]:
@@ -30,5 +31,6 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "the answer."),
         annotations=hints(read_only=False, destructive=True, idempotent=False, open_world=True),
         rest=RestBinding("POST", "/broker/http", route="broker_http", tag="broker",
-                         errors=(404, 413, 502, 504), body=BrokerHttpBody)),
+                         errors=(404, 413, 502, 504), body=BrokerHttpBody),
+        needs=(need("{kv}/data/{ns}/{probe}", "read"),)),  # the secrets are read with the agent's token
 )

@@ -7,8 +7,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from bridge import models as m
-from bridge.operations.spec import AnyOperation, Operation, Param, RestBinding, hints
+from bridge.operations.spec import AnyOperation, Changes, Operation, Param, RestBinding, hints
 from bridge.paths import MAX_PATH_LENGTH, PATH_PATTERN, PREFIX_PATTERN
+from bridge.service.capabilities import need
 from bridge.service.kv import KvService
 
 SECRET_PATH = Param("path", "path", {"type": "string", "pattern": PATH_PATTERN, "maxLength": MAX_PATH_LENGTH},
@@ -21,6 +22,10 @@ WRAP_TTL = Param("wrap_ttl", "query", {"type": "string", "pattern": m.WRAP_TTL_P
                  "WRAP_MAX_TTL) instead of the secret.")
 PREFIX = Param("prefix", "query", {"type": "string", "maxLength": MAX_PATH_LENGTH, "pattern": PREFIX_PATTERN},
                "List below this relative prefix (empty = your root).")
+
+DATA = "{kv}/data/{ns}/{probe}"
+"""A secret of the agent (the representative path of a capability check, see bridge.service.capabilities)."""
+CHANGES_SECRET = Changes("kv", "path")
 
 
 def _secret(method: str, suffix: str = "", *, route: str, body: type[BaseModel] | None = None,
@@ -58,7 +63,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "process to unwrap. Fails with not_found, secret_deleted (undelete it) or secret_destroyed."),
         annotations=hints(read_only=True, idempotent=True), audit=("path", "version"), audit_details=_read_details,
         rest=_secret("GET", route="secret_get", query=("version", "wrap_ttl"),
-                     params=(SECRET_PATH, VERSION, WRAP_TTL))),
+                     params=(SECRET_PATH, VERSION, WRAP_TTL)),
+        needs=(need(DATA, "read"),)),
     Operation(
         name="kv_write", scope="write", input=m.KvWriteArgs, output=m.WriteOut, service=KvService, run=KvService.write,
         title="Write a secret", summary="Write a new version (optionally check-and-set).",
@@ -68,7 +74,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "makes the write conditional: 0 = only if the secret does not exist, N = only if the current "
             "version is N (else cas_mismatch). Returns the new version number."),
         annotations=hints(read_only=False, destructive=True, idempotent=False), audit=("path", "cas"),
-        rest=_secret("PUT", route="secret_put", body=m.WriteBody, errors=(409,))),
+        rest=_secret("PUT", route="secret_put", body=m.WriteBody, errors=(409,)),
+        needs=(need(DATA, "create", "update"),), changes=CHANGES_SECRET),
     Operation(
         name="kv_patch", scope="write", input=m.KvPatchArgs, output=m.PatchOut, service=KvService, run=KvService.patch,
         title="Update keys of a secret", summary="Merge-patch the latest version into a new one.",
@@ -77,7 +84,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "value null is removed, other keys stay. Creates a new version. The secret must exist "
             "(not_found otherwise). Optional 'cas' = the version you expect to be current."),
         annotations=hints(read_only=False, destructive=True, idempotent=False), audit=("path", "cas"),
-        rest=_secret("PATCH", route="secret_patch", body=m.PatchBody, errors=(404, 409))),
+        rest=_secret("PATCH", route="secret_patch", body=m.PatchBody, errors=(404, 409)),
+        needs=(need(DATA, "patch"),), changes=CHANGES_SECRET),
     Operation(
         name="kv_list", scope="list", input=m.KvListArgs, output=m.ListOut, service=KvService, run=KvService.list_keys,
         title="List secrets", summary="List keys below a prefix.",
@@ -87,7 +95,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "folder returns an empty list."),
         annotations=hints(read_only=True, idempotent=True), audit=("prefix",),
         rest=RestBinding("GET", "/secrets", route="secrets_list", tag="secrets", errors=(404,), query=("prefix",),
-                         params=(PREFIX,))),
+                         params=(PREFIX,)),
+        needs=(need("{kv}/metadata/{ns}/", "list"),)),
     Operation(
         name="kv_delete", scope="delete", input=m.PathArgs, output=m.OkOut, service=KvService, run=KvService.delete,
         title="Delete a secret (recoverable)", summary="Soft-delete the latest version.",
@@ -96,7 +105,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "kv_undelete restores it; older versions are untouched. Use kv_destroy to remove data for good. "
             "Deleting an already deleted or missing secret succeeds."),
         annotations=hints(read_only=False, destructive=True, idempotent=True), audit=("path",),
-        rest=_secret("DELETE", route="secret_delete", status=204)),
+        rest=_secret("DELETE", route="secret_delete", status=204),
+        needs=(need(DATA, "delete"),), changes=CHANGES_SECRET),
     Operation(
         name="kv_undelete", scope="write", input=m.KvVersionsArgs, output=m.OkOut, service=KvService,
         run=KvService.undelete, title="Restore deleted versions", summary="Restore soft-deleted versions.",
@@ -104,7 +114,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "Restore soft-deleted versions of a secret. 'versions' lists the version numbers to restore "
             "(see kv_metadata for which are deleted). Destroyed versions cannot be restored."),
         annotations=hints(read_only=False, idempotent=True), audit=("path", "versions"),
-        rest=_secret("POST", ":undelete", route="secret_post", body=m.VersionsBody)),
+        rest=_secret("POST", ":undelete", route="secret_post", body=m.VersionsBody),
+        needs=(need("{kv}/undelete/{ns}/{probe}", "update"),), changes=CHANGES_SECRET),
     Operation(
         name="kv_destroy", scope="delete",  # permanent: at least what the recoverable soft delete needs
         input=m.KvVersionsArgs, output=m.OkOut, service=KvService, run=KvService.destroy,
@@ -113,7 +124,8 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "Permanently erase the data of the given 'versions' of a secret. This cannot be undone; prefer "
             "kv_delete unless the data must be gone (for example a leaked credential)."),
         annotations=hints(read_only=False, destructive=True, idempotent=True), audit=("path", "versions"),
-        rest=_secret("POST", ":destroy", route="secret_post", body=m.VersionsBody)),
+        rest=_secret("POST", ":destroy", route="secret_post", body=m.VersionsBody),
+        needs=(need("{kv}/destroy/{ns}/{probe}", "update"),), changes=CHANGES_SECRET),
     Operation(
         name="kv_metadata", scope=("use", "read"), input=m.PathArgs, output=m.MetadataOut, service=KvService,
         run=KvService.metadata, title="Secret versions and metadata",
@@ -123,5 +135,6 @@ OPERATIONS: tuple[AnyOperation, ...] = (
             "version its creation time and whether it is deleted or destroyed. Use it before kv_undelete or "
             "kv_destroy, or to pick a 'version' for kv_read."),
         annotations=hints(read_only=True, idempotent=True), audit=("path",),
-        rest=_secret("GET", ":metadata", route="secret_get")),
+        rest=_secret("GET", ":metadata", route="secret_get"),
+        needs=(need("{kv}/metadata/{ns}/{probe}", "read"),)),
 )

@@ -11,7 +11,13 @@ arguments to :meth:`Executor.execute`, which in this order:
    bucket (``billing.charge``: 400 ``batch_too_large``, 429 ``rate_limited``);
 4. runs the service method;
 5. writes the audit record (ok, or the error's code: ``denied`` for a refusal; the allow-listed input fields and
-   the operation's ``audit_details``) and reports the outcome to the observer (metrics).
+   the operation's ``audit_details``) and reports the outcome to the observer (metrics);
+6. after a success, reports the resource the operation changed (``Operation.changes``) to ``on_change``: the one
+   place change notifications start from.
+
+:meth:`Executor.allows` (what ``tools/list`` and ``GET /whoami`` show) adds the agent's Vault capabilities
+(``Operation.needs``, asked of Vault by :class:`~bridge.service.capabilities.CapabilityCache`) to the scope; a call
+is not refused for them (Vault refuses what its policy does not grant).
 
 It knows nothing of aiohttp; the transports render its result or its :class:`~bridge.errors.BridgeError`. An
 exception raised while the arguments are read that is not a ``BridgeError`` (a protocol error of the transport, a
@@ -28,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, RootModel
 
 from bridge.audit import AuditLog, AuditUnavailableError, clip, now, outcome_of, request_fields
@@ -35,13 +42,19 @@ from bridge.auth.identity import Identity
 from bridge.billing import charge
 from bridge.errors import BridgeError, ForbiddenError
 from bridge.models import parse
-from bridge.operations.spec import AnyOperation, Registry
+from bridge.operations.spec import AnyOperation, Changes, Registry
 from bridge.ratelimit import Decision, RateLimiter
+from bridge.service.capabilities import CapabilityCache
+
+log = structlog.get_logger("bridge.operations")
 
 Arguments = Mapping[str, Any] | Callable[[], Awaitable[Mapping[str, Any]]]
 """An operation's raw arguments, or how to read them once the scope is checked."""
 Observer = Callable[[str, str, str], None]
 """``(operation, transport, outcome)``: ``ok`` or the error code, once per executed operation."""
+ChangeSink = Callable[[str, str, str], Awaitable[None]]
+"""``(agent, kind, name)``: a successful operation changed the agent's ``kind`` (``kv``/``transit``) resource
+``name``; awaited after the audit record, its failure logged, never the operation's."""
 
 _NO_IDS: list[str] = []
 """Never filled (no audit, no Vault request ids kept)."""
@@ -98,20 +111,35 @@ class Executor:
     charges with ``limiter`` (``None``: rate limiting off), reports to ``observe``."""
 
     def __init__(self, registry: Registry, services: Mapping[type[Any], Any], *, audit: AuditLog | None = None,
-                 limiter: RateLimiter | None = None, observe: Observer | None = None) -> None:
+                 limiter: RateLimiter | None = None, observe: Observer | None = None,
+                 capabilities: CapabilityCache | None = None, on_change: ChangeSink | None = None) -> None:
         self.registry = registry
         self._bound = {op.name: _bind(op, services) for op in registry}
         self._audit = audit if audit is not None and audit.enabled else None
         self._limiter = limiter
         self._observe = observe
+        self._capabilities = capabilities
+        self._on_change = on_change
+        if capabilities is not None:
+            capabilities.register(need for op in registry for need in op.needs)
 
     async def allows(self, op: AnyOperation, identity: Identity) -> bool:
-        """Whether ``identity`` may call ``op`` at all: its scope, and the operation's ``available`` hook (what
-        ``tools/list`` shows)."""
+        """Whether ``identity`` may call ``op`` at all: its scope, the operation's ``available`` hook and the
+        Vault capabilities it needs (what ``tools/list`` and ``GET /whoami`` show)."""
         if not op.allowed(identity):
             return False
         available = self._bound[op.name].available
-        return available is None or await available(identity)
+        if available is not None and not await available(identity):
+            return False
+        return self._capabilities is None or await self._capabilities.grants(identity, op.needs)
+
+    async def usable(self, identity: Identity) -> list[AnyOperation]:
+        """The operations open to ``identity`` (:meth:`allows`), in registry order."""
+        return [op for op in self.registry if await self.allows(op, identity)]
+
+    async def usable_names(self, identity: Identity) -> list[str]:
+        """The names of the operations open to ``identity`` that a client can call (a REST route or a tool)."""
+        return [op.name for op in await self.usable(identity) if op.rest is not None or op.mcp]
 
     async def execute(self, op: AnyOperation, call: Call, arguments: Arguments) -> BaseModel:
         bound = self._bound[op.name]
@@ -152,6 +180,8 @@ class Executor:
             entry.update(outcome="ok", vault_request_id=ids[-1] if ids else None,
                          duration_ms=round((time.perf_counter() - started) * 1000, 2))
             await audit.write(entry)  # fail closed: 503 audit_unavailable
+        if op.changes is not None and self._on_change is not None:
+            await _report_change(self._on_change, op, op.changes, identity, args)
         return out
 
     async def _failed(self, bound: _Bound, call: Call, args: Any, arguments: Arguments, exc: BaseException,
@@ -214,6 +244,14 @@ def _audit_value(value: Any) -> Any:
 def scope_phrase(scopes: tuple[str, ...]) -> str:
     """``the 'write' scope`` / ``the 'use' or 'read' scope``."""
     return "the " + " or ".join(f"'{scope}'" for scope in scopes) + " scope"
+async def _report_change(sink: ChangeSink, op: AnyOperation, changes: Changes, identity: Identity, args: Any) -> None:
+    name = getattr(args, changes.field, None)
+    if not isinstance(name, str) or not name:
+        return
+    try:
+        await sink(identity.subject, changes.kind, name)
+    except Exception:  # the operation succeeded: a lost notification is logged, never the caller's error
+        log.exception("operation.change_not_reported", operation=op.name, agent=identity.subject)
 
 
 def _scope_error(op: AnyOperation, call: Call) -> ForbiddenError:

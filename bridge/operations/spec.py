@@ -26,6 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from bridge.auth.identity import Identity
+from bridge.service.capabilities import VaultNeed
 
 Scope = Literal["read", "write", "delete", "list", "use"]
 S = TypeVar("S")
@@ -112,6 +113,16 @@ class RestBinding:
         return verb if verb.startswith(":") else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """The resource a successful call changes: the caller's KV secret (``kind="kv"``) or Transit key
+    (``"transit"``) named by the input field ``field``. The executor reports it (``Executor(on_change=...)``) after
+    the call succeeded: change notifications come from this one place."""
+
+    kind: Literal["kv", "transit"]
+    field: str
+
+
 @dataclass(frozen=True, eq=False)
 class Operation(Generic[S, In, Out]):
     """One operation, declared once (see the module docstring).
@@ -129,6 +140,9 @@ class Operation(Generic[S, In, Out]):
     of the validated input and the output, ``None`` when the operation failed) adds fields derived from them
     (a brokered request's host and references, how a read answered): strings, integers, booleans and lists of
     them, never a value. ``rest``/``mcp``: whether (and how) it is served over REST and as an MCP tool.
+    ``needs``: what the agent's Vault policy must grant on its own paths for the operation to be listed
+    (``tools/list``, ``GET /whoami``; :mod:`bridge.service.capabilities`); ``changes``: the resource a successful
+    call changes (:class:`Changes`), for change notifications.
     """
 
     name: str
@@ -147,6 +161,8 @@ class Operation(Generic[S, In, Out]):
     available: Callable[[S, Identity], Awaitable[bool]] | None = field(default=None, repr=False)
     rest: RestBinding | None = None
     mcp: bool = True
+    needs: tuple[VaultNeed, ...] = ()
+    changes: Changes | None = None
 
     @property
     def scopes(self) -> tuple[Scope, ...]:

@@ -10,26 +10,31 @@ from pydantic import BaseModel
 
 from bridge import models as m
 from bridge.auth.identity import Identity
-from bridge.operations.spec import AnyOperation, Operation, RestBinding, Scope, hints
+from bridge.operations.spec import AnyOperation, Changes, Operation, RestBinding, Scope, hints
+from bridge.service.capabilities import VaultNeed, need
 from bridge.service.transit import TransitService
 
 
 def _transit(name: str, scope: Scope, input_model: type[BaseModel], output_model: type[BaseModel],
              run: Callable[[TransitService, Identity, Any], Awaitable[BaseModel]], *, route: str, title: str,
-             summary: str, description: str, annotations: Mapping[str, bool], batch: bool = True) -> AnyOperation:
+             summary: str, description: str, annotations: Mapping[str, bool], batch: bool = True,
+             needs: VaultNeed | None = None, changes: Changes | None = None) -> AnyOperation:
     """A Transit operation: ``POST /transit/<route>`` with its input as the body; the key name is audited, a
-    batch (``batch``) costs its items."""
+    batch (``batch``) costs its items. It needs ``update`` on ``{transit}/<route>/<one of the agent's keys>``
+    unless ``needs`` says otherwise."""
     return Operation(
         name=name, scope=scope, input=input_model, output=output_model, service=TransitService, run=run,
         cost=TransitService.cost if batch else None, title=title, summary=summary, description=description,
         annotations=annotations, audit=("key",) if "key" in input_model.model_fields else (),
         rest=RestBinding("POST", f"/transit/{route}", route=name, tag="transit", errors=(404, 409), body=input_model,
-                         exclude_none=True))
+                         exclude_none=True),
+        needs=(needs or need(f"{{transit}}/{route}/{{key}}", "update"),), changes=changes)
 
 
 OPERATIONS: tuple[AnyOperation, ...] = (
     _transit(
         "transit_encrypt", "write", m.EncryptBody, m.EncryptOut, TransitService.encrypt, route="encrypt",
+        needs=need("{transit}/encrypt/{key}", "create", "update"),
         title="Encrypt data", summary="Encrypt with your Transit key (created on first use); single item or batch.",
         description=(
             "Encrypt data with one of your Vault Transit keys; the key never leaves Vault. 'plaintext' is "
@@ -81,13 +86,15 @@ OPERATIONS: tuple[AnyOperation, ...] = (
     _transit(
         "transit_random", "read", m.RandomBody, m.RandomOut, TransitService.random_bytes, route="random",
         title="Random bytes", summary="Random bytes from Vault.", batch=False,
+        needs=need("{transit}/random", "update"),
         description=(
             "Get cryptographically secure random bytes from Vault: 'bytes' (1-4096, default 32) in 'format' "
             "base64 (default) or hex. Good for passwords, tokens and nonces."),
         annotations=hints(read_only=True, idempotent=False)),
     _transit(
         "transit_create_key", "write", m.CreateKeyBody, m.KeyOut, TransitService.create_key, route="keys",
-        title="Create a Transit key", batch=False,
+        title="Create a Transit key", batch=False, needs=need("{transit}/keys/{key}", "create", "update"),
+        changes=Changes("transit", "key"),
         summary="Create one of your Transit keys (idempotent for the same type; another type is a 409).",
         description=(
             "Create your Transit key 'key' of 'type': aes256-gcm96 (default; encrypt, decrypt, HMAC), "

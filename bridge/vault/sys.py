@@ -86,8 +86,19 @@ class SysAPI:
         await self._requester.request("PUT", f"sys/policies/acl/{quote_path(name)}", operation="sys.policy",
                                       token=token, json_body={"policy": hcl})
 
+    async def capabilities_self(self, paths: list[str], *, token: str) -> dict[str, frozenset[str]]:
+        """What ``token`` may do on each of ``paths`` (``POST sys/capabilities-self``): path → capability names
+        (``deny`` when nothing is granted, ``root`` for a root token). A token without ``update`` on
+        ``sys/capabilities-self`` (and without the default policy, which grants it) gets 403."""
+        resp = await self._requester.request("POST", "sys/capabilities-self", operation="sys.capabilities_self",
+                                             token=token, json_body={"paths": paths})
+        data = resp.data or {}
+        return {path: frozenset(str(c) for c in caps) if isinstance(caps := data.get(path), list) else frozenset()
+                for path in paths}
+
 
 def _tune_path(mount: str) -> str:
     """``auth/token`` → ``auth/token``; a secrets engine ``pki`` → ``mounts/pki``."""
     mount = mount.strip("/")
     return quote_path(mount) if mount.startswith("auth/") else f"mounts/{quote_path(mount)}"
+

@@ -23,9 +23,10 @@ async def test_key_maps_to_agent_with_all_scopes(make_client: MakeClient) -> Non
     client = await make_client()
     resp = await client.get("/whoami", headers={"X-API-Key": API_KEY_ALICE})
     assert resp.status == 200
-    assert await resp.json() == {"subject": "alice", "auth_method": "api_key",
-                                 "scopes": ["delete", "list", "read", "write"],
-                                 "vault_path_prefix": "secret/data/mcp/alice/"}
+    body = await resp.json()
+    assert body.pop("capabilities")[:3] == ["kv_read", "kv_write", "kv_patch"]  # tests/mcp/test_capabilities.py
+    assert body == {"subject": "alice", "auth_method": "api_key", "scopes": ["delete", "list", "read", "write"],
+                    "vault_path_prefix": "secret/data/mcp/alice/"}
     resp = await client.get("/whoami", headers={"X-API-Key": API_KEY_BOB})
     assert (await resp.json())["subject"] == "bob"
 

@@ -20,6 +20,7 @@ async def whoami(make_client: MakeClient, token: str, **settings: Any) -> tuple[
 async def test_valid_token_default_scopes(make_client: MakeClient) -> None:
     status, body, _ = await whoami(make_client, hs256({"sub": "agent_jwt", "exp": now() + 60}))
     assert status == 200
+    assert "kv_write" not in body.pop("capabilities")  # read and list only
     assert body == {"subject": "agent_jwt", "auth_method": "jwt", "scopes": ["list", "read"],
                     "vault_path_prefix": "secret/data/mcp/agent_jwt/"}
 

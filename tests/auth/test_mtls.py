@@ -103,6 +103,7 @@ async def test_forwarded_certificate_forms(make_client: MakeClient, certs: Certs
     client = await make_client(env=MTLS_ENV)
     status, body = await whoami(client, relayed(certs.agent_mtls, form=form))
     assert status == 200, body
+    assert "kv_write" in body.pop("capabilities")
     assert body == {"subject": "agent_mtls", "auth_method": "mtls", "scopes": ["delete", "list", "read", "write"],
                     "vault_path_prefix": "secret/data/mcp/agent_mtls/"}
 

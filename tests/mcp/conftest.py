@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,3 +91,51 @@ def mcp_server(aiohttp_server: Callable[..., Any], make_settings: Callable[..., 
         return str(server.make_url("/mcp"))
 
     return make
+
+
+def unique_agent(prefix: str = "t") -> tuple[str, str]:
+    """A fresh agent id and an API key of it (with the root token of the tests, any agent has a namespace of its
+    own, empty at first): ``API_KEYS_JSON`` entries the test adds."""
+    agent = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    return agent, f"{agent}-key-" + "k" * 24
+
+
+class Rpc:
+    """Raw JSON-RPC to ``/mcp`` in one era: ``modern`` (2026-07-28 headers and ``_meta``) or the handshake
+    (``initialize`` once, then the session id)."""
+
+    def __init__(self, client: TestClient[Any, Any], key: str, *, modern: bool) -> None:
+        self.client = client
+        self.key = key
+        self.modern = modern
+        self.session: str | None = None
+        self._ids = 0
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        self._ids += 1
+        if self.modern:
+            name = (params or {}).get("uri" if method == "resources/read" else "name")
+            headers = modern_headers(self.key, method, name if method in ("tools/call", "prompts/get",
+                                                                          "resources/read") else None)
+            body = modern_body(method, params, msg_id=self._ids)
+        else:
+            if self.session is None:
+                self.session = await initialize(self.client, self.key)
+            headers = legacy_headers(self.key, self.session, **{"MCP-Protocol-Version": "2025-11-25"})
+            body = rpc(method, params, msg_id=self._ids)
+        resp = await self.client.post("/mcp", json=body, headers=headers)
+        data: dict[str, Any] = await resp.json(content_type=None)
+        return resp.status, data
+
+    async def result(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        status, body = await self.call(method, params)
+        assert status == 200, (method, status, body)
+        assert "result" in body, (method, body)
+        result: dict[str, Any] = body["result"]
+        return result
+
+    async def tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        result = await self.result("tools/call", {"name": name, "arguments": arguments})
+        assert not result["isError"], result
+        structured: dict[str, Any] = result["structuredContent"]
+        return structured

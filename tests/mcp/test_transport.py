@@ -106,13 +106,18 @@ async def test_every_tools_call_counts_against_the_rate_limit(mcp_client: McpCli
     assert error["data"] == {"code": "rate_limited", "retry_after": int(resp.headers["Retry-After"]), "cost": 1}
 
 
-async def test_get_and_delete_are_405(mcp_client: McpClientFactory) -> None:
+async def test_delete_and_sessionless_get_are_405(mcp_client: McpClientFactory) -> None:
+    """DELETE ends nothing (405); GET is a session's notification stream (tests/mcp/test_subscriptions.py), so a
+    GET without a session id, or of the 2026-07-28 era, is 405 too."""
     client = await mcp_client()
     session = await initialize(client, API_KEY_ALICE)
-    for method in ("GET", "DELETE"):
-        resp = await client.request(method, "/mcp", headers=legacy_headers(API_KEY_ALICE, session))
-        assert resp.status == 405
+    modern = {**legacy_headers(API_KEY_ALICE), "MCP-Protocol-Version": "2026-07-28"}
+    for method, headers in (("DELETE", legacy_headers(API_KEY_ALICE, session)), ("GET", legacy_headers(API_KEY_ALICE)),
+                            ("GET", modern)):
+        resp = await client.request(method, "/mcp", headers=headers)
+        assert resp.status == 405, (method, headers)
         assert "POST" in resp.headers["Allow"]
+        assert (await resp.json())["error"]["code"] == -31405
     # DELETE ends nothing: the session still works
     resp = await client.post("/mcp", json=rpc("ping", msg_id=2), headers=legacy_headers(API_KEY_ALICE, session))
     assert resp.status == 200
@@ -207,7 +212,7 @@ async def test_initialize_negotiates_the_version(mcp_client: McpClientFactory, r
     assert resp.status == 200
     result = (await _json(resp))["result"]
     assert result["protocolVersion"] == answered
-    assert result["capabilities"] == {"tools": {"listChanged": False}}
+    assert result["capabilities"] == {**MODERN_CAPABILITIES, "logging": {}}  # logging/setLevel: handshake era only
     assert result["serverInfo"]["name"] == "vault-mcp-bridge"
     session = resp.headers["Mcp-Session-Id"]
     assert all(0x21 <= ord(c) <= 0x7E for c in session)
@@ -231,9 +236,10 @@ async def test_handshake_era_flow(mcp_client: McpClientFactory) -> None:
         resp = await client.post("/mcp", json=message, headers=h)
         assert resp.status == 202
         assert await resp.read() == b""
-    resp = await client.post("/mcp", json=rpc("resources/list", msg_id=3), headers=h)
-    assert resp.status == 200
-    assert (await _json(resp))["error"]["code"] == -32601
+    for method in ("resources/frobnicate", "subscriptions/listen"):  # unknown, or 2026-07-28 only
+        resp = await client.post("/mcp", json=rpc(method, msg_id=3), headers=h)
+        assert resp.status == 200
+        assert (await _json(resp))["error"]["code"] == -32601
     resp = await client.post("/mcp", json=rpc("tools/list", msg_id=4), headers=h)
     tools = (await _json(resp))["result"]["tools"]
     assert len(tools) == 18
@@ -241,6 +247,19 @@ async def test_handshake_era_flow(mcp_client: McpClientFactory) -> None:
     # no MCP-Protocol-Version header: taken as 2025-03-26, still served
     resp = await client.post("/mcp", json=rpc("ping", msg_id=5), headers=legacy_headers(API_KEY_ALICE, session))
     assert resp.status == 200
+
+
+async def test_logging_set_level_in_the_handshake_era(mcp_client: McpClientFactory) -> None:
+    """Accepted with exactly {} (the bridge sends no log notifications); an unknown level is -32602. The
+    2026-07-28 era removed the method: 404 (test_modern_unknown_and_removed_methods_are_404)."""
+    client = await mcp_client()
+    session = await initialize(client, API_KEY_ALICE)
+    h = legacy_headers(API_KEY_ALICE, session, **{"MCP-Protocol-Version": "2025-11-25"})
+    for level in ("debug", "info", "emergency"):
+        resp = await client.post("/mcp", json=rpc("logging/setLevel", {"level": level}), headers=h)
+        assert await _json(resp) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    resp = await client.post("/mcp", json=rpc("logging/setLevel", {"level": "loud"}), headers=h)
+    assert (await _json(resp))["error"]["code"] == -32602
 
 
 async def test_unsupported_protocol_version_header_is_400(mcp_client: McpClientFactory) -> None:
@@ -303,6 +322,9 @@ async def test_replicas_sharing_the_secret_accept_each_others_sessions(mcp_clien
 
 # -- 2026-07-28 -------------------------------------------------------------------------------------------------
 
+MODERN_CAPABILITIES = {"tools": {"listChanged": False}, "resources": {"subscribe": True, "listChanged": False},
+                       "prompts": {"listChanged": False}, "completions": {}}
+
 async def test_discover(mcp_client: McpClientFactory) -> None:
     client = await mcp_client()
     resp = await client.post("/mcp", json=modern_body("server/discover"),
@@ -311,7 +333,7 @@ async def test_discover(mcp_client: McpClientFactory) -> None:
     assert "Mcp-Session-Id" not in resp.headers
     result = (await _json(resp))["result"]
     assert result["supportedVersions"] == ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]
-    assert result["capabilities"] == {"tools": {"listChanged": False}}
+    assert result["capabilities"] == MODERN_CAPABILITIES
     assert result["resultType"] == "complete"
     assert result["ttlMs"] >= 0
     assert result["cacheScope"] in ("public", "private")
@@ -392,12 +414,26 @@ async def test_mcp_name_header_rules(mcp_client: McpClientFactory) -> None:
         assert (await _json(resp))["result"]["structuredContent"]["subject"] == "alice"
 
 
-async def test_modern_unknown_method_is_404(mcp_client: McpClientFactory) -> None:
+async def test_modern_unknown_and_removed_methods_are_404(mcp_client: McpClientFactory) -> None:
+    """Methods 2026-07-28 removed (initialize included, when it carries the era's _meta) are HTTP 404 with -32601,
+    as unknown ones; so are the removed notifications (without an id: the schema forbids "id": null)."""
     client = await mcp_client()
-    for method in ("resources/list", "ping", "initialize-ish"):
-        resp = await client.post("/mcp", json=modern_body(method), headers=modern_headers(API_KEY_ALICE, method))
-        assert resp.status == 404
-        assert (await _json(resp))["error"]["code"] == -32601
+    for method in ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe",
+                   "initialize-ish"):
+        resp = await client.post("/mcp", json=modern_body(method, msg_id=500),
+                                 headers=modern_headers(API_KEY_ALICE, method))
+        assert resp.status == 404, method
+        body = await _json(resp)
+        assert body["id"] == 500
+        assert body["error"]["code"] == -32601
+    for method in ("notifications/initialized", "notifications/roots/list_changed"):
+        note = modern_body(method)
+        del note["id"]
+        resp = await client.post("/mcp", json=note, headers=modern_headers(API_KEY_ALICE, method))
+        assert resp.status == 404, method
+        body = await _json(resp)
+        assert "id" not in body
+        assert body["error"]["code"] == -32601
 
 
 async def test_modern_notification_is_202_and_response_is_400(mcp_client: McpClientFactory) -> None:
