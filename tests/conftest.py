@@ -27,7 +27,8 @@ from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import DevVault, provision_demo_sync, start_dev_vault
 
-pytest_plugins = ("tests.support.postgres", "tests.support.vault", "tests.support.servers", "tests.support.approle")
+pytest_plugins = ("tests.support.postgres", "tests.support.vault", "tests.support.servers", "tests.support.approle",
+                  "tests.support.dynamic")
 
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20
