@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
+from bridge.admin import setup_admin_routes
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain, build_auth_chain
 from bridge.auth.jwks import JwksCache
@@ -35,15 +36,19 @@ from bridge.keys import (
     EXECUTOR,
     INFLIGHT,
     KEEPER,
+    LEASES,
     LIMITER,
     METRICS,
     OPS_STATS,
     PROBE,
     PUBLIC_ROUTES,
+    QUARANTINE,
     REGISTRY,
     SETTINGS,
+    STATUS_CSRF_KEY,
     VAULT,
 )
+from bridge.leases import LeaseKeeper, build_leases
 from bridge.logging import safe_url
 from bridge.mcp.metadata import Challenges, setup_metadata_routes
 from bridge.mcp.server import McpEndpoint, session_codec, setup_mcp_routes
@@ -53,6 +58,7 @@ from bridge.middlewares import (
     identity_middleware,
     inflight_middleware,
     is_mcp,
+    quarantine_middleware,
     rate_limit_middleware,
     request_context_middleware,
 )
@@ -60,14 +66,15 @@ from bridge.operations import Executor, Registry, default_registry
 from bridge.ops.metrics import Metrics, metrics_middleware
 from bridge.ops.openapi import build_openapi
 from bridge.ops.stats import OpsStats
-from bridge.ops.status import setup_ops_routes, setup_templates
+from bridge.ops.status import setup_ops_routes, setup_templates, status_csrf_key
 from bridge.ops.tracing import Tracing, tracing_middleware
 from bridge.probe import VaultProbe, running
+from bridge.quarantine import CHANNEL, Notifier, Quarantine
 from bridge.ratelimit import MemoryRateLimiter, RateLimiter
 from bridge.ratelimit_redis import redis_limiter
 from bridge.rest import RestApi, setup_routes
 from bridge.routing import MCP_MESSAGE
-from bridge.service import VaultAccess, build_services
+from bridge.service import DynamicService, VaultAccess, build_services
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.auth import (
     AppRoleLogin,
@@ -80,6 +87,7 @@ from bridge.vault.auth import (
 from bridge.vault.breaker import CircuitBreaker
 from bridge.vault.childtokens import ChildTokenBroker
 from bridge.vault.client import CallStats
+from bridge.vault.state import BridgeState
 
 log = structlog.get_logger("bridge.app")
 
@@ -117,10 +125,22 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
             reuse_seconds=settings.child_reuse_seconds, cache_size=settings.child_token_cache_size)
         metrics.watch_child_tokens(children.stats)
     access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children)
-    services = build_services((op.service for op in registry), access)
+    # dynamic secrets and the kill switch (issue 13): state shared by every replica, in Vault
+    leases = app[LEASES] = build_leases(
+        vault, keeper, mount=settings.kv_mount, prefix=settings.default_prefix,
+        policy_prefix=settings.child_token_policy_prefix, role=settings.lease_token_role,
+        limit=settings.lease_max_per_agent, revoke_on_idle=settings.lease_revoke_on_idle)
+    quarantine = app[QUARANTINE] = Quarantine(
+        BridgeState(vault, keeper, mount=settings.kv_mount, prefix=settings.default_prefix), leases=leases,
+        children=children, audit=audit, notifier=_notifier(settings),
+        poll_interval=settings.quarantine_poll_interval)
+    app[STATUS_CSRF_KEY] = status_csrf_key(settings)
+    services = build_services((op.service for op in registry), access,
+                              {DynamicService: DynamicService(access, leases, quarantine.is_quarantined)})
     executor = app[EXECUTOR] = Executor(registry, services, audit=audit,
                                         limiter=limiter if settings.rate_limit_enabled else None,
-                                        observe=metrics.operation)
+                                        observe=metrics.operation,
+                                        admit=lambda identity: quarantine.check(identity.subject))
     probe = app[PROBE] = VaultProbe(vault, keeper, settings.ready_probe_interval)
     setup_templates(app)
 
@@ -131,7 +151,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     challenges = Challenges(settings)
     public = app[PUBLIC_ROUTES] = (
         setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
-        | setup_ops_routes(app, build_openapi(registry))
+        | setup_ops_routes(app, build_openapi(registry)) | setup_admin_routes(app)
         | setup_mcp_routes(app, McpEndpoint(settings, tools, executor, session_codec(settings), challenges)))
 
     def operation_of(request: web.Request) -> str | None:
@@ -149,6 +169,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         metrics_middleware(metrics, stats),  # inside the renderer: it sees the error codes
         edge_middleware(settings),  # Host and Origin, before any credential is looked at
         identity_middleware(auth, public, challenges),
+        quarantine_middleware(quarantine, leases.saw),  # right after the identity: the kill switch
         *([rate_limit_middleware(limiter)] if settings.rate_limit_enabled else []),
         inflight_middleware(inflight),
     ]
@@ -165,6 +186,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     if close_limiter is not None:
         app.cleanup_ctx.append(_resource_ctx(lambda: None, close_limiter))
     app.cleanup_ctx.append(_vault_ctx(settings, auth, vault, keeper, children, probe))
+    app.cleanup_ctx.append(_quarantine_ctx(quarantine, leases))  # after the keeper starts, before it stops
     return app
 
 
@@ -181,6 +203,18 @@ def auth_method(settings: Settings, client: VaultClient) -> AuthMethod:
             source = secret_id_value(settings.vault_secret_id)
         return AppRoleLogin(settings.vault_role_id, source, mount=settings.vault_approle_mount)
     return StaticToken(settings.vault_token or SecretStr(""))
+
+
+def _notifier(settings: Settings) -> Notifier | None:
+    """Redis pub/sub for quarantine changes when ``REDIS_URL`` is set (and the redis package installed)."""
+    if settings.redis_url is None:
+        return None
+    try:
+        return Notifier(settings.redis_url.get_secret_value(), f"{settings.redis_key_prefix}{CHANNEL}",
+                        timeout=settings.redis_timeout)
+    except ImportError:
+        log.warning("quarantine.redis_unavailable", hint="pip install 'vault-mcp-bridge[redis]'; polling only")
+        return None
 
 
 def _limiter(settings: Settings) -> RateLimiter:
@@ -271,6 +305,22 @@ def _vault_ctx(settings: Settings, auth: AuthChain, vault: VaultClient, keeper: 
                 await children.close()  # revokes the cached service child tokens
             await keeper.revoke()  # an AppRole login token (never a static VAULT_TOKEN)
             await vault.close()
+
+    return ctx
+
+
+def _quarantine_ctx(quarantine: Quarantine, leases: LeaseKeeper) -> CleanupCtx:
+    """The quarantine state, loaded before the first request and followed (polling, Redis); the idle-lease watch."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await quarantine.start()
+        try:
+            async with _background(quarantine.run(), "quarantine-watch"), \
+                    _background(leases.run(), "lease-idle-watch"):
+                yield
+        finally:
+            await quarantine.close()
+            await leases.tokens.close()
 
     return ctx
 

@@ -1,5 +1,5 @@
-"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision``, ``secret-policy``, ``hash-key`` and
-``exec``."""
+"""``vault-mcp-bridge``: ``serve`` (default), ``gen-policy``, ``provision``, ``secret-policy``, ``hash-key``,
+``exec`` and ``quarantine``."""
 
 from __future__ import annotations
 
@@ -164,7 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_exec = sub.add_parser("exec", help="run a command with secrets in its environment (resolved through the "
                                          "bridge) and its output scrubbed of them")
     add_exec_args(p_exec)
+    from bridge.quarantine_cli import add_quarantine_args, quarantine_main
+
+    p_quarantine = sub.add_parser("quarantine", help="quarantine an agent on every replica (or --release it) "
+                                                     "through a bridge's admin API")
+    add_quarantine_args(p_quarantine)
     args = parser.parse_args(argv)
+    if args.command == "quarantine":
+        return quarantine_main(args)
     if args.command == "exec":
         return exec_main(args)
     if args.command == "gen-policy":

@@ -11,10 +11,12 @@ from bridge.broker import Broker
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.intake import IntakeFlow
+from bridge.leases import LeaseKeeper
 from bridge.operations import Executor, Registry
 from bridge.ops.metrics import Metrics
 from bridge.ops.stats import OpsStats
 from bridge.probe import VaultProbe
+from bridge.quarantine import Quarantine
 from bridge.ratelimit import RateLimiter
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.childtokens import ChildTokenBroker
@@ -38,3 +40,9 @@ BROKER = web.AppKey("broker", Broker)
 """Brokered HTTP (issue 12): made and closed by ``bridge.broker.ctx.broker_ctx``."""
 INTAKE = web.AppKey("intake", IntakeFlow)
 """Intake links and pages (issue 12): set by ``bridge.intake.routes.setup_intake_routes``."""
+LEASES = web.AppKey("leases", LeaseKeeper)
+"""Dynamic secrets (issue 13): the agents' lease tokens and lease records."""
+QUARANTINE = web.AppKey("quarantine", Quarantine)
+"""The kill switch (issue 13): the quarantined agents, on every replica."""
+STATUS_CSRF_KEY = web.AppKey("status_csrf_key", bytes)
+"""Keys the CSRF tokens of the status page's forms."""
