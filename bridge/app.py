@@ -129,7 +129,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     leases = app[LEASES] = build_leases(
         vault, keeper, mount=settings.kv_mount, prefix=settings.default_prefix,
         policy_prefix=settings.child_token_policy_prefix, role=settings.lease_token_role,
-        limit=settings.lease_max_per_agent, revoke_on_idle=settings.lease_revoke_on_idle)
+        limit=settings.lease_max_per_agent, revoke_on_idle=settings.lease_revoke_on_idle, audit=audit)
     quarantine = app[QUARANTINE] = Quarantine(
         BridgeState(vault, keeper, mount=settings.kv_mount, prefix=settings.default_prefix), leases=leases,
         children=children, audit=audit, notifier=_notifier(settings),

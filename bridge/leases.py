@@ -30,12 +30,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
 
+from bridge.audit import AuditLog, AuditUnavailableError
+from bridge.audit import now as now_text
 from bridge.errors import ConflictError, VaultUnavailableBridgeError
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultError
@@ -259,23 +261,19 @@ def _with_expiry(record: LeaseRecord, expires_at: float) -> LeaseRecord:
                        record.token, record.details)
 
 
-AuditHook = Callable[[str, str, int], Awaitable[None]]
-"""``(agent, why, leases_revoked)``: an audit record of a revocation the agent did not ask for."""
-
-
 class LeaseKeeper:
     """The agents' lease tokens and lease records together: revoking everything of an agent, and the idle watch
     (see the module docstring)."""
 
     def __init__(self, tokens: LeaseTokens, book: LeaseBook, *, revoke_on_idle: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 audit: AuditLog | None = None, clock: Callable[[], float] = time.time) -> None:
         self.tokens = tokens
         self.book = book
         self.revoke_on_idle = revoke_on_idle
+        self._audit = audit if audit is not None and audit.enabled else None
         self._clock = clock
         self._seen: dict[str, float] = {}
         self._holders: set[str] = set()
-        self.on_revoked: list[AuditHook] = []
         tokens.on_minted = self._minted
 
     @property
@@ -305,8 +303,6 @@ class LeaseKeeper:
         accessor = await self.tokens.revoke(agent)
         dropped = await self.book.drop_revocable(agent)
         log.info("leases.revoked_all", agent=agent, why=why, leases=dropped, token_was_alive=accessor is not None)
-        for hook in self.on_revoked:
-            await hook(agent, why, dropped)
         return dropped
 
     async def run(self) -> None:
@@ -343,12 +339,23 @@ class LeaseKeeper:
             last = max([held.last_seen, *(r.issued_at for r in held.records), self._seen.get(agent, 0.0)])
             if now - last > idle:
                 log.info("leases.idle", agent=agent, idle_seconds=round(now - last, 1))
-                await self.revoke_all(agent, "idle")
+                revoked = await self.revoke_all(agent, "idle")
+                await self._record(agent, revoked, round(now - last, 1))
+
+    async def _record(self, agent: str, revoked: int, idle: float) -> None:
+        """The audit record of an idle agent's revocation (no request, no identity: the bridge acted)."""
+        if self._audit is None:
+            return
+        with contextlib.suppress(AuditUnavailableError):  # done already: the audit log logs and counts its failure
+            await self._audit.write({"time": now_text(), "type": "audit", "agent": agent, "auth_method": "bridge",
+                                     "operation": "lease_revoke_idle", "leases_revoked": revoked,
+                                     "idle_seconds": idle, "outcome": "ok"})
 
 
 def build_leases(vault: VaultClient, bridge_tokens: TokenSource[Any], *, mount: str, prefix: str,
-                 policy_prefix: str, role: str, limit: int, revoke_on_idle: float | None) -> LeaseKeeper:
+                 policy_prefix: str, role: str, limit: int, revoke_on_idle: float | None,
+                 audit: AuditLog | None = None) -> LeaseKeeper:
     """The lease keeper of one app: lease tokens and records in the bridge state of ``mount``/``prefix``."""
     state = BridgeState(vault, bridge_tokens, mount=mount, prefix=prefix)
     tokens = LeaseTokens(vault, bridge_tokens, state, role=role, policy_prefix=policy_prefix)
-    return LeaseKeeper(tokens, LeaseBook(state, limit=limit), revoke_on_idle=revoke_on_idle)
+    return LeaseKeeper(tokens, LeaseBook(state, limit=limit), revoke_on_idle=revoke_on_idle, audit=audit)

@@ -185,6 +185,8 @@ class Quarantine:
         self._wake = asyncio.Event()
         self._writing = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unenforced: set[str] = set()
+        """Quarantined agents whose leases could not be revoked yet."""
 
     # -- asking -------------------------------------------------------------------------------------------
 
@@ -224,10 +226,10 @@ class Quarantine:
             current[agent] = entry
             return _document(current)
 
-        async with self._writing:  # this process's own changes take turns (check-and-set is for other replicas)
+        async with self._writing:  # changes and reads of this process take turns (see refresh)
             written = await self._state.update(DOCUMENT, add)
-        entries = _entries(written)
-        dropped = self._apply(entries, enforce_here={agent})
+            entries = _entries(written)
+            dropped = self._apply(entries, enforce_here={agent})
         if changed and self._notifier is not None:
             await self._notifier.publish(agent, "quarantine")
         revoked = await self._enforce(agent)
@@ -252,7 +254,7 @@ class Quarantine:
 
         async with self._writing:
             written = await self._state.update(DOCUMENT, remove)
-        self._apply(_entries(written))
+            self._apply(_entries(written))
         if changed and self._notifier is not None:
             await self._notifier.publish(agent, "release")
         log.warning("quarantine.agent_released", agent=agent, actor=actor, changed=changed)
@@ -262,9 +264,12 @@ class Quarantine:
     # -- learning -------------------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Read the document and apply it (raises Vault's errors: the caller logs them)."""
-        doc = await self._state.read(DOCUMENT)
-        self._apply(_entries(doc.data if doc is not None else None))
+        """Read the document and apply it (raises Vault's errors: the caller logs them). It takes turns with this
+        process's own changes, so a read from before a change is never applied after it (which would undo the
+        change here until the next read)."""
+        async with self._writing:
+            doc = await self._state.read(DOCUMENT)
+            self._apply(_entries(doc.data if doc is not None else None))
         self.loaded = True
 
     def _apply(self, entries: dict[str, QuarantineEntry], *, enforce_here: set[str] | None = None) -> int:
@@ -284,15 +289,17 @@ class Quarantine:
             log.info("quarantine.released_here", agent=agent)
         return dropped
 
-    async def _enforce(self, agent: str) -> int:
+    async def _enforce(self, agent: str, *, callbacks: bool = True) -> int:
         """Revoke what ``agent`` holds (its lease token) and run the callbacks; the leases its records held."""
         revoked = 0
         if self._leases is not None:
             try:
                 revoked = await self._leases.revoke_all(agent, "quarantine")
-            except VaultError as exc:
+                self._unenforced.discard(agent)
+            except Exception as exc:  # Vault down, the records contended: tried again at every poll (run)
                 log.error("quarantine.revoke_failed", agent=agent, error=type(exc).__name__)
-        for callback in self.on_quarantine:
+                self._unenforced.add(agent)
+        for callback in self.on_quarantine if callbacks else ():
             try:
                 await callback(agent)
             except Exception:  # one hook's failure must not stop the others
@@ -342,6 +349,8 @@ class Quarantine:
                 try:
                     await self.refresh()
                     failures = 0
+                    for agent in sorted(self._unenforced & set(self._entries)):
+                        await self._enforce(agent, callbacks=False)
                 except VaultError as exc:
                     failures += 1
                     if failures == 1 or failures % 100 == 0:

@@ -6,7 +6,9 @@ the CRL); TTLs are capped; the leases outlive the request tokens and a restart o
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,8 +259,10 @@ async def test_lease_limit_and_mcp_tools(dyn_client: MakeClient, postgres: Postg
     assert not (await tool("pki_issue", {"role": "web", "common_name": "a.alice.example"}))["isError"]
 
 
-async def test_idle_agents_lose_their_leases(dyn_client: MakeClient, postgres: PostgresServer) -> None:
-    client = await dyn_client(LEASE_REVOKE_ON_IDLE="3s")
+async def test_idle_agents_lose_their_leases(dyn_client: MakeClient, postgres: PostgresServer,
+                                             tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    client = await dyn_client(LEASE_REVOKE_ON_IDLE="3s", AUDIT_LOG=str(audit))
     db = await ok(await client.post("/dynamic/database/ro", json={}, headers=ALICE))
     bob = await ok(await client.post("/dynamic/database/ro", json={}, headers=BOB))
     for _ in range(10):  # alice keeps working (any request counts); bob is idle
@@ -276,3 +280,6 @@ async def test_idle_agents_lose_their_leases(dyn_client: MakeClient, postgres: P
 
     assert await eventually(alice_revoked, within=20)  # now she is idle too
     assert (await ok(await client.get("/leases", headers=ALICE)))["leases"] == []
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    idle = [(r["agent"], r["leases_revoked"]) for r in records if r["operation"] == "lease_revoke_idle"]
+    assert idle == [("bob", 1), ("alice", 1)]
