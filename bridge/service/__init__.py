@@ -1,11 +1,10 @@
 """The service layer: what each operation does, shared by every transport. It knows nothing of aiohttp.
 
 One class per area (:mod:`bridge.service.kv`, :mod:`bridge.service.transit`, :mod:`bridge.service.identity`,
-:mod:`bridge.service.dynamic`), made
-from a :class:`~bridge.service.access.VaultAccess`; each method ``async def method(self, identity, args) -> Out``
-runs one operation of :mod:`bridge.operations`. Scope, rate-limit cost and audit are the executor's
-(:mod:`bridge.operations.pipeline`); a service method confines the agent to its namespace, calls Vault with the
-right token and answers the operation's output model.
+:mod:`bridge.service.dynamic`), made from a :class:`~bridge.service.access.VaultAccess`; each method
+``async def method(self, identity, args) -> Out`` runs one operation of :mod:`bridge.operations`. Scope,
+rate-limit cost and audit are the executor's (:mod:`bridge.operations.pipeline`); a service method confines the
+agent to its namespace, calls Vault with the right token and answers the operation's output model.
 """
 
 from __future__ import annotations
