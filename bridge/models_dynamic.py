@@ -14,9 +14,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from bridge.config import IDENT_RE, parse_duration
-from bridge.models import _Strict
 
 MAX_TTL_SECONDS = 10 * 365 * 86400
+
+
+class _Strict(BaseModel):
+    """As the other operations' models: unknown fields and wrong types are refused (400)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
 _TTL_PATTERN = r"^[0-9]{1,10}(\.[0-9]+)?(ms|s|m|h|d)?$"
 
 
@@ -216,8 +222,7 @@ class LeaseRevokeOut(BaseModel):
 
 # -- the kill switch (admin API, not an agent operation) -------------------------------------------------------
 
-class QuarantineBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class QuarantineBody(_Strict):
     reason: str | None = Field(default=None, max_length=256, description="Why (kept in the quarantine record "
                                "and the audit trail).")
 
