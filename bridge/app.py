@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
+from bridge.admin import setup_admin_routes
 from bridge.audit import AuditLog
 from bridge.auth import AuthChain, build_auth_chain
 from bridge.auth.jwks import JwksCache
@@ -41,16 +42,20 @@ from bridge.keys import (
     EXECUTOR,
     INFLIGHT,
     KEEPER,
+    LEASES,
     LIMITER,
     MCP_METHODS,
     METRICS,
     OPS_STATS,
     PROBE,
     PUBLIC_ROUTES,
+    QUARANTINE,
     REGISTRY,
     SETTINGS,
+    STATUS_CSRF_KEY,
     VAULT,
 )
+from bridge.leases import LeaseKeeper, build_leases
 from bridge.logging import safe_url
 from bridge.mcp.changes import ChangeHub, build_hub
 from bridge.mcp.metadata import Challenges, setup_metadata_routes
@@ -64,6 +69,7 @@ from bridge.middlewares import (
     identity_middleware,
     inflight_middleware,
     is_mcp,
+    quarantine_middleware,
     rate_limit_middleware,
     request_context_middleware,
 )
@@ -71,14 +77,16 @@ from bridge.operations import Executor, Registry, default_registry
 from bridge.ops.metrics import Metrics, metrics_middleware
 from bridge.ops.openapi import build_openapi
 from bridge.ops.stats import OpsStats
-from bridge.ops.status import setup_ops_routes, setup_templates
+from bridge.ops.status import setup_ops_routes, setup_templates, status_csrf_key
 from bridge.ops.tracing import Tracing, tracing_middleware
 from bridge.probe import VaultProbe, running
+from bridge.quarantine import CHANNEL, Notifier, Quarantine
+from bridge.quarantine import canary_action as quarantine_canary_action
 from bridge.ratelimit import MemoryRateLimiter, RateLimiter
 from bridge.ratelimit_redis import redis_limiter
 from bridge.rest import RestApi, setup_routes
 from bridge.routing import MCP_MESSAGE
-from bridge.service import IdentityService, ResourceService, VaultAccess, build_services
+from bridge.service import DynamicService, IdentityService, ResourceService, VaultAccess, build_services
 from bridge.service.capabilities import CapabilityCache
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.auth import (
@@ -92,6 +100,7 @@ from bridge.vault.auth import (
 from bridge.vault.breaker import CircuitBreaker
 from bridge.vault.childtokens import ChildTokenBroker
 from bridge.vault.client import CallStats
+from bridge.vault.state import BridgeState
 
 log = structlog.get_logger("bridge.app")
 
@@ -129,18 +138,33 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
             ttl=settings.child_token_ttl, policy_prefix=settings.child_token_policy_prefix,
             reuse_seconds=settings.child_reuse_seconds, cache_size=settings.child_token_cache_size)
         metrics.watch_child_tokens(children.stats)
-    canary = app[CANARY] = CanaryWatch(audit, count=metrics.canary_tripped, action=canary_action)
+    # dynamic secrets and the kill switch (issue 13): state shared by every replica, in Vault
+    leases = app[LEASES] = build_leases(
+        vault, keeper, mount=settings.kv_mount, prefix=settings.default_prefix,
+        policy_prefix=settings.child_token_policy_prefix, role=settings.lease_token_role,
+        limit=settings.lease_max_per_agent, revoke_on_idle=settings.lease_revoke_on_idle, audit=audit)
+    quarantine = app[QUARANTINE] = Quarantine(
+        BridgeState(vault, keeper, mount=settings.kv_mount, prefix=settings.default_prefix), leases=leases,
+        children=children, audit=audit, notifier=_notifier(settings),
+        poll_interval=settings.quarantine_poll_interval)
+    app[STATUS_CSRF_KEY] = status_csrf_key(settings)
+    # canaries (issues 12, 13): every use of a bridge.canary secret is audited, counted and logged, then acted on
+    # (CANARY_ACTION: quarantine the agent, the default, or alert only)
+    action = canary_action if canary_action is not None else quarantine_canary_action(settings, quarantine)
+    canary = app[CANARY] = CanaryWatch(audit, count=metrics.canary_tripped, action=action)
     broker = app[BROKER] = Broker.from_settings(settings)  # its outbound session: broker_ctx
     access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children, canary=canary,
                          broker=broker)
-    services = build_services((op.service for op in registry), access)
+    services = build_services((op.service for op in registry), access,
+                              {DynamicService: DynamicService(access, leases, quarantine.is_quarantined)})
     # change notifications (MCP streams): fed by the executor, by every replica (Redis) and by polling Vault
     hub = app[CHANGES] = build_hub(settings, ResourceService(access).state)
     executor = app[EXECUTOR] = Executor(registry, services, audit=audit,
                                         limiter=limiter if settings.rate_limit_enabled else None,
                                         observe=metrics.operation,
                                         capabilities=CapabilityCache(access, settings.capabilities_ttl),
-                                        on_change=hub.changed)
+                                        on_change=hub.changed,
+                                        admit=lambda identity: quarantine.check(identity.subject))
     identities = services.get(IdentityService)
     if identities is not None:  # GET /whoami's capabilities: what tools/list would show
         identities.bind_catalog(executor.usable_names)
@@ -156,7 +180,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
                                             Prompts(), hub, settings.mcp_page_size)
     public = app[PUBLIC_ROUTES] = (
         setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
-        | setup_ops_routes(app, build_openapi(registry))
+        | setup_ops_routes(app, build_openapi(registry)) | setup_admin_routes(app)
         | setup_mcp_routes(app, McpEndpoint(settings, methods, session_codec(settings), challenges, hub)))
 
     def operation_of(request: web.Request) -> str | None:
@@ -174,6 +198,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         metrics_middleware(metrics, stats),  # inside the renderer: it sees the error codes
         edge_middleware(settings),  # Host and Origin, before any credential is looked at
         identity_middleware(auth, public, challenges),
+        quarantine_middleware(quarantine, leases.saw),  # right after the identity: the kill switch
         *([rate_limit_middleware(limiter)] if settings.rate_limit_enabled else []),
         inflight_middleware(inflight),
     ]
@@ -197,6 +222,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         hub.shutdown()  # before aiohttp waits for handlers: open streams send their graceful close and end
 
     app.on_shutdown.append(end_streams)
+    app.cleanup_ctx.append(_quarantine_ctx(quarantine, leases))  # after the keeper starts, before it stops
     return app
 
 
@@ -213,6 +239,18 @@ def auth_method(settings: Settings, client: VaultClient) -> AuthMethod:
             source = secret_id_value(settings.vault_secret_id)
         return AppRoleLogin(settings.vault_role_id, source, mount=settings.vault_approle_mount)
     return StaticToken(settings.vault_token or SecretStr(""))
+
+
+def _notifier(settings: Settings) -> Notifier | None:
+    """Redis pub/sub for quarantine changes when ``REDIS_URL`` is set (and the redis package installed)."""
+    if settings.redis_url is None:
+        return None
+    try:
+        return Notifier(settings.redis_url.get_secret_value(), f"{settings.redis_key_prefix}{CHANNEL}",
+                        timeout=settings.redis_timeout)
+    except ImportError:
+        log.warning("quarantine.redis_unavailable", hint="pip install 'vault-mcp-bridge[redis]'; polling only")
+        return None
 
 
 def _limiter(settings: Settings) -> RateLimiter:
@@ -317,6 +355,22 @@ def _changes_ctx(hub: ChangeHub) -> CleanupCtx:
         finally:
             hub.shutdown()
             await hub.close()
+
+    return ctx
+
+
+def _quarantine_ctx(quarantine: Quarantine, leases: LeaseKeeper) -> CleanupCtx:
+    """The quarantine state, loaded before the first request and followed (polling, Redis); the idle-lease watch."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await quarantine.start()
+        try:
+            async with _background(quarantine.run(), "quarantine-watch"), \
+                    _background(leases.run(), "lease-idle-watch"):
+                yield
+        finally:
+            await quarantine.close()
+            await leases.tokens.close()
 
     return ctx
 

@@ -1,5 +1,5 @@
 """``vault-mcp-bridge``: ``serve`` (default), ``stdio``, ``gen-policy``, ``provision``, ``secret-policy``,
-``hash-key`` and ``exec``."""
+``hash-key``, ``exec`` and ``quarantine``."""
 
 from __future__ import annotations
 
@@ -184,9 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     credential.add_argument("--api-key-file", type=Path, help="file holding the identity's API key (a key of "
                                                              "API_KEYS_JSON / API_KEYS_FILE)")
     credential.add_argument("--jwt-file", type=Path, help="file holding the identity's JWT (re-read when it changes)")
+    from bridge.quarantine_cli import add_quarantine_args, quarantine_main
+
+    p_quarantine = sub.add_parser("quarantine", help="quarantine an agent on every replica (or --release it) "
+                                                     "through a bridge's admin API")
+    add_quarantine_args(p_quarantine)
     args = parser.parse_args(argv)
     if args.command == "stdio":
         return stdio(args)
+    if args.command == "quarantine":
+        return quarantine_main(args)
     if args.command == "exec":
         return exec_main(args)
     if args.command == "gen-policy":

@@ -417,6 +417,80 @@ class Settings(BaseModel):
             raise ValueError("must be from 100ms to 5m")
         return value
 
+
+    # dynamic secrets, leases and the kill switch (issue 13): README "Dynamic secrets, leases and quarantine",
+    # docs/dynamic.md
+    database_mount: str = "database"
+    pki_mount: str = "pki"
+    ssh_mount: str = "ssh"
+    dynamic_role_scope: Literal["agent", "shared"] = "agent"  # agent: role r of agent a is {DEFAULT_PREFIX}.a.r
+    lease_max_ttl: float = 3600.0  # the most an agent may ask for (a lease, a renewal, an SSH certificate)
+    lease_default_ttl: float = 900.0  # what an agent gets when it asks for no TTL
+    lease_revoke_on_idle: float | None = None  # revoke an agent's leases after this long without a request
+    lease_max_per_agent: int = Field(default=100, ge=1, le=1000)  # leases and certificates held at once
+    lease_token_role: str = "mcp-agent-lease"  # the token role lease tokens are minted through
+    quarantine_poll_interval: float = 0.5  # how often each replica reads the quarantine state from Vault
+    canary_action: Literal["quarantine", "alert"] = "quarantine"  # what a tripped canary does to its reader
+
+    @field_validator("lease_max_ttl", "lease_default_ttl", "quarantine_poll_interval", mode="before")
+    @classmethod
+    def _issue13_durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("lease_revoke_on_idle", mode="before")
+    @classmethod
+    def _idle(cls, value: Any) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "0")):
+            return None
+        seconds = parse_duration(value)
+        if seconds == 0:
+            return None
+        if seconds < 1:
+            raise ValueError("must be at least 1s (or empty/0/off: never)")
+        return seconds
+
+    @field_validator("lease_max_ttl")
+    @classmethod
+    def _lease_max_ttl(cls, value: float) -> float:
+        if not 60 <= value <= 30 * 86400:
+            raise ValueError("must be from 1m to 720h")
+        return value
+
+    @field_validator("lease_default_ttl")
+    @classmethod
+    def _lease_default_ttl(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("quarantine_poll_interval")
+    @classmethod
+    def _quarantine_poll(cls, value: float) -> float:
+        if not 0.05 <= value <= 60:
+            raise ValueError("must be from 50ms to 60s")
+        return value
+
+    @field_validator("database_mount", "pki_mount", "ssh_mount")
+    @classmethod
+    def _dynamic_mount(cls, value: str) -> str:
+        value = value.strip("/")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", value):
+            raise ValueError("expected a mount path such as 'database' or 'pki'")
+        return value
+
+    @field_validator("lease_token_role")
+    @classmethod
+    def _lease_token_role(cls, value: str) -> str:
+        if not IDENT_RE.match(value):
+            raise ValueError("must be a token role name such as mcp-agent-lease")
+        return value
+
+    @model_validator(mode="after")
+    def _leases_consistent(self) -> Settings:
+        if self.lease_default_ttl > self.lease_max_ttl:
+            raise ValueError("LEASE_DEFAULT_TTL: must not exceed LEASE_MAX_TTL")
+        return self
+
     @field_validator("broker_timeout", "intake_ttl", "wrap_max_ttl", mode="before")
     @classmethod
     def _issue12_durations(cls, value: Any) -> float:

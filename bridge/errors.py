@@ -22,8 +22,12 @@
     ├── UnsupportedMediaError   415
     ├── RateLimitedError        429 rate_limited / vault_rate_limited / too_many_concurrent_requests
     ├── RateLimiterUnavailableError  503 rate_limiter_unavailable (shared limiter down, fail mode closed)
+    ├── AgentQuarantinedError   403 agent_quarantined (the kill switch, bridge/quarantine.py)
     └── VaultUnavailableBridgeError  503 vault_unavailable / vault_sealed, 504 vault_timeout, 502 vault_error /
-                                     child_token_unavailable
+                                     child_token_unavailable / lease_token_unavailable
+
+Dynamic secrets and leases (bridge/service/dynamic.py) use the codes 404 ``lease_not_found``, 400
+``lease_not_renewable`` / ``lease_not_revocable``, 409 ``lease_limit_reached`` and 503 ``lease_record_unavailable``.
 
 Rendering happens in one place per protocol, ``bridge.middlewares.render_error``: REST JSON everywhere,
 a JSON-RPC error body on ``/mcp`` (``bridge.mcp.protocol``); a failing MCP tool is an ``isError`` result
@@ -40,6 +44,7 @@ import structlog
 from bridge.vault import errors as v
 from bridge.vault.breaker import CircuitOpenError, retry_after_header
 from bridge.vault.childtokens import ChildTokenError
+from bridge.vault.leasetokens import LeaseTokenError
 
 log = structlog.get_logger("bridge.errors")
 
@@ -170,6 +175,13 @@ class RateLimiterUnavailableError(BridgeError):
     code = "rate_limiter_unavailable"
 
 
+class AgentQuarantinedError(ForbiddenError):
+    """Every request of a quarantined agent (``POST /admin/agents/{agent}:quarantine``, a tripped canary), on
+    every replica, whichever identity or auth method it uses."""
+
+    code = "agent_quarantined"
+
+
 STATUS_CODES: dict[int, str] = {
     400: "invalid_request",
     401: "unauthenticated",
@@ -233,6 +245,11 @@ def from_vault_error(exc: v.VaultError, *, what: str = "the request") -> BridgeE
         return VaultUnavailableBridgeError(
             "The bridge could not obtain a Vault token for this agent; an operator must check the token role and "
             "the bridge's policy (see the bridge log).", code="child_token_unavailable", status=502)
+    if isinstance(exc, LeaseTokenError):
+        return VaultUnavailableBridgeError(
+            "The bridge could not obtain this agent's lease token for dynamic secrets; an operator must check the "
+            "mcp-agent-lease token role and the bridge's policy (see the bridge log).",
+            code="lease_token_unavailable", status=502)
     if isinstance(exc, v.VaultCredentialError):
         log.warning("vault.credential_unusable", error=str(exc))
         return VaultUnavailableBridgeError(

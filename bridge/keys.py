@@ -12,12 +12,14 @@ from bridge.canary import CanaryWatch
 from bridge.config import Settings
 from bridge.inflight import InflightLimiter
 from bridge.intake import IntakeFlow
+from bridge.leases import LeaseKeeper
 from bridge.mcp.changes import ChangeHub
 from bridge.mcp.methods import McpMethods
 from bridge.operations import Executor, Registry
 from bridge.ops.metrics import Metrics
 from bridge.ops.stats import OpsStats
 from bridge.probe import VaultProbe
+from bridge.quarantine import Quarantine
 from bridge.ratelimit import RateLimiter
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.childtokens import ChildTokenBroker
@@ -47,3 +49,9 @@ CHANGES = web.AppKey("changes", ChangeHub)
 """Change notifications (issue 14): the streams of this replica, the bus to the others, the poller."""
 MCP_METHODS = web.AppKey("mcp_methods", McpMethods)
 """The MCP methods, shared by ``/mcp`` and ``vault-mcp-bridge stdio``."""
+LEASES = web.AppKey("leases", LeaseKeeper)
+"""Dynamic secrets (issue 13): the agents' lease tokens and lease records."""
+QUARANTINE = web.AppKey("quarantine", Quarantine)
+"""The kill switch (issue 13): the quarantined agents, on every replica."""
+STATUS_CSRF_KEY = web.AppKey("status_csrf_key", bytes)
+"""Keys the CSRF tokens of the status page's forms."""

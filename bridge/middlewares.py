@@ -1,8 +1,8 @@
 """The bridge's own middlewares, each built by a small factory from what it needs (never by reading the settings
 on every request). Their order is defined once, in :func:`bridge.app.create_app`:
 
-request context → error rendering → metrics → edge (``Host``/``Origin``) → identity → rate limit → in-flight cap
-→ handler (with tracing outermost when it is on).
+request context → error rendering → metrics → edge (``Host``/``Origin``) → identity → quarantine → rate limit →
+in-flight cap → handler (with tracing outermost when it is on).
 
 :func:`render_error` is the one place a :class:`BridgeError` becomes a response: REST JSON, or on ``/mcp`` a
 JSON-RPC error body (``bridge.mcp.protocol.rpc_error_for``) with the same HTTP status and headers. The error
@@ -29,6 +29,7 @@ from bridge.errors import BridgeError, UnauthenticatedError, from_http_status
 from bridge.inflight import InflightLimiter
 from bridge.mcp.metadata import MCP_PATH, Challenges
 from bridge.mcp.protocol import peek_message, rpc_error, rpc_error_for
+from bridge.quarantine import Quarantine
 from bridge.ratelimit import RateLimiter
 from bridge.routing import (
     CLIENT_REQUEST_ID,
@@ -160,6 +161,23 @@ def identity_middleware(auth: AuthChain, public: Collection[str], challenges: Ch
         return await handler(request)
 
     return authenticate_middleware
+
+
+def quarantine_middleware(quarantine: Quarantine, seen: Callable[[str], None] | None = None) -> Middleware:
+    """Right after the identity: every request of a quarantined agent is 403 ``agent_quarantined`` (whatever its
+    identity, auth method or route; audited as denied by the error middleware). Every other authenticated request
+    is noted by ``seen`` (``LEASE_REVOKE_ON_IDLE``)."""
+
+    @web.middleware
+    async def quarantine_gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        identity = request.get(IDENTITY)
+        if identity is not None:
+            quarantine.check(identity.subject)
+            if seen is not None:
+                seen(identity.subject)
+        return await handler(request)
+
+    return quarantine_gate_middleware
 
 
 def rate_limit_middleware(limiter: RateLimiter) -> Middleware:

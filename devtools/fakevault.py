@@ -188,14 +188,18 @@ class FakeVault:
     def revoke(self, token: str) -> None:
         self.tokens.pop(token, None)
 
-    def calls(self, prefix: str = "", *, method: str | None = None) -> list[RecordedRequest]:
-        """Recorded requests whose path starts with ``prefix`` (and, if given, with that method)."""
+    def calls(self, prefix: str = "", *, method: str | None = None, state: bool = False) -> list[RecordedRequest]:
+        """Recorded requests whose path starts with ``prefix`` (and, if given, with that method). The bridge's
+        reads and writes of its own state (``…/_bridge/…``: the quarantine poll every half second, lease records)
+        are left out unless ``state``: they are no agent's operation."""
         return [r for r in self.requests
-                if r.path.startswith(prefix) and (method is None or r.method == method.upper())]
+                if r.path.startswith(prefix) and (method is None or r.method == method.upper())
+                and (state or "/_bridge/" not in r.path)]
 
-    def calls_except(self, *prefixes: str) -> list[RecordedRequest]:
-        """Recorded requests outside the given path prefixes (e.g. all but ``sys/health`` and ``auth/``)."""
-        return [r for r in self.requests if not r.path.startswith(prefixes)]
+    def calls_except(self, *prefixes: str, state: bool = False) -> list[RecordedRequest]:
+        """Recorded requests outside the given path prefixes (e.g. all but ``sys/health`` and ``auth/``); the
+        bridge's own state is left out unless ``state`` (see :meth:`calls`)."""
+        return [r for r in self.requests if not r.path.startswith(prefixes) and (state or "/_bridge/" not in r.path)]
 
     # -- the server ----------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from bridge.config import Settings
 from devtools.devvault import DevVault, provision_demo_sync, start_dev_vault
 
 pytest_plugins = ("tests.support.postgres", "tests.support.vault", "tests.support.servers", "tests.support.approle",
-                  "tests.support.reveal")
+                  "tests.support.reveal", "tests.support.dynamic")
 
 TEST_AGENTS = ["alice", "bob", "agent_api", "agent_jwt", "agent_mtls"]
 API_KEY_ALICE = "alice-key-" + "a" * 20
@@ -88,6 +88,10 @@ def make_settings(bao: DevVault) -> Callable[..., Settings]:
             "jwt_hs256_secret": JWT_SECRET,
             "rate_limit_requests": 10_000,
             "ready_probe_interval": 0.1,  # /readyz follows Vault within a tenth of a second in tests
+            # A tripped canary only alerts here: quarantine state lives in the session's shared OpenBao, so a
+            # test that trips one (as alice) would lock alice out of every later test. Tests of the quarantine
+            # action set it themselves (tests/test_quarantine.py, tests/test_canary.py).
+            "canary_action": "alert",
         }
         base.update(overrides)
         return Settings.from_env(env or {}, **base)

@@ -96,7 +96,9 @@ async def test_waiters_get_the_next_free_slot_and_the_line_is_bounded(fake_vault
 
 async def test_one_agents_4xx_and_slow_expensive_calls_leave_the_breaker_closed(
         fake_vault: FakeVault, make_bridge: MakeBridge) -> None:
-    client, app = await make_bridge(vault_timeout="300ms", vault_breaker_threshold=3)
+    # no background quarantine poll during the test: only the calls made here move the breaker
+    client, app = await make_bridge(vault_timeout="300ms", vault_breaker_threshold=3,
+                                    quarantine_poll_interval="60s")
     breaker = app[VAULT].breaker
     fake_vault.slow("transit/sign/*", 2.0)  # an expensive signing call that outlasts VAULT_TIMEOUT
     fake_vault.set("transit/hmac/*", status=504)  # a gateway gave up on it

@@ -3,8 +3,9 @@
 Every transport (REST, MCP, later stdio) hands an operation, the caller (:class:`Call`) and the operation's raw
 arguments to :meth:`Executor.execute`, which in this order:
 
-1. checks the scope (any one of the operation's scopes; and its ``available`` hook): a refusal is 403
-   (``insufficient_scope`` on MCP, ``forbidden`` elsewhere), naming the scopes;
+1. refuses a caller the ``admit`` hook refuses (a quarantined agent: 403 ``agent_quarantined``, whatever the
+   transport), then checks the scope (any one of the operation's scopes; and its ``available`` hook): a refusal
+   is 403 (``insufficient_scope`` on MCP, ``forbidden`` elsewhere), naming the scopes;
 2. reads the arguments (a mapping, or an awaitable that reads them: REST reads the body only now, after the
    scope check) and validates them with the input model (400 ``invalid_request``);
 3. asks the operation's cost and charges what the transport has not charged yet against the agent's rate-limit
@@ -112,8 +113,10 @@ class Executor:
 
     def __init__(self, registry: Registry, services: Mapping[type[Any], Any], *, audit: AuditLog | None = None,
                  limiter: RateLimiter | None = None, observe: Observer | None = None,
-                 capabilities: CapabilityCache | None = None, on_change: ChangeSink | None = None) -> None:
+                 capabilities: CapabilityCache | None = None, on_change: ChangeSink | None = None,
+                 admit: Callable[[Identity], None] | None = None) -> None:
         self.registry = registry
+        self._admit = admit  # raises to refuse the caller outright (a quarantined agent), before anything else
         self._bound = {op.name: _bind(op, services) for op in registry}
         self._audit = audit if audit is not None and audit.enabled else None
         self._limiter = limiter
@@ -148,6 +151,8 @@ class Executor:
         started = time.perf_counter()
         ids: list[str] = [] if audit is not None else _NO_IDS  # Vault's request ids, for the audit record
         try:
+            if self._admit is not None:
+                self._admit(identity)
             if not op.allowed(identity):
                 raise _scope_error(op, call)
             if bound.available is not None and not await bound.available(identity):

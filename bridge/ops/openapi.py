@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 import bridge
+from bridge.models_dynamic import QuarantineBody, QuarantineOut
 from bridge.operations import AnyOperation, Param, Registry
 from bridge.operations.spec import AUTH_ERRORS
 from bridge.routing import Handler
@@ -76,6 +77,10 @@ class Error(BaseModel):
 
 # -- the route table -----------------------------------------------------------------------------------
 
+AGENT = Param("agent", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}, "The agent id.")
+ADMIN_ERRORS = (400, 401, 405, 408, 413, 415, 502, 503, 504)
+"""The admin routes: a bad agent id or body, no admin key, Vault's state unavailable."""
+
 EDGE_ERRORS = (403, 421)
 """What any route may answer before its handler: a foreign ``Origin`` (403) or ``Host`` (421)."""
 
@@ -127,6 +132,17 @@ ROUTES: tuple[Op, ...] = (
        public=True, errors=(404, 405)),
     Op("GET", "/echo-headers", "echo_headers", "The request headers as the bridge saw them (credentials "
        "redacted); for checking proxies.", "identity", EchoHeadersOut),
+    # the kill switch (issue 13): the operator's, never an agent's
+    Op("POST", "/admin/agents/{agent}:quarantine", "admin_quarantine", "Quarantine an agent on every replica "
+       "within a second: every request of it is refused (403 agent_quarantined), its leases and cached child "
+       "tokens revoked. Admin X-API-Key (ADMIN_API_KEYS) only; the body is optional.", "admin", QuarantineOut,
+       body=QuarantineBody, public=True, params=(AGENT,), errors=ADMIN_ERRORS),
+    Op("POST", "/admin/agents/{agent}:release", "admin_release", "Release a quarantined agent on every replica "
+       "(what was revoked stays revoked). Admin X-API-Key (ADMIN_API_KEYS) only.", "admin", QuarantineOut,
+       public=True, params=(AGENT,), errors=ADMIN_ERRORS),
+    Op("POST", "/status/quarantine", "status_quarantine", "The status page's kill-switch buttons: an HTML form "
+       "(agent, action = quarantine | release, reason, csrf) under the page's access rule; answers 303 to /status.",
+       "operations", public=True, status=303, media="text/html", errors=(400, 403, 405, 413, 415, 502, 503, 504)),
 )
 """The routes that are no operation."""
 

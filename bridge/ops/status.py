@@ -10,13 +10,23 @@ is ever put into its context. It is served only to clients in ``STATUS_ALLOWED_N
 default) or presenting an ``X-API-Key`` listed in ``ADMIN_API_KEYS``; everyone else gets 403. The network rule
 applies to the direct peer of a request no proxy relayed (:func:`relayed`): behind a proxy every client would
 otherwise be "from" the proxy's address, so there only an admin key opens the page.
+
+The page also lists the quarantined agents and has the kill switch's buttons (issue 13): plain HTML forms, no
+JavaScript, posting to ``POST /status/quarantine`` (:func:`status_quarantine_handler`) under the same access rule
+as the page, with a CSRF pair: a random cookie (``HttpOnly``, ``SameSite=Strict``, ``Path=/status``) and, in each
+form, ``HMAC(key, cookie)``; the key derives from ``MCP_SESSION_SECRET`` (so a form served by one replica posts to
+another), else it is random per process. A browser's ``Origin`` and ``Sec-Fetch-Site``, when sent, must name the
+page's own origin.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import math
+import os
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,14 +34,17 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from yarl import URL
 
 from bridge.auth.mtls import PROXY_SECRET_HEADER
-from bridge.errors import ForbiddenError
-from bridge.keys import AUTH, KEEPER, METRICS, OPS_STATS, PROBE, SETTINGS
+from bridge.config import IDENT_RE, Settings
+from bridge.errors import ForbiddenError, InvalidRequestError, UnsupportedMediaError, from_vault_error
+from bridge.keys import AUTH, KEEPER, METRICS, OPS_STATS, PROBE, QUARANTINE, SETTINGS, STATUS_CSRF_KEY
 from bridge.logging import safe_url
 from bridge.ops.metrics import metrics_handler
 from bridge.ops.openapi import openapi_handler
 from bridge.ops.stats import MinuteRow, OpsStats
+from bridge.vault.errors import VaultError
 
 CHART_WIDTH = 600
 CHART_HEIGHT = 120
@@ -49,8 +62,9 @@ def setup_ops_routes(app: web.Application, document: dict[str, Any]) -> frozense
     r = app.router
     r.add_get("/metrics", metrics_handler(app[METRICS]), name="metrics")
     r.add_get("/status", status_handler, name="status")
+    r.add_post("/status/quarantine", status_quarantine_handler, name="status_quarantine")
     r.add_get("/openapi.json", openapi_handler(document), name="openapi")
-    return frozenset({"metrics", "status", "openapi"})
+    return frozenset({"metrics", "status", "status_quarantine", "openapi"})
 
 
 # -- access --------------------------------------------------------------------------------------------
@@ -84,12 +98,96 @@ def status_allowed(request: web.Request) -> bool:
     if (peer is not None and any(peer in net for net in settings.status_allowed_networks)
             and not relayed(request)):
         return True
-    presented = request.headers.get("X-API-Key", "")
-    if presented and settings.admin_api_keys:
-        matches = [hmac.compare_digest(presented.encode(), k.get_secret_value().encode())
-                   for k in settings.admin_api_keys]
-        return any(matches)
-    return False
+    return admin_key(settings, request.headers.get("X-API-Key", "")) is not None
+
+
+def admin_key(settings: Settings, presented: str) -> str | None:
+    """``admin:<8 hex of the key's SHA-256>`` (who acted, for logs and audit records; never the key) when
+    ``presented`` is one of ``ADMIN_API_KEYS`` (every key compared, in constant time), else ``None``."""
+    if not presented or not settings.admin_api_keys:
+        return None
+    matches = [hmac.compare_digest(presented.encode(), k.get_secret_value().encode())
+               for k in settings.admin_api_keys]
+    if not any(matches):
+        return None
+    return "admin:" + hashlib.sha256(presented.encode()).hexdigest()[:8]
+
+
+# -- the kill switch's forms -------------------------------------------------------------------------------
+
+CSRF_COOKIE = "vmb_status_csrf"
+
+
+def status_csrf_key(settings: Settings) -> bytes:
+    """The key of the forms' CSRF tokens: derived from ``MCP_SESSION_SECRET`` (every replica the same), else
+    random per process."""
+    if settings.mcp_session_secret is not None:
+        return hashlib.sha256(b"vault-mcp-bridge status csrf\0" + settings.mcp_session_secret.get_secret_value()
+                              .encode()).digest()
+    return os.urandom(32)
+
+
+def csrf_token(key: bytes, cookie: str) -> str:
+    return hmac.new(key, b"status-csrf\0" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def _csrf_cookie(request: web.Request) -> tuple[str, bool]:
+    """The browser's CSRF cookie, or a new one (``True``: to be set)."""
+    cookie = request.cookies.get(CSRF_COOKIE) or ""
+    if 32 <= len(cookie) <= 64 and cookie.isascii():
+        return cookie, False
+    return secrets.token_urlsafe(32), True
+
+
+def _same_origin(request: web.Request) -> bool:
+    """``Sec-Fetch-Site`` and ``Origin``, when the browser sends them, must name the page's own origin."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        netloc = URL(origin).raw_authority.lower()
+    except ValueError:
+        return False
+    return bool(netloc) and netloc == request.host.lower()
+
+
+async def status_quarantine_handler(request: web.Request) -> web.Response:
+    """``POST /status/quarantine`` (form: ``agent``, ``action`` = quarantine | release, ``reason``, ``csrf``): the
+    status page's buttons; answers 303 back to the page."""
+    if not status_allowed(request):
+        raise ForbiddenError("The status page is only served to STATUS_ALLOWED_NETWORKS or with an admin "
+                             "X-API-Key (ADMIN_API_KEYS).", code="status_forbidden")
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaError("Send the status page's form (application/x-www-form-urlencoded).")
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError("The form could not be read.") from None
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    cookie = request.cookies.get(CSRF_COOKIE) or ""
+    expected = csrf_token(request.app[STATUS_CSRF_KEY], cookie)
+    if not _same_origin(request) or not cookie or not hmac.compare_digest(fields.get("csrf", ""), expected):
+        raise ForbiddenError("The form was not sent from the status page (a missing or stale form token): reload "
+                             "the page and use its buttons.", code="status_csrf_failed")
+    agent = fields.get("agent", "").strip().lower()
+    action = fields.get("action", "")
+    if not IDENT_RE.match(agent) or action not in ("quarantine", "release"):
+        raise InvalidRequestError("Name an agent (^[a-z0-9][a-z0-9_-]{0,63}$) and an action (quarantine or "
+                                  "release).")
+    settings = request.app[SETTINGS]
+    actor = admin_key(settings, request.headers.get("X-API-Key", "")) or f"status-page:{_peer(request) or '?'}"
+    quarantine = request.app[QUARANTINE]
+    try:
+        if action == "quarantine":
+            await quarantine.quarantine(agent, fields.get("reason", "")[:256] or "from the status page", actor)
+        else:
+            await quarantine.release(agent, actor)
+    except VaultError as exc:
+        raise from_vault_error(exc, what="the quarantine state") from None
+    raise web.HTTPSeeOther("/status#quarantine", headers={"Cache-Control": "no-store"})
 
 
 # -- the page --------------------------------------------------------------------------------------------
@@ -183,12 +281,16 @@ def status_context(request: web.Request) -> dict[str, Any]:
         "audit": "off" if not settings.audit_log else ("stdout" if settings.audit_log == "stdout" else "file"),
         "minutes": stats.minutes,
         "agents": [{"agent": a.agent, "requests": a.requests, "rejections": a.rejections, "errors": a.errors,
-                    "last_seen": _ago(a.last_seen, now)} for a in stats.agents()],
+                    "last_seen": _ago(a.last_seen, now),
+                    "quarantined": request.app[QUARANTINE].is_quarantined(a.agent)} for a in stats.agents()],
         "errors": [{"at": datetime.fromtimestamp(e.at, UTC).strftime("%H:%M:%S"), "status": e.status,
                     "code": e.code, "route": e.route, "request_id": e.request_id}
                    for e in stats.recent_errors()],
         "chart": chart(rows),
         "total_requests": stats.total,
+        "quarantined": [{"agent": e.agent, "since": datetime.fromtimestamp(e.since, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"), "reason": e.reason, "actor": e.actor}
+            for e in request.app[QUARANTINE].entries()],
     }
 
 
@@ -196,10 +298,17 @@ async def status_handler(request: web.Request) -> web.Response:
     if not status_allowed(request):
         raise ForbiddenError("The status page is only served to STATUS_ALLOWED_NETWORKS or with an admin "
                              "X-API-Key (ADMIN_API_KEYS).", code="status_forbidden")
-    response = aiohttp_jinja2.render_template("status.html", request, status_context(request))
+    cookie, fresh = _csrf_cookie(request)
+    context = status_context(request)
+    context["csrf"] = csrf_token(request.app[STATUS_CSRF_KEY], cookie)
+    response = aiohttp_jinja2.render_template("status.html", request, context)
+    if fresh:
+        response.set_cookie(CSRF_COOKIE, cookie, path="/status", httponly=True, samesite="Strict",
+                            secure=request.secure)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
+        "frame-ancestors 'none'")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response

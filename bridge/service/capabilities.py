@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -46,15 +46,19 @@ Answer = dict[str, frozenset[str]] | None
 @dataclass(frozen=True, slots=True)
 class VaultNeed:
     """One of ``capabilities`` on ``path``, a template of the agent's own paths: ``{kv}`` (``KV_MOUNT``),
-    ``{transit}`` (``TRANSIT_MOUNT``), ``{ns}`` (``{DEFAULT_PREFIX}/{agent}``), ``{key}`` (a Transit key name of the
-    agent, ``{DEFAULT_PREFIX}.{agent}.{probe}``, or ``{probe}`` with shared keys) and ``{probe}``."""
+    ``{transit}`` (``TRANSIT_MOUNT``), ``{database}``, ``{pki}``, ``{ssh}`` (``DATABASE_MOUNT``, ``PKI_MOUNT``,
+    ``SSH_MOUNT``), ``{ns}`` (``{DEFAULT_PREFIX}/{agent}``), ``{key}`` (a Transit key name of the agent,
+    ``{DEFAULT_PREFIX}.{agent}.{probe}``, or ``{probe}`` with shared keys), ``{role}`` (a dynamic-secrets role of
+    the agent, the same shape with ``DYNAMIC_ROLE_SCOPE``) and ``{probe}``."""
 
     path: str
     capabilities: frozenset[str]
 
-    def resolve(self, identity: Identity, *, kv: str, transit: str, prefix: str, shared_keys: bool) -> str:
-        key = PROBE if shared_keys else f"{prefix}.{identity.subject}.{PROBE}"
-        return self.path.format(kv=kv, transit=transit, ns=f"{prefix}/{identity.subject}", key=key, probe=PROBE)
+    def resolve(self, identity: Identity, *, mounts: Mapping[str, str], prefix: str, shared_keys: bool,
+                shared_roles: bool) -> str:
+        own = f"{prefix}.{identity.subject}.{PROBE}"
+        return self.path.format(**mounts, ns=f"{prefix}/{identity.subject}", key=PROBE if shared_keys else own,
+                                role=PROBE if shared_roles else own, probe=PROBE)
 
 
 def need(path: str, *capabilities: str) -> VaultNeed:
@@ -73,8 +77,11 @@ class CapabilityCache:
         self._ttl = ttl
         self._clock = clock
         self._max_agents = max_agents
-        self._names = {"kv": settings.kv_mount, "transit": settings.transit_mount, "prefix": settings.default_prefix}
-        self._shared = settings.transit_key_scope == "shared"
+        self._mounts = {"kv": settings.kv_mount, "transit": settings.transit_mount,
+                        "database": settings.database_mount, "pki": settings.pki_mount, "ssh": settings.ssh_mount}
+        self._prefix = settings.default_prefix
+        self._shared_keys = settings.transit_key_scope == "shared"
+        self._shared_roles = settings.dynamic_role_scope == "shared"
         self._needs: dict[VaultNeed, None] = {}
         self._answers: OrderedDict[str, tuple[float, Answer]] = OrderedDict()
         self._pending: dict[str, asyncio.Future[Answer]] = {}
@@ -111,8 +118,8 @@ class CapabilityCache:
         return True
 
     def _resolve(self, identity: Identity, item: VaultNeed) -> str:
-        return item.resolve(identity, kv=self._names["kv"], transit=self._names["transit"],
-                            prefix=self._names["prefix"], shared_keys=self._shared)
+        return item.resolve(identity, mounts=self._mounts, prefix=self._prefix, shared_keys=self._shared_keys,
+                            shared_roles=self._shared_roles)
 
     async def _answer(self, identity: Identity) -> Answer:
         agent = identity.subject

@@ -266,6 +266,25 @@ class ChildTokenBroker:
 
     # -- retirement and revocation -------------------------------------------------------------------
 
+    def drop(self, agent: str) -> int:
+        """Forget ``agent``'s cached token now (quarantine): it is never handed out again, and a service token is
+        revoked as soon as no call uses it (a batch token cannot be revoked: it expires within its TTL). A token
+        being minted for the agent is dropped as soon as it lands. How many cached tokens were dropped."""
+        dropped = 0
+        entry = self._cache.get(agent)
+        if entry is not None:
+            self._retire(entry)
+            dropped = 1
+        task = self._inflight.get(agent)
+        if task is not None:
+            task.add_done_callback(self._drop_minted)
+        log.info("vault.child.dropped", agent=agent, dropped=dropped)
+        return dropped
+
+    def _drop_minted(self, task: asyncio.Task[ChildToken]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._retire(task.result())
+
     def _retire(self, entry: ChildToken) -> None:
         if self._cache.get(entry.agent) is entry:
             del self._cache[entry.agent]

@@ -24,6 +24,7 @@ from yarl import URL
 
 from bridge.vault.approle import AppRoleAPI
 from bridge.vault.breaker import CircuitBreaker
+from bridge.vault.dynamic import DatabaseAPI, LeasesAPI, PkiAPI, SshAPI
 from bridge.vault.errors import (
     VaultConnectionError,
     VaultError,
@@ -98,6 +99,10 @@ class VaultClient:
         self.approle = AppRoleAPI(self)
         self.sys = SysAPI(self)
         self.logical = LogicalAPI(self)
+        self.database = DatabaseAPI(self)
+        self.pki = PkiAPI(self)
+        self.ssh = SshAPI(self)
+        self.leases = LeasesAPI(self)
 
     async def close(self) -> None:
         await self.transport.close()

@@ -312,3 +312,92 @@ class MountInfo:
     def parse(cls, raw: Any) -> MountInfo:
         entry = _dict(raw)
         return cls(type=_str(entry.get("type")), options=_string_map(entry.get("options")) or {})
+
+
+# -- dynamic secrets and leases ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease as Vault's envelope states it (``lease_id``, ``lease_duration``, ``renewable``); an empty
+    ``lease_id`` means the answer is no lease (an SSH certificate, a PKI role without ``generate_lease``)."""
+
+    lease_id: str
+    lease_duration: int
+    renewable: bool
+
+    @classmethod
+    def of(cls, resp: VaultResponse) -> Lease:
+        return cls(lease_id=resp.lease_id, lease_duration=resp.lease_duration, renewable=resp.renewable)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseCredential:
+    """``GET {mount}/creds/<role>``: a database login made now (the password is a :class:`SecretStr`)."""
+
+    username: str
+    password: SecretStr
+    lease: Lease
+
+    @classmethod
+    def parse(cls, resp: VaultResponse) -> DatabaseCredential:
+        data = resp.data or {}
+        return cls(username=_str(data.get("username")), password=SecretStr(_str(data.get("password"))),
+                   lease=Lease.of(resp))
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """``POST {mount}/issue/<role>`` (with ``private_key``) or ``{mount}/sign/<role>`` (without): the PEM
+    certificate, its issuer and chain, its serial (``48:73:…``), its expiry (Unix time) and, with the role's
+    ``generate_lease``, its lease."""
+
+    certificate: str
+    issuing_ca: str
+    ca_chain: tuple[str, ...]
+    serial_number: str
+    expiration: int
+    lease: Lease
+    private_key: SecretStr | None = None
+    private_key_type: str = ""
+
+    @classmethod
+    def parse(cls, resp: VaultResponse) -> Certificate:
+        data = resp.data or {}
+        key = _str(data.get("private_key"))
+        return cls(certificate=_str(data.get("certificate")), issuing_ca=_str(data.get("issuing_ca")),
+                   ca_chain=_strings(data.get("ca_chain")), serial_number=_str(data.get("serial_number")),
+                   expiration=_int(data.get("expiration")), lease=Lease.of(resp),
+                   private_key=SecretStr(key) if key else None,
+                   private_key_type=_str(data.get("private_key_type")))
+
+
+@dataclass(frozen=True, slots=True)
+class SshCertificate:
+    """``POST {mount}/sign/<role>``: the signed OpenSSH certificate (``…-cert-v01@openssh.com …``) and its serial
+    (hex, no colons). Not a lease: it cannot be revoked."""
+
+    signed_key: str
+    serial_number: str
+
+    @classmethod
+    def parse(cls, resp: VaultResponse) -> SshCertificate:
+        data = resp.data or {}
+        return cls(signed_key=_str(data.get("signed_key")), serial_number=_str(data.get("serial_number")))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLookup:
+    """``sys/leases/lookup``: what Vault knows of a live lease (``ttl`` left in seconds; times RFC 3339)."""
+
+    lease_id: str
+    issue_time: str
+    expire_time: str
+    renewable: bool
+    ttl: int
+
+    @classmethod
+    def parse(cls, raw: Any) -> LeaseLookup:
+        data = _dict(raw)
+        return cls(lease_id=_str(data.get("id")), issue_time=_str(data.get("issue_time")),
+                   expire_time=_str(data.get("expire_time")), renewable=bool(data.get("renewable")),
+                   ttl=_int(data.get("ttl")))

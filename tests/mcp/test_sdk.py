@@ -143,7 +143,9 @@ async def test_scopes_filter_the_list_and_gate_the_call(mcp_server: ServerFactor
     async with connect(url, API_KEY_READONLY, mode) as client:
         listed = await client.list_tools()
         assert [t.name for t in listed.tools] == ["kv_read", "kv_list", "kv_metadata", "transit_decrypt",
-                                                  "transit_verify", "transit_random", "http_request", "whoami"]
+                                                  "transit_verify", "transit_random", "http_request", "whoami",
+                                                  "db_creds", "pki_issue", "pki_sign", "ssh_sign", "lease_list",
+                                                  "lease_renew"]
         with pytest.raises(MCPError) as exc:
             await client.call_tool("kv_write", {"path": "ro/x", "data": {"a": 1}})
         assert exc.value.code == -31403

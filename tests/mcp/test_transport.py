@@ -242,7 +242,7 @@ async def test_handshake_era_flow(mcp_client: McpClientFactory) -> None:
         assert (await _json(resp))["error"]["code"] == -32601
     resp = await client.post("/mcp", json=rpc("tools/list", msg_id=4), headers=h)
     tools = (await _json(resp))["result"]["tools"]
-    assert len(tools) == 18
+    assert len(tools) == 25
     assert "resultType" not in (await _json(resp))["result"]
     # no MCP-Protocol-Version header: taken as 2025-03-26, still served
     resp = await client.post("/mcp", json=rpc("ping", msg_id=5), headers=legacy_headers(API_KEY_ALICE, session))
@@ -463,11 +463,12 @@ async def test_pagination(mcp_client: McpClientFactory) -> None:
         cursor = result.get("nextCursor")
         if cursor is None or pages > 10:
             break
-    assert pages == 5
+    assert pages == 7  # 25 tools, 4 a page
     assert names == ["kv_read", "kv_write", "kv_patch", "kv_list", "kv_delete", "kv_undelete", "kv_destroy",
                      "kv_metadata", "transit_encrypt", "transit_decrypt", "transit_rewrap", "transit_sign",
                      "transit_verify", "transit_hmac", "transit_random", "transit_create_key", "http_request",
-                     "whoami"]
+                     "whoami", "db_creds", "pki_issue", "pki_sign", "ssh_sign", "lease_list", "lease_renew",
+                     "lease_revoke"]
     modern = modern_body("tools/list", {"cursor": "bogus!"})
     resp = await client.post("/mcp", json=modern, headers=modern_headers(API_KEY_ALICE, "tools/list"))
     assert (await _json(resp))["error"]["code"] == -32602

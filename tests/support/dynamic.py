@@ -1,14 +1,22 @@
 """A provisioned namespace with dynamic secrets: PostgreSQL roles, a PKI CA and roles, an SSH CA and roles, for
-agents alice and bob, made with ``vault-mcp-bridge provision --dynamic`` exactly as an operator would."""
+agents alice and bob, made with ``vault-mcp-bridge provision --dynamic`` exactly as an operator would; and the
+``dynamic_vault`` fixture with helpers for tests of a bridge serving them (issue 13)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
+from bridge.config import Settings
 from bridge.provision import ProvisionOptions, ProvisionResult, provision
 from bridge.provision_dynamic import parse_dynamic, plan_dynamic
 from bridge.vault.client import VaultClient
+from bridge.vault.errors import VaultInvalidRequestError, VaultNotFoundError
 from devtools.devvault import DevVault
 from tests.support.postgres import PostgresServer, make_login_role
 from tests.support.vault import RootVault
@@ -67,3 +75,97 @@ async def provision_dynamic(bao: DevVault, namespace: str, server: PostgresServe
                              ProvisionOptions(agents=["alice", "bob"], dynamic=plan, **options),
                              namespace=namespace)
     return DynamicVault(bao, namespace, result, name, password)
+
+
+# -- a bridge serving dynamic secrets (issue 13) -----------------------------------------------------------------
+
+ADMIN_KEY = "admin-key-" + "q" * 24
+
+
+def bridge_env(dv: DynamicVault, **overrides: str) -> dict[str, str]:
+    """The environment of a bridge for ``dv``'s namespace, logged in with the provisioned AppRole (the bridge's
+    own minimal policy, as in production), child tokens on, the test agents' API keys, an admin key."""
+    import json
+
+    from tests.conftest import API_KEYS
+
+    env = {
+        "VAULT_ADDR": dv.bao.addr, "VAULT_NAMESPACE": dv.namespace, "VAULT_ROLE_ID": dv.result.role_id,
+        "VAULT_SECRET_ID": str(dv.result.secret_id), "CHILD_TOKEN_ENABLED": "true",
+        "API_KEYS_JSON": json.dumps(API_KEYS), "ADMIN_API_KEYS": ADMIN_KEY, "RATE_LIMIT_REQUESTS": "100000",
+        "READY_PROBE_INTERVAL": "0.1",
+    }
+    env.update(overrides)
+    return env
+
+
+def bridge_settings(dv: DynamicVault, **overrides: str) -> Settings:
+    return Settings.from_env(bridge_env(dv, **overrides))
+
+
+async def lease_token_of(dv: DynamicVault, agent: str) -> dict[str, Any]:
+    """What the bridge state holds of ``agent``'s lease token (read with the root token)."""
+    async with dv.root() as root:
+        try:
+            resp = await root.request("GET", f"secret/data/mcp/_bridge/lease-tokens/{agent}", operation="test")
+        except VaultNotFoundError:
+            return {}
+    return dict(((resp.data or {}).get("data")) or {})
+
+
+async def lease_ttl(dv: DynamicVault, lease_id: str) -> int | None:
+    """The lease's remaining TTL as the root token sees it, or None once it is gone."""
+    async with dv.root() as root:
+        try:
+            resp = await root.request("PUT", "sys/leases/lookup", operation="test", json_body={"lease_id": lease_id})
+        except VaultInvalidRequestError:
+            return None
+        return int((resp.data or {})["ttl"])
+
+
+async def crl_serials(dv: DynamicVault) -> set[int]:
+    """The serials on the PKI mount's CRL (rebuilt on each revocation)."""
+    from cryptography import x509
+
+    async with dv.root() as root:
+        pem = str(((await root.request("GET", "pki/cert/crl", operation="test")).data or {})["certificate"])
+    return {entry.serial_number for entry in x509.load_pem_x509_crl(pem.encode())}
+
+
+def serial_int(serial: str) -> int:
+    return int(serial.replace(":", ""), 16)
+
+
+def csr_for(name: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def ssh_public_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(step)
+    return await check()
+
+
+@pytest.fixture
+async def dynamic_vault(bao: DevVault, fresh_namespace: str, postgres: PostgresServer) -> DynamicVault:
+    """A fresh namespace provisioned for alice and bob with database, PKI and SSH roles (15 min logins)."""
+    return await provision_dynamic(bao, fresh_namespace, postgres)
