@@ -28,6 +28,8 @@ from bridge.auth.keyfile import ApiKeyFile
 from bridge.config import Settings
 from bridge.edge import edge_middleware
 from bridge.inflight import InflightLimiter
+from bridge.intake import IntakeFlow
+from bridge.intake.routes import PAGE_ROUTES, link_base_middleware, setup_intake_routes
 from bridge.keys import (
     AUDIT,
     AUTH,
@@ -45,6 +47,7 @@ from bridge.keys import (
     VAULT,
 )
 from bridge.logging import safe_url
+from bridge.mcp.elicitation import Elicitations
 from bridge.mcp.metadata import Challenges, setup_metadata_routes
 from bridge.mcp.server import McpEndpoint, session_codec, setup_mcp_routes
 from bridge.mcp.tools import McpTools
@@ -67,7 +70,7 @@ from bridge.ratelimit import MemoryRateLimiter, RateLimiter
 from bridge.ratelimit_redis import redis_limiter
 from bridge.rest import RestApi, setup_routes
 from bridge.routing import MCP_MESSAGE
-from bridge.service import VaultAccess, build_services
+from bridge.service import IntakeService, VaultAccess, build_services
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.auth import (
     AppRoleLogin,
@@ -121,6 +124,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     executor = app[EXECUTOR] = Executor(registry, services, audit=audit,
                                         limiter=limiter if settings.rate_limit_enabled else None,
                                         observe=metrics.operation)
+    intake: IntakeService = services.get(IntakeService) or IntakeService(access)  # the intake flow and its pages
+    intake.flow.audit = audit if audit.enabled else None
     probe = app[PROBE] = VaultProbe(vault, keeper, settings.ready_probe_interval)
     setup_templates(app)
 
@@ -129,10 +134,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
                    max_json_depth=settings.max_json_depth)
     tools = McpTools(registry, executor)
     challenges = Challenges(settings)
+    endpoint = McpEndpoint(settings, tools, executor, session_codec(settings), challenges,
+                           elicitations=Elicitations(intake))
     public = app[PUBLIC_ROUTES] = (
         setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
         | setup_ops_routes(app, build_openapi(registry))
-        | setup_mcp_routes(app, McpEndpoint(settings, tools, executor, session_codec(settings), challenges)))
+        | setup_mcp_routes(app, endpoint) | setup_intake_routes(app, flow=intake.flow))
 
     def operation_of(request: web.Request) -> str | None:
         if is_mcp(request):
@@ -147,7 +154,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         request_context_middleware,
         error_middleware(max_body_bytes=settings.max_body_bytes, audit=audit, operation_of=operation_of),
         metrics_middleware(metrics, stats),  # inside the renderer: it sees the error codes
-        edge_middleware(settings),  # Host and Origin, before any credential is looked at
+        edge_middleware(settings, origin_exempt=PAGE_ROUTES),  # Host and Origin, before any credential
+        link_base_middleware(settings),  # where intake links made in this request point
         identity_middleware(auth, public, challenges),
         *([rate_limit_middleware(limiter)] if settings.rate_limit_enabled else []),
         inflight_middleware(inflight),
@@ -165,6 +173,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     if close_limiter is not None:
         app.cleanup_ctx.append(_resource_ctx(lambda: None, close_limiter))
     app.cleanup_ctx.append(_vault_ctx(settings, auth, vault, keeper, children, probe))
+    app.cleanup_ctx.append(_intake_ctx(intake.flow))
     return app
 
 
@@ -271,6 +280,17 @@ def _vault_ctx(settings: Settings, auth: AuthChain, vault: VaultClient, keeper: 
                 await children.close()  # revokes the cached service child tokens
             await keeper.revoke()  # an AppRole login token (never a static VAULT_TOKEN)
             await vault.close()
+
+    return ctx
+
+
+def _intake_ctx(flow: IntakeFlow) -> CleanupCtx:
+    """Deletes the records of expired intake links now and then (every half ``INTAKE_TTL``, 30 s to 5 min)."""
+    interval = min(max(flow.codec.ttl / 2, 30.0), 300.0)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with _background(flow.run_purge(interval), "intake-purge"):
+            yield
 
     return ctx
 

@@ -385,6 +385,8 @@ class Settings(BaseModel):
     intake_secret: SecretStr | None = Field(default=None, repr=False)  # signs intake links (default: derived)
     intake_secret_file: str = ""
     intake_public_url: str = ""  # the bridge's public base URL for intake links (https://bridge.example.com)
+    # the bridge's Transit HMAC key for fingerprints ("" = {DEFAULT_PREFIX}-bridge-fingerprint, as provision makes)
+    fingerprint_key: str = ""
 
     @field_validator("broker_timeout", "intake_ttl", mode="before")
     @classmethod
@@ -418,6 +420,13 @@ class Settings(BaseModel):
         if value and not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", value):
             raise ValueError("expected http(s)://host[:port][/path], e.g. https://bridge.example.com")
         return value.rstrip("/")
+
+    @field_validator("fingerprint_key")
+    @classmethod
+    def _fingerprint_key(cls, value: str) -> str:
+        if value and not IDENT_RE.match(value):
+            raise ValueError("must match ^[a-z0-9][a-z0-9_-]{0,63}$ (a plain Transit key name, as provision makes)")
+        return value
 
     @field_validator("broker_cacert")
     @classmethod

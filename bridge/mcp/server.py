@@ -32,8 +32,9 @@ from aiohttp import web
 
 from bridge.auth.identity import Identity
 from bridge.config import Settings
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ForbiddenError
 from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
+from bridge.mcp.elicitation import URL_FLAG, Elicitations, session_flags, url_mode
 from bridge.mcp.metadata import MCP_PATH, Challenges
 from bridge.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
@@ -86,6 +87,8 @@ class Message:
     method: str | None
     params: dict[str, Any]
     is_request: bool
+    body: dict[str, Any] | None = None
+    """A response's whole body (its ``result`` or ``error``): the client's answer to a request of ours."""
 
 
 def _bad_request(message: str, code: int = INVALID_REQUEST, bridge_code: str | None = None) -> RpcError:
@@ -160,7 +163,7 @@ async def read_message(request: web.Request, *, max_depth: int) -> Message:
         params = {}
     if method is None:
         if has_id and (("result" in body) != ("error" in body)):
-            return Message(msg_id, None, {}, is_request=False)
+            return Message(msg_id, None, {}, is_request=False, body=body)
         raise _bad_request("Invalid Request: a message needs 'method' (request or notification) or "
                            "'id' with 'result' or 'error' (response).")
     if not isinstance(method, str) or not method:
@@ -199,7 +202,9 @@ class McpEndpoint:
     """``POST /mcp``: the tools of ``tools``, carried out by ``executor``; sessions signed by ``sessions``."""
 
     def __init__(self, settings: Settings, tools: McpTools, executor: Executor, sessions: SessionCodec,
-                 challenges: Challenges) -> None:
+                 challenges: Challenges, *, elicitations: Elicitations | None = None) -> None:
+        self._elicitations = elicitations
+        """URL-mode elicitation of ``kv_request_input`` (:mod:`bridge.mcp.elicitation`); ``None``: off."""
         self._tools = tools
         self._executor = executor
         self._sessions = sessions
@@ -207,7 +212,7 @@ class McpEndpoint:
         self._max_depth = settings.max_json_depth
         self._page_size = settings.mcp_page_size
 
-    async def post(self, request: web.Request) -> web.Response:
+    async def post(self, request: web.Request) -> web.StreamResponse:
         msg_id: str | int | None = None
         try:
             msg = await read_message(request, max_depth=self._max_depth)
@@ -230,7 +235,7 @@ class McpEndpoint:
             return rpc_error(msg_id, RpcError(INTERNAL_ERROR, "Internal error; the request id identifies it in the "
                                                               "logs.", http_status=500))
 
-    async def _modern(self, request: web.Request, msg: Message) -> web.Response:
+    async def _modern(self, request: web.Request, msg: Message) -> web.StreamResponse:
         """2026-07-28: stateless; every request carries its version and capabilities in ``_meta``."""
         if msg.method is None:
             raise _bad_request("Invalid Request: clients of protocol 2026-07-28 must not send responses.")
@@ -284,12 +289,22 @@ class McpEndpoint:
                 what = "is required" if header_name is None else "does not match params.name"
                 raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH,
                                    "header_mismatch")
-            result = await self._tools_call(request, msg.params)
-        result["resultType"] = "complete"
-        result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
-        return rpc_result(msg.id, result)
+            elicitations = self._elicitations
+            if elicitations is not None and elicitations.handles(name) and url_mode(
+                    meta.get(META_CLIENT_CAPABILITIES)):
+                if msg.params.get("requestState") is not None:
+                    await self._check_scope(request, name)  # a retry runs no operation: its scope is checked here
+                answer = await elicitations.modern_call(
+                    request, msg.id, request[IDENTITY], msg.params, lambda: self._tools_call(request, msg.params),
+                    _finish_modern)
+                if isinstance(answer, web.StreamResponse):
+                    return answer
+                result = answer
+            else:
+                result = await self._tools_call(request, msg.params)
+        return rpc_result(msg.id, _finish_modern(result))
 
-    async def _legacy(self, request: web.Request, msg: Message) -> web.Response:
+    async def _legacy(self, request: web.Request, msg: Message) -> web.StreamResponse:
         """2025-03-26 … 2025-11-25: ``initialize`` first, then the signed session id on every POST."""
         identity = request[IDENTITY]
         if msg.method == "initialize":
@@ -300,7 +315,8 @@ class McpEndpoint:
         if not session_id:
             raise _bad_request(f"Bad Request: the {HEADER_SESSION_ID} header is required; send 'initialize' first "
                                "(or use protocol 2026-07-28 with per-request _meta).")
-        if self._sessions.verify(session_id, identity.subject) is None:
+        session = self._sessions.verify(session_id, identity.subject)
+        if session is None:
             raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is "
                                             "not one of ours. Send 'initialize' again.", http_status=404,
                            bridge_code="session_not_found")
@@ -310,6 +326,8 @@ class McpEndpoint:
                                             f"'{_short(header_version)}'.",
                            data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version},
                            http_status=400, bridge_code="unsupported_protocol_version")
+        if msg.method is None and msg.body is not None and self._elicitations is not None:
+            await self._elicitations.on_response(identity, msg.id, msg.body)  # the answer to an elicitation
         if not msg.is_request or msg.method is None:
             return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
         assert msg.id is not None
@@ -318,8 +336,25 @@ class McpEndpoint:
         if msg.method == "tools/list":
             return rpc_result(msg.id, await self._tools_list(request, msg.params))
         if msg.method == "tools/call":
-            return rpc_result(msg.id, await self._tools_call(request, msg.params))
+            result = await self._tools_call(request, msg.params)
+            if (self._elicitations is not None and URL_FLAG in session.flags
+                    and self._elicitations.handles(msg.params.get("name"))):
+                return await self._elicitations.legacy_call(request, msg.id, identity, result)
+            return rpc_result(msg.id, result)
         raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{_short(msg.method)}'.")
+
+    async def _check_scope(self, request: web.Request, name: Any) -> None:
+        """The scope check of a tool call that runs no operation (an elicitation's retry): 403
+        ``insufficient_scope``, as the executor's."""
+        identity = request[IDENTITY]
+        op = self._tools.get(name) if isinstance(name, str) else None
+        if op is not None and not await self._executor.allows(op, identity):
+            have = ", ".join(sorted(identity.scopes)) or "none"
+            err = ForbiddenError(f"The tool '{op.name}' needs the '{op.scope}' scope; this identity has: {have}.",
+                                 code="insufficient_scope", extra={"required_scope": op.scope})
+            err.headers["WWW-Authenticate"] = self._challenges.bearer(request, error="insufficient_scope",
+                                                                      scope=op.scope)
+            raise err
 
     async def _tools_list(self, request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
         visible = await self._tools.visible(request[IDENTITY])
@@ -380,6 +415,13 @@ def _arguments(arguments: Any) -> dict[str, Any] | Callable[[], Awaitable[dict[s
     return invalid
 
 
+def _finish_modern(result: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 result: ``resultType`` (``complete`` unless it says ``input_required``) and the server's info."""
+    result.setdefault("resultType", "complete")
+    result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
+    return result
+
+
 def _initialize(msg: Message, identity: Identity, codec: SessionCodec) -> web.Response:
     requested = msg.params.get("protocolVersion")
     if not isinstance(requested, str):
@@ -391,9 +433,11 @@ def _initialize(msg: Message, identity: Identity, codec: SessionCodec) -> web.Re
         "serverInfo": SERVER_INFO,
         "instructions": INSTRUCTIONS,
     }
-    log.info("mcp.session.started", agent=identity.subject, protocol_version=version)
+    flags = session_flags(version, msg.params.get("capabilities"))
+    log.info("mcp.session.started", agent=identity.subject, protocol_version=version, flags=flags)
     assert msg.id is not None
-    return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: codec.issue(identity.subject, version)})
+    return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: codec.issue(identity.subject, version,
+                                                                               flags=flags)})
 
 
 # -- methods ------------------------------------------------------------------------------------------------

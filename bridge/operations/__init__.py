@@ -5,7 +5,7 @@ operation"."""
 
 from __future__ import annotations
 
-from bridge.operations import identity, kv, transit
+from bridge.operations import identity, intake, kv, transit
 from bridge.operations.pipeline import Call, Executor
 from bridge.operations.spec import AnyOperation, Operation, Param, Registry, RestBinding, hints
 
@@ -15,4 +15,4 @@ __all__ = ["AnyOperation", "Call", "Executor", "Operation", "Param", "Registry",
 
 def default_registry() -> Registry:
     """The bridge's operations, in the order of ``tools/list`` and of the OpenAPI document."""
-    return Registry([*kv.OPERATIONS, *transit.OPERATIONS, *identity.OPERATIONS])
+    return Registry([*kv.OPERATIONS, *intake.OPERATIONS, *transit.OPERATIONS, *identity.OPERATIONS])

@@ -14,10 +14,11 @@ from typing import Any
 
 from bridge.service.access import VaultAccess
 from bridge.service.identity import IdentityService
+from bridge.service.intake import IntakeService
 from bridge.service.kv import KvService
 from bridge.service.transit import TransitService
 
-__all__ = ["IdentityService", "KvService", "TransitService", "VaultAccess", "build_services"]
+__all__ = ["IdentityService", "IntakeService", "KvService", "TransitService", "VaultAccess", "build_services"]
 
 
 def build_services(classes: Iterable[type[Any]], access: VaultAccess) -> dict[type[Any], Any]:

@@ -229,7 +229,7 @@ async def test_writer_failures(harness: IntakeHarness, aiohttp_client: Callable[
         assert "Nothing was stored" in html or "nothing was stored" in html
         record = await harness.store.lookup(ticket)
         assert record is not None
-        assert record.state == "claimed"
+        assert (record.state, record.code) == ("failed", error.code)  # the agent's status says why
         harness.writer.fail = None
         assert (await submit(client, ticket.token, csrf, values))[0] == 410
 
