@@ -2,8 +2,9 @@
 
 A fingerprint lets an agent (and its model) tell whether two values are equal, or whether a value changed,
 without learning it: ``POST {TRANSIT_MOUNT}/hmac/{FINGERPRINT_KEY} {"algorithm": "sha2-256", "batch_input":
-[{"input": base64(value)}, …]}`` with the bridge's own token (:meth:`~bridge.service.access.VaultAccess.as_bridge`; its policy allows exactly that path, and
-no agent can HMAC with that key, so nobody can test guesses against a fingerprint). Never a plain hash of the value.
+[{"input": base64(value)}, …]}`` with the bridge's own token (:meth:`~bridge.service.access.VaultAccess.as_bridge`;
+its policy allows exactly that path, the algorithm goes in the body for that reason, and no agent can HMAC with that
+key, so nobody can test guesses against a fingerprint). Never a plain hash of the value.
 
 The format is ``hmac-sha256:v<key version>:<base64 of the 32-byte HMAC>``: Vault's ``vault:v1:<base64>`` with
 its ``vault:`` prefix replaced by the algorithm, so a fingerprint says what it is and cannot be mistaken for a

@@ -79,7 +79,8 @@ async def vault_read(bao: DevVault, full: str) -> dict[str, Any]:
                                                          headers={"X-Vault-Token": bao.root_token}) as resp:
         body: dict[str, Any] = await resp.json()
         assert resp.status == 200, body
-        return body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from tests.mcp.conftest import (
 pytestmark = pytest.mark.integration
 
 Client = TestClient[Any, Any]
-URL_CAPS = {"elicitation": {"form": {}, "url": {}}}
+URL_CAPS: dict[str, Any] = {"elicitation": {"form": {}, "url": {}}}
 
 
 def elicitations(client: Client) -> Elicitations:

@@ -59,7 +59,7 @@ class Person:
         self.requests.append(params)
         if self.action == "accept":
             self.tasks.append(asyncio.create_task(human(params.url, self.values)))
-        return ElicitResult(action=self.action)  # type: ignore[arg-type]
+        return ElicitResult(action=self.action)
 
 
 @asynccontextmanager
