@@ -134,8 +134,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
                    max_json_depth=settings.max_json_depth)
     tools = McpTools(registry, executor)
     challenges = Challenges(settings)
+    elicitations = Elicitations(intake)
+    app.on_shutdown.append(elicitations.on_shutdown)  # waiting kv_request_input calls answer "pending" at once
     endpoint = McpEndpoint(settings, tools, executor, session_codec(settings), challenges,
-                           elicitations=Elicitations(intake))
+                           elicitations=elicitations)
     public = app[PUBLIC_ROUTES] = (
         setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
         | setup_ops_routes(app, build_openapi(registry))

@@ -42,7 +42,8 @@ second link, no second audit record of ``kv_request_input`` (its scope is checke
 
 Waiting ends when the request settles (stored, failed, declined, cancelled; the status is read from the intake
 store every ``poll`` seconds, at once when the submission lands on this process) or expires (status ``expired``),
-or when the client has gone (noticed at the next keep-alive). A waiting call holds one of the agent's
+when the client has gone (noticed at the next keep-alive), or when the bridge stops (``status: "pending"`` with the
+``elicitation_id``, for ``kv_request_input_status`` on another replica). A waiting call holds one of the agent's
 ``AGENT_MAX_INFLIGHT`` slots for that long (at most ``INTAKE_TTL``).
 """
 
@@ -70,7 +71,7 @@ from bridge.mcp.tools import result_content
 from bridge.models import IntakeOut
 from bridge.operations.intake import REQUEST_INPUT
 from bridge.routing import RATE_DECISION, REQUEST_ID
-from bridge.service.intake import IntakeService
+from bridge.service.intake import IntakeService, iso
 
 log = structlog.get_logger("bridge.mcp")
 
@@ -119,6 +120,13 @@ class Elicitations:
         self._flow = intake.flow
         self.keepalive = keepalive
         self.poll = poll
+        self._closing = False
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """The app is stopping: waiting calls answer at once with ``status: "pending"`` and the
+        ``elicitation_id``, so the agent can ask ``kv_request_input_status`` (on another replica) later."""
+        self._closing = True
+        self._flow.waiters.wake_all()
 
     @staticmethod
     def handles(tool: Any) -> bool:
@@ -140,7 +148,7 @@ class Elicitations:
                                                 "message": _message(ref)}})
         log.info("mcp.elicitation.sent", agent=identity.subject, path=ref.path, intake_id=ref.intake_id,
                  era="2025-11-25")
-        final = await self._wait(stream, ref) if asked else None
+        final = await self._wait(stream, ref, eid) if asked else None
         if final is None:
             return stream
         if final.status in ("stored", "failed"):
@@ -201,7 +209,7 @@ class Elicitations:
         if out.status != "pending":
             return _result(out)
         stream = await _open_stream(request)
-        final = await self._wait(stream, ref)
+        final = await self._wait(stream, ref, eid)
         if final is None:
             return stream
         await _send(stream, {"jsonrpc": "2.0", "id": msg_id, "result": finish(_result(final))})
@@ -259,9 +267,9 @@ class Elicitations:
         ref = self._flow.read_ref(out.elicitation_id or "", identity.subject)
         return (ref, out) if ref is not None and out.url else None
 
-    async def _wait(self, stream: web.StreamResponse, ref: IntakeRef) -> IntakeOut | None:
-        """Until the request settles (its final status) or the client has gone (``None``); a keep-alive comment
-        every ``keepalive`` seconds."""
+    async def _wait(self, stream: web.StreamResponse, ref: IntakeRef, eid: str) -> IntakeOut | None:
+        """Until the request settles (its final status), the client has gone (``None``) or the app stops (status
+        ``pending`` with the ``elicitation_id`` to poll); a keep-alive comment every ``keepalive`` seconds."""
         last_write = time.monotonic()
         with self._flow.waiters.watch(ref.intake_id) as changed:
             while True:
@@ -276,6 +284,9 @@ class Elicitations:
                 if out is not None and out.status != "pending":
                     log.info("mcp.elicitation.settled", intake_id=ref.intake_id, status=out.status)
                     return out
+                if self._closing:
+                    return IntakeOut(path=ref.path, status="pending", stored=False, elicitation_id=eid,
+                                     expires_at=iso(ref.expires_at))
                 timeout = min(self.poll, max(0.0, last_write + self.keepalive - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)

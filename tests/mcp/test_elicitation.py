@@ -361,3 +361,19 @@ async def test_the_waiting_call_ends_when_the_client_goes(mcp_client: McpClientF
         await asyncio.sleep(0.02)
     assert len(flow.waiters) == 0
     assert await human(client, ask["params"]["url"], ["v"]) == 200
+
+
+async def test_a_stopping_bridge_answers_waiting_calls(mcp_client: McpClientFactory) -> None:
+    """At shutdown a waiting call answers at once: ``pending`` with the ``elicitation_id`` (no link), which
+    ``kv_request_input_status`` on another replica takes."""
+    client = await mcp_client()
+    headers = await handshake(client, capabilities=URL_CAPS)
+    path = unique("stop")
+    stream = Sse(await client.post("/mcp", json=call(path), headers=headers))
+    ask = await stream.next()
+    await client.app.shutdown()
+    final = await stream.next()
+    structured = final["result"]["structuredContent"]
+    assert structured["status"] == "pending"
+    assert structured["elicitation_id"] == ask["params"]["elicitationId"]
+    assert "url" not in structured
