@@ -32,6 +32,8 @@ from bridge.canary import CanaryAction, CanaryWatch
 from bridge.config import Settings
 from bridge.edge import edge_middleware
 from bridge.inflight import InflightLimiter
+from bridge.intake import IntakeFlow
+from bridge.intake.routes import PAGE_ROUTES, link_base_middleware, setup_intake_routes
 from bridge.keys import (
     AUDIT,
     AUTH,
@@ -58,6 +60,7 @@ from bridge.keys import (
 from bridge.leases import LeaseKeeper, build_leases
 from bridge.logging import safe_url
 from bridge.mcp.changes import ChangeHub, build_hub
+from bridge.mcp.elicitation import Elicitations
 from bridge.mcp.metadata import Challenges, setup_metadata_routes
 from bridge.mcp.methods import McpMethods
 from bridge.mcp.prompts import Prompts
@@ -86,7 +89,14 @@ from bridge.ratelimit import MemoryRateLimiter, RateLimiter
 from bridge.ratelimit_redis import redis_limiter
 from bridge.rest import RestApi, setup_routes
 from bridge.routing import MCP_MESSAGE
-from bridge.service import DynamicService, IdentityService, ResourceService, VaultAccess, build_services
+from bridge.service import (
+    DynamicService,
+    IdentityService,
+    IntakeService,
+    ResourceService,
+    VaultAccess,
+    build_services,
+)
 from bridge.service.capabilities import CapabilityCache
 from bridge.vault import TokenKeeper, VaultClient
 from bridge.vault.auth import (
@@ -168,6 +178,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     identities = services.get(IdentityService)
     if identities is not None:  # GET /whoami's capabilities: what tools/list would show
         identities.bind_catalog(executor.usable_names)
+    intake: IntakeService = services.get(IntakeService) or IntakeService(access)  # the intake flow and its pages
+    intake.flow.audit = audit if audit.enabled else None
+    quarantine.on_quarantine.append(intake.flow.void_agent)  # a quarantined agent's intake links die with it
+    intake.on_change = hub.changed  # a human's values stored: subscribers of the secret hear of it
     probe = app[PROBE] = VaultProbe(vault, keeper, settings.ready_probe_interval)
     setup_templates(app)
 
@@ -178,10 +192,13 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     challenges = Challenges(settings)
     methods = app[MCP_METHODS] = McpMethods(tools, executor, McpResources(executor, settings.mcp_page_size),
                                             Prompts(), hub, settings.mcp_page_size)
+    elicitations = Elicitations(intake)
+    app.on_shutdown.append(elicitations.on_shutdown)  # waiting kv_request_input calls answer "pending" at once
+    endpoint = McpEndpoint(settings, methods, session_codec(settings), challenges, hub, elicitations=elicitations)
     public = app[PUBLIC_ROUTES] = (
         setup_routes(app, rest, probe) | setup_metadata_routes(app, settings)
         | setup_ops_routes(app, build_openapi(registry)) | setup_admin_routes(app)
-        | setup_mcp_routes(app, McpEndpoint(settings, methods, session_codec(settings), challenges, hub)))
+        | setup_mcp_routes(app, endpoint) | setup_intake_routes(app, flow=intake.flow))
 
     def operation_of(request: web.Request) -> str | None:
         if is_mcp(request):
@@ -196,7 +213,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         request_context_middleware,
         error_middleware(max_body_bytes=settings.max_body_bytes, audit=audit, operation_of=operation_of),
         metrics_middleware(metrics, stats),  # inside the renderer: it sees the error codes
-        edge_middleware(settings),  # Host and Origin, before any credential is looked at
+        edge_middleware(settings, origin_exempt=PAGE_ROUTES),  # Host and Origin, before any credential
+        link_base_middleware(settings),  # where intake links made in this request point
         identity_middleware(auth, public, challenges),
         quarantine_middleware(quarantine, leases.saw),  # right after the identity: the kill switch
         *([rate_limit_middleware(limiter)] if settings.rate_limit_enabled else []),
@@ -223,6 +241,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
 
     app.on_shutdown.append(end_streams)
     app.cleanup_ctx.append(_quarantine_ctx(quarantine, leases))  # after the keeper starts, before it stops
+    app.cleanup_ctx.append(_intake_ctx(intake.flow))
     return app
 
 
@@ -371,6 +390,17 @@ def _quarantine_ctx(quarantine: Quarantine, leases: LeaseKeeper) -> CleanupCtx:
         finally:
             await quarantine.close()
             await leases.tokens.close()
+
+    return ctx
+
+
+def _intake_ctx(flow: IntakeFlow) -> CleanupCtx:
+    """Deletes the records of expired intake links now and then (every half ``INTAKE_TTL``, 30 s to 5 min)."""
+    interval = min(max(flow.codec.ttl / 2, 30.0), 300.0)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with _background(flow.run_purge(interval), "intake-purge"):
+            yield
 
     return ctx
 

@@ -15,7 +15,11 @@ and ``Origin: http://evil.example``.
   ``MCP_ALLOWED_ORIGINS`` (exact ``scheme://host[:port]`` values) when set; otherwise any origin whose host is
   ``localhost``/``127.0.0.1``/``::1``, the bound ``HOST`` (unless a wildcard) or the host of ``MCP_RESOURCE_URL``.
   Requests without ``Origin`` (agents, curl) are unaffected. The request's own ``Host`` is never trusted for
-  this: in a rebinding attack it carries the attacker's name too.
+  this: in a rebinding attack it carries the attacker's name too. Routes named in ``origin_exempt`` (the intake
+  pages, whose form posts back to the bridge from the bridge's own page) skip this check and make their own:
+  ``Origin`` and ``Sec-Fetch-Site`` must say same origin (the ``Host`` or ``INTAKE_PUBLIC_URL``), and the
+  CSRF pair must match (bridge/intake/routes.py). A rebinding page gains nothing there: the ``Host`` check
+  above still applies, and a submission needs the link (the capability) besides.
 
 The middleware raises; the error middleware renders the refusal like any other (on ``/mcp`` a JSON-RPC error with
 the message's id when it can be peeked, elsewhere the REST error body).
@@ -24,7 +28,7 @@ the message's id when it can be peeked, elsewhere the REST error body).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import structlog
@@ -139,9 +143,10 @@ def origin_policy(settings: Settings) -> Callable[[str], bool]:
     return allowed
 
 
-def edge_middleware(settings: Settings) -> Middleware:
+def edge_middleware(settings: Settings, *, origin_exempt: Collection[str] = ()) -> Middleware:
     """The ``Host``/``Origin`` middleware; sits after the error renderer and before identity, so a bad ``Host`` is
-    421 and a bad ``Origin`` 403, never 401."""
+    421 and a bad ``Origin`` 403, never 401. ``origin_exempt``: route names that check ``Origin`` themselves."""
+    exempt = frozenset(origin_exempt)
     policy = HostPolicy.from_settings(settings)
     origin_ok = origin_policy(settings)
 
@@ -154,7 +159,7 @@ def edge_middleware(settings: Settings) -> Middleware:
                 "This bridge does not answer for that Host (DNS-rebinding protection); an operator can add it "
                 "to ALLOWED_HOSTS.")
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is not None and not origin_ok(origin):
+        if origin is not None and not origin_ok(origin) and request.match_info.route.name not in exempt:
             log.warning("http.origin.rejected", method=request.method)
             raise ForbiddenError(
                 "Origin not allowed: browser requests are accepted only from the origins in MCP_ALLOWED_ORIGINS "

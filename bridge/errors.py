@@ -8,7 +8,7 @@
     ├── UnauthenticatedError    401 unauthenticated
     ├── ForbiddenError          403 forbidden / invalid_subject / insufficient_scope / origin_not_allowed
     ├── NotFoundError           404 not_found / secret_deleted / secret_destroyed / version_not_found /
-    │                               key_not_found
+    │                               key_not_found / intake_not_found
     ├── MethodNotAllowedError   405 method_not_allowed
     ├── RequestTimeoutError     408 request_timeout (the body did not arrive within BODY_READ_TIMEOUT)
     ├── ConflictError           409 cas_mismatch (+ current_version) / key_type_mismatch / key_limit_reached
@@ -16,7 +16,8 @@
     ├── BrokerRefusedError      403 broker_not_brokerable / broker_host_not_allowed / broker_address_refused
     ├── BrokerUpstreamError     502 broker_connect_failed / broker_tls_failed / broker_bad_response /
     │                               broker_response_too_large; 504 broker_timeout (bridge/broker/)
-    ├── IntakeError             404 intake_invalid, 410 intake_expired / intake_used, 403 intake_csrf_failed
+    ├── IntakeError             404 intake_invalid, 410 intake_expired / intake_used / intake_cancelled, 403
+    │   │                           intake_csrf_failed
     │   │                           (bridge/intake/; rendered as HTML pages for the human who opened the link)
     │   └── IntakeFormError         400 intake_form_invalid (a field left empty ...: the form is shown again)
     ├── UnsupportedMediaError   415

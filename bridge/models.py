@@ -596,6 +596,58 @@ class TransitKeysOut(BaseModel):
     next_after: str | None = None
 
 
+# -- intake (issue 12): a human types values into a one-time form; the agent learns only that they were stored ---
+
+class IntakeFieldSpec(_Strict):
+    name: str = Field(min_length=1, max_length=128, description="The key the value is stored under.")
+    multiline: bool = Field(default=False, description=(
+        "A text area (PEM keys, certificates) instead of a one-line password input."))
+    label: str | None = Field(default=None, max_length=64, description="Shown on the form instead of the name.")
+    description: str | None = Field(default=None, max_length=200, description="A hint shown under the field.")
+
+
+class IntakeRequestBody(_Strict):
+    fields: list[str | IntakeFieldSpec] = Field(min_length=1, max_length=16, description=(
+        "The values to ask for: key names, or objects with 'name' and optional 'multiline', 'label', "
+        "'description' (1-16 fields; names, labels and descriptions together at most 2048 characters)."))
+    description: str = Field(default="", max_length=500, description=(
+        "A note for the human: what the values are for (shown on the form as your note, unchecked)."))
+
+
+class IntakeRequestArgs(IntakeRequestBody):
+    path: str = Field(description=PATH_DESCRIPTION)
+
+
+class IntakeStatusArgs(_Strict):
+    path: str = Field(description=PATH_DESCRIPTION)
+    id: str = Field(min_length=1, max_length=2000, description=(
+        "The elicitation_id kv_request_input returned."))
+
+
+IntakeStatusName = Literal["pending", "stored", "failed", "declined", "cancelled", "expired"]
+
+
+class IntakeOut(BaseModel):
+    path: str
+    status: IntakeStatusName = Field(description=(
+        "pending: waiting for the human; stored: the values are in the secret as 'version'; failed: the write "
+        "failed ('code', e.g. cas_mismatch: the secret changed since you asked); declined/cancelled: the human "
+        "refused or dismissed it (or 'code' quarantined); expired: nobody submitted in time."))
+    stored: bool = Field(description="Whether the values are stored.")
+    version: int | None = Field(default=None, description="The secret's new version (stored).")
+    fingerprints: dict[str, str] | None = Field(default=None, description=(
+        "Field -> keyed HMAC of its value (hmac-sha256:v<N>:...): equal values have equal fingerprints; the "
+        "values themselves are never shown."))
+    url: str | None = Field(default=None, description=(
+        "The one-time link to give the human (pending): it works once, until 'expires_at'."))
+    elicitation_id: str | None = Field(default=None, description=(
+        "Pass it as 'id' to kv_request_input_status to learn the outcome."))
+    expected_version: int | None = Field(default=None, description=(
+        "The write checks that the secret is still at this version (0: it must not exist yet)."))
+    expires_at: str | None = Field(default=None, description="When the link stops working (UTC, ISO 8601).")
+    code: str | None = Field(default=None, description="Why it failed or was cancelled.")
+
+
 def parse(model: type[M], obj: Any) -> M:
     """Validate ``obj`` into ``model``; a failure is a 400 naming the fields (never their values)."""
     if not isinstance(obj, dict):

@@ -23,6 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from joserfc import jwt
 from joserfc.jwk import OctKey
+from yarl import URL
 
 from bridge.app import create_app
 from bridge.keys import CHILD_TOKENS, QUARANTINE
@@ -360,3 +361,37 @@ async def test_the_quarantine_document_holds_hundreds_of_agents(bao: DevVault) -
         assert asking.is_quarantined("agent-001")
         await asking.close()
         await other.close()
+
+
+async def test_a_read_canary_quarantines_its_reader_and_voids_its_intake_links(
+        aiohttp_client: Callable[..., Awaitable[Client]], dynamic_vault: DynamicVault) -> None:
+    """End to end with the defaults of create_app (``CANARY_ACTION=quarantine``): an operator marks a secret
+    ``bridge.canary=true``; alice reads it through the bridge; within a second every request of hers is 403
+    ``agent_quarantined`` and the intake link she held is withdrawn (410), while bob is untouched."""
+    app = create_app(bridge_settings(dynamic_vault))
+    client = await aiohttp_client(app)
+    resp = await client.post("/secrets/intake/new:request-input", json={"fields": ["password"]}, headers=ALICE)
+    assert resp.status == 200, await resp.text()
+    link = URL((await resp.json())["url"]).path
+    assert (await client.get(link)).status == 200  # the form opens before the trip
+    async with dynamic_vault.root() as root:
+        await root.request("POST", "secret/data/mcp/alice/trap", operation="test",
+                           json_body={"data": {"token": "CANARY-" + secrets.token_hex(8)}})
+        await root.request("POST", "secret/metadata/mcp/alice/trap", operation="test",
+                           json_body={"custom_metadata": {"bridge.canary": "true"}})
+    await client.get("/secrets/trap", headers=ALICE)  # the trip (whatever the answer)
+
+    async def refused() -> bool:
+        resp = await client.get("/whoami", headers=ALICE)
+        return resp.status == 403 and (await resp.json())["error"]["code"] == "agent_quarantined"
+
+    assert await eventually(refused, within=10.0)
+    entry = app[QUARANTINE].entry("alice")
+    assert entry is not None
+    assert entry.actor == "canary"
+
+    async def withdrawn() -> bool:
+        return (await client.get(link)).status == 410
+
+    assert await eventually(withdrawn, within=10.0)
+    assert (await client.get("/whoami", headers=BOB)).status == 200

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-from bridge.intake.flow import IntakeFlow, IntakeStored, IntakeSubmission, IntakeWriter
+from bridge.intake.flow import IntakeFlow, IntakeStatus, IntakeStored, IntakeSubmission, IntakeWriter
 from bridge.intake.store import IntakeRecord, IntakeStore, MemoryIntakeStore, record_path
-from bridge.intake.token import IntakeCodec, IntakeField, IntakeTicket
+from bridge.intake.token import IntakeCodec, IntakeField, IntakeRef, IntakeTicket
 
-__all__ = ["IntakeCodec", "IntakeField", "IntakeFlow", "IntakeRecord", "IntakeStore", "IntakeStored",
-           "IntakeSubmission", "IntakeTicket", "IntakeWriter", "MemoryIntakeStore", "record_path"]
+__all__ = ["IntakeCodec", "IntakeField", "IntakeFlow", "IntakeRecord", "IntakeRef", "IntakeStatus", "IntakeStore",
+           "IntakeStored", "IntakeSubmission", "IntakeTicket", "IntakeWriter", "MemoryIntakeStore", "record_path"]

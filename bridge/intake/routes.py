@@ -25,13 +25,17 @@ import aiohttp_jinja2
 import jinja2
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from yarl import URL
 
+from bridge.config import Settings
 from bridge.errors import BridgeError, IntakeError, IntakeFormError
-from bridge.intake.flow import IntakeFlow, IntakeWriter, used_error
+from bridge.intake.flow import LINK_BASE, IntakeFlow, IntakeWriter, used_error
 from bridge.intake.store import IntakeStore
 from bridge.intake.token import IntakeCodec, IntakeTicket
 from bridge.keys import INTAKE, SETTINGS
+from bridge.mcp.metadata import MCP_PATH, base_url
+from bridge.routing import Handler
 
 log = structlog.get_logger("bridge.intake")
 
@@ -61,10 +65,14 @@ def _message(request: web.Request, status: int, heading: str, message: str, *, k
 
 def _error_page(request: web.Request, err: BridgeError, ticket: IntakeTicket | None = None) -> web.Response:
     headings = {"intake_invalid": "Link not valid", "intake_expired": "Link expired", "intake_used": "Link used",
-                "intake_csrf_failed": "Not sent from this page", "cas_mismatch": "The secret has changed"}
+                "intake_cancelled": "Request withdrawn", "intake_csrf_failed": "Not sent from this page",
+                "cas_mismatch": "The secret has changed", "audit_unavailable": "Stored, but not audited"}
     heading = headings.get(err.code, "Not stored")
     message = err.message
-    if err.code == "cas_mismatch":
+    if err.code == "audit_unavailable":
+        message = ("The values were stored in Vault, but the bridge could not write its audit record. Tell whoever "
+                   "runs the bridge; do not submit again.")
+    elif err.code == "cas_mismatch":
         message = ("The secret was changed since the agent asked, so nothing was stored. Ask the agent for a new "
                    "link.")
     elif err.status >= 500 or err.status == 429:
@@ -149,21 +157,55 @@ async def intake_submit(request: web.Request) -> web.Response:
                     "never what they are.", kind="ok", ticket=ticket)
 
 
-def setup_intake_routes(app: web.Application, *, store: IntakeStore, writer: IntakeWriter,
-                        codec: IntakeCodec | None = None) -> set[str]:
-    """Add the intake pages; ``app[INTAKE]`` is the :class:`IntakeFlow` (the wiring's ``kv_request_input`` makes
-    links with ``app[INTAKE].request(...)`` and ``.url(...)``). ``codec`` defaults to one from ``app[SETTINGS]``
-    (``INTAKE_SECRET`` / ``MCP_SESSION_SECRET``, ``INTAKE_TTL``). Returns the route names, which need no
-    identity."""
+def setup_intake_routes(app: web.Application, *, store: IntakeStore | None = None, writer: IntakeWriter | None = None,
+                        codec: IntakeCodec | None = None, flow: IntakeFlow | None = None) -> set[str]:
+    """Add the intake pages; ``app[INTAKE]`` is the :class:`IntakeFlow`: ``flow`` (the app's, made by
+    :class:`bridge.service.intake.IntakeService`), or one made of ``store``, ``writer`` and ``codec`` (default:
+    from ``app[SETTINGS]``: ``INTAKE_SECRET`` / ``MCP_SESSION_SECRET``, ``INTAKE_TTL``). Returns the route
+    names, which need no identity (and whose ``Origin`` the pages check themselves)."""
     settings = app[SETTINGS]
-    app[INTAKE] = IntakeFlow(codec or IntakeCodec.from_settings(settings), store, writer,
-                             public_url=settings.intake_public_url)
+    if flow is None:
+        if store is None or writer is None:
+            raise ValueError("setup_intake_routes needs a flow, or a store and a writer")
+        flow = IntakeFlow(codec or IntakeCodec.from_settings(settings), store, writer,
+                          public_url=settings.intake_public_url)
+    app[INTAKE] = flow
     if aiohttp_jinja2.APP_KEY not in app:
         aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bridge", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     app.router.add_get("/intake/{token}", intake_form, name="intake_form", allow_head=False)
     app.router.add_post("/intake/{token}", intake_submit, name="intake_submit")
-    return {"intake_form", "intake_submit"}
+    return set(PAGE_ROUTES)
 
 
-__all__ = ["COOKIE", "setup_intake_routes"]
+PAGE_ROUTES = frozenset({"intake_form", "intake_submit"})
+"""The pages' route names: public (no identity), their ``Origin`` checked by the pages (:func:`_same_origin`)
+instead of the edge's ``MCP_ALLOWED_ORIGINS``."""
+
+
+def link_base(settings: Settings, request: web.Request) -> str:
+    """Where links made in this request point when ``INTAKE_PUBLIC_URL`` is unset: ``MCP_RESOURCE_URL`` without
+    its ``/mcp`` (a bridge behind a path prefix keeps it), else this server as the client reached it (a ``Host``
+    the edge accepted, or the bind address)."""
+    resource = settings.mcp_resource_url.rstrip("/")
+    if resource.endswith(MCP_PATH):
+        return resource[: -len(MCP_PATH)]
+    return base_url(settings, request)
+
+
+def link_base_middleware(settings: Settings) -> Middleware:
+    """Sets :data:`~bridge.intake.flow.LINK_BASE` for the request (a context variable the intake service reads
+    when it makes a link: the service knows no request)."""
+
+    @web.middleware
+    async def intake_link_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = LINK_BASE.set(link_base(settings, request))
+        try:
+            return await handler(request)
+        finally:
+            LINK_BASE.reset(token)
+
+    return intake_link_middleware
+
+
+__all__ = ["COOKIE", "PAGE_ROUTES", "link_base", "link_base_middleware", "setup_intake_routes"]

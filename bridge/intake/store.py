@@ -22,51 +22,103 @@ Vault"), using these KV v2 facts (verified on OpenBao 2.7.2 by tests/intake/test
   records whose name starts with an ``expires_at`` in the past, reading none of them. A record outlives its link
   only until a purge: a link past its expiry is refused by its signature's time already.
 
-Record data: ``state`` (``claimed``/``stored``), ``agent``, ``path``, ``claimed_at`` (Unix seconds) and, once
-stored, ``version``. It never holds a value.
+Record data: ``state``, ``agent``, ``path``, ``claimed_at`` (Unix seconds) and, by state: ``stored`` with
+``version`` and ``fingerprints`` (field → keyed HMAC, never a value); ``failed`` with ``code`` (the write's error
+code: the link stays used); ``void`` with ``code`` (``declined``, ``cancelled``: the agent's client said the human
+refused; the link can no longer be submitted). A record never holds a value.
+
+An agent's links can be voided all at once (:meth:`IntakeStore.void_agent`, the quarantine hook): one record per
+agent below ``_bridge/intake/agents/<agent>`` says since when (``voided_at``) and until when it matters
+(``until``: the last expiry of a link made before); every link of that agent that expires by ``voided_at`` plus
+``INTAKE_TTL`` (made at or before ``voided_at``) is refused. Purge drops it after ``until``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from bridge.intake.token import IntakeTicket
-
 RECORD_DIR = "_bridge/intake"
 """Below ``{KV_MOUNT}/data/{DEFAULT_PREFIX}/``."""
+AGENT_DIR = f"{RECORD_DIR}/agents"
+"""The per-agent void records (:meth:`IntakeStore.void_agent`)."""
 _RECORD_NAME = re.compile(r"(\d{1,12})\.[A-Za-z0-9_-]{22}")
+
+RecordState = Literal["claimed", "stored", "failed", "void"]
+_STATES: tuple[RecordState, ...] = ("claimed", "stored", "failed", "void")
+
+
+class IntakeKey(Protocol):
+    """What names a link's record: an :class:`~bridge.intake.token.IntakeTicket` or an
+    :class:`~bridge.intake.token.IntakeRef`."""
+
+    @property
+    def agent(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def intake_id(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class IntakeRecord:
-    state: Literal["claimed", "stored"]
+    state: RecordState
     agent: str
     path: str
     claimed_at: float
     version: int | None = None
+    fingerprints: dict[str, str] | None = None
+    code: str | None = None
 
     def to_data(self) -> dict[str, object]:
         data: dict[str, object] = {"state": self.state, "agent": self.agent, "path": self.path,
                                    "claimed_at": self.claimed_at}
         if self.version is not None:
             data["version"] = self.version
+        if self.fingerprints is not None:
+            data["fingerprints"] = dict(self.fingerprints)
+        if self.code is not None:
+            data["code"] = self.code
         return data
 
     @classmethod
     def from_data(cls, data: dict[str, object]) -> IntakeRecord:
         version = data.get("version")
         state = data.get("state")
-        return cls("stored" if state == "stored" else "claimed", str(data.get("agent", "")),
+        prints = data.get("fingerprints")
+        code = data.get("code")
+        return cls(state if state in _STATES else "claimed", str(data.get("agent", "")),
                    str(data.get("path", "")), float(str(data.get("claimed_at", 0))),
-                   int(str(version)) if version is not None else None)
+                   int(str(version)) if version is not None else None,
+                   {str(k): str(v) for k, v in prints.items()} if isinstance(prints, dict) else None,
+                   str(code) if code is not None else None)
 
 
-def record_path(prefix: str, ticket: IntakeTicket) -> str:
+@dataclass(frozen=True, slots=True)
+class AgentVoid:
+    """Every link of ``agent`` made at or before ``voided_at`` is void; the record matters until ``until``."""
+
+    voided_at: float
+    until: float
+
+    def voids(self, expires_at: float, ttl: float) -> bool:
+        """Whether a link expiring at ``expires_at`` (made ``ttl`` before) was made by ``voided_at``."""
+        return expires_at - ttl <= self.voided_at
+
+
+def record_path(prefix: str, key: IntakeKey) -> str:
     """The record's path below the KV mount: ``{prefix}/_bridge/intake/<intake_id>``."""
-    return f"{prefix}/{RECORD_DIR}/{ticket.intake_id}"
+    return f"{prefix}/{RECORD_DIR}/{key.intake_id}"
+
+
+def agent_record_path(prefix: str, agent: str) -> str:
+    """An agent's void record below the KV mount: ``{prefix}/_bridge/intake/agents/<agent>``."""
+    return f"{prefix}/{AGENT_DIR}/{agent}"
 
 
 def expired_record(name: str, now: float) -> bool:
@@ -78,24 +130,42 @@ def expired_record(name: str, now: float) -> bool:
 class IntakeStore(Protocol):
     """Where consumed links are recorded, shared by every replica."""
 
-    async def claim(self, ticket: IntakeTicket, now: float) -> bool:
+    async def claim(self, key: IntakeKey, now: float) -> bool:
         """Create the link's record (state ``claimed``) if it does not exist; ``False`` when it does."""
         ...
 
-    async def finish(self, ticket: IntakeTicket, version: int) -> None:
-        """Mark the claimed record ``stored`` with the secret's new version."""
+    async def finish(self, key: IntakeKey, version: int, fingerprints: Mapping[str, str] | None = None) -> None:
+        """Mark the claimed record ``stored`` with the secret's new version (and the values' fingerprints)."""
         ...
 
-    async def release(self, ticket: IntakeTicket) -> None:
+    async def fail(self, key: IntakeKey, code: str) -> None:
+        """Mark the claimed record ``failed`` with the write's error code (the link stays used)."""
+        ...
+
+    async def void(self, key: IntakeKey, code: str, now: float) -> bool:
+        """Create the link's record in state ``void`` (``code``: why) if it does not exist; ``False`` when it
+        does (the human was first)."""
+        ...
+
+    async def release(self, key: IntakeKey) -> None:
         """Delete the record (the write failed and may be retried)."""
         ...
 
-    async def lookup(self, ticket: IntakeTicket) -> IntakeRecord | None:
+    async def lookup(self, key: IntakeKey) -> IntakeRecord | None:
         """The link's record, or ``None`` when it was never claimed (or released)."""
         ...
 
+    async def void_agent(self, agent: str, now: float, until: float) -> None:
+        """Void every link of ``agent`` made until ``now`` (see the module docstring)."""
+        ...
+
+    async def agent_void(self, agent: str) -> AgentVoid | None:
+        """The agent's void record, if any."""
+        ...
+
     async def purge(self, now: float) -> int:
-        """Delete the records of links that expired before ``now``; how many."""
+        """Delete the records of links that expired before ``now`` (and agent void records past their
+        ``until``); how many."""
         ...
 
 
@@ -104,34 +174,59 @@ class MemoryIntakeStore:
 
     def __init__(self) -> None:
         self._records: dict[str, IntakeRecord] = {}
+        self._agents: dict[str, AgentVoid] = {}
         self._lock = asyncio.Lock()
 
-    async def claim(self, ticket: IntakeTicket, now: float) -> bool:
+    async def _create(self, key: IntakeKey, record: IntakeRecord) -> bool:
         async with self._lock:
-            if ticket.intake_id in self._records:
+            if key.intake_id in self._records:
                 return False
-            self._records[ticket.intake_id] = IntakeRecord("claimed", ticket.agent, ticket.path, now)
+            self._records[key.intake_id] = record
             return True
 
-    async def finish(self, ticket: IntakeTicket, version: int) -> None:
-        async with self._lock:
-            record = self._records.get(ticket.intake_id)
-            if record is not None:
-                self._records[ticket.intake_id] = replace(record, state="stored", version=version)
+    async def claim(self, key: IntakeKey, now: float) -> bool:
+        return await self._create(key, IntakeRecord("claimed", key.agent, key.path, now))
 
-    async def release(self, ticket: IntakeTicket) -> None:
-        async with self._lock:
-            self._records.pop(ticket.intake_id, None)
+    async def void(self, key: IntakeKey, code: str, now: float) -> bool:
+        return await self._create(key, IntakeRecord("void", key.agent, key.path, now, code=code))
 
-    async def lookup(self, ticket: IntakeTicket) -> IntakeRecord | None:
-        return self._records.get(ticket.intake_id)
+    async def _settle(self, key: IntakeKey, **changes: object) -> None:
+        async with self._lock:
+            record = self._records.get(key.intake_id)
+            if record is not None and record.state == "claimed":
+                self._records[key.intake_id] = replace(record, **changes)  # type: ignore[arg-type]
+
+    async def finish(self, key: IntakeKey, version: int, fingerprints: Mapping[str, str] | None = None) -> None:
+        await self._settle(key, state="stored", version=version,
+                           fingerprints=dict(fingerprints) if fingerprints is not None else None)
+
+    async def fail(self, key: IntakeKey, code: str) -> None:
+        await self._settle(key, state="failed", code=code)
+
+    async def release(self, key: IntakeKey) -> None:
+        async with self._lock:
+            self._records.pop(key.intake_id, None)
+
+    async def lookup(self, key: IntakeKey) -> IntakeRecord | None:
+        return self._records.get(key.intake_id)
+
+    async def void_agent(self, agent: str, now: float, until: float) -> None:
+        async with self._lock:
+            self._agents[agent] = AgentVoid(now, until)
+
+    async def agent_void(self, agent: str) -> AgentVoid | None:
+        return self._agents.get(agent)
 
     async def purge(self, now: float) -> int:
         async with self._lock:
             gone = [name for name in self._records if expired_record(name, now)]
             for name in gone:
                 del self._records[name]
-            return len(gone)
+            agents = [agent for agent, void in self._agents.items() if void.until < now]
+            for agent in agents:
+                del self._agents[agent]
+            return len(gone) + len(agents)
 
 
-__all__ = ["RECORD_DIR", "IntakeRecord", "IntakeStore", "MemoryIntakeStore", "expired_record", "record_path"]
+__all__ = ["AGENT_DIR", "RECORD_DIR", "AgentVoid", "IntakeKey", "IntakeRecord", "IntakeStore", "MemoryIntakeStore",
+           "RecordState", "agent_record_path", "expired_record", "record_path"]

@@ -12,6 +12,11 @@ too; else a random key per process (a link then works only on the replica that m
 HMAC of a fixed label, so an intake key is never the session key, and nothing else signed by the bridge can pass
 for a link.
 
+An intake request is named to its agent by a shorter **reference** (the ``elicitation_id`` of
+``kv_request_input``, the id ``kv_request_input_status`` takes): ``<expires_at>.<nonce>.<path, base64url>.<mac>``,
+the MAC (128 bits) over the rest and the agent with the intake key. It says which link (its record's name is the
+first two parts), which secret, and until when; it is not the link: nobody can submit values with it.
+
 The token is not secret from the human who opens it (its payload is readable); it is a capability to write
 values into one secret once. Anyone who gets the link before it is used can use it: it expires after
 ``INTAKE_TTL`` (10 minutes), and the human who finds it used knows something is wrong.
@@ -42,18 +47,42 @@ from bridge.references import check_field
 
 MAX_FIELDS = 16
 MAX_FIELD_NAME = 128
+MAX_LABEL = 64
+MAX_FIELD_DESCRIPTION = 200
+MAX_FIELD_TEXT = 2048
+"""The most characters of all fields' names, labels and descriptions together (the link carries them)."""
 MAX_DESCRIPTION = 500
+MAX_PAYLOAD = 8000
+"""The most characters of a link's base64url payload."""
 _KEY_LABEL = b"vault-mcp-bridge intake link key v1"
 _TOKEN = re.compile(r"i1\.([A-Za-z0-9_-]{16,8000})\.([A-Za-z0-9_-]{43})")
+_REF = re.compile(r"(\d{1,12})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{1,1400})\.([A-Za-z0-9_-]{22})")
 
 
 @dataclass(frozen=True, slots=True)
 class IntakeField:
     """A value the human is asked for: ``name`` is the KV key it is stored under; ``multiline`` gives a text
-    area (PEM keys, certificates) instead of a password input."""
+    area (PEM keys, certificates) instead of a password input; ``label`` (default: the name) and
+    ``description`` are shown on the form (the agent's words, like its note)."""
 
     name: str
     multiline: bool = False
+    label: str = ""
+    description: str = ""
+
+    def encode(self) -> list[object]:
+        """The payload entry: ``[name, multiline]``, then label and description when set."""
+        entry: list[object] = [self.name, self.multiline]
+        if self.label or self.description:
+            entry += [self.label, self.description] if self.description else [self.label]
+        return entry
+
+    @classmethod
+    def decode(cls, entry: list[object]) -> IntakeField:
+        name, multiline, *rest = entry
+        if len(rest) > 2 or not all(isinstance(text, str) for text in [name, *rest]):
+            raise ValueError("not a field")
+        return cls(str(name), bool(multiline), *(str(text) for text in rest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +105,34 @@ class IntakeTicket:
         return f"{self.expires_at}.{self.nonce}"
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeRef:
+    """What an agent's reference to one of its intake requests names (see the module docstring): enough to
+    find the link's record and to say which secret, never enough to submit values."""
+
+    agent: str
+    path: str
+    expires_at: int
+    nonce: str
+
+    @property
+    def intake_id(self) -> str:
+        return f"{self.expires_at}.{self.nonce}"
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _check_text(what: str, text: str, limit: int, *, newlines: bool = False) -> None:
+    if len(text) > limit:
+        raise ValueError(f"{what} is longer than {limit} characters")
+    if any((ord(ch) < 0x20 and not (newlines and ch == "\n")) or 0x7F <= ord(ch) <= 0x9F for ch in text):
+        raise ValueError(f"{what} has a control character")
 
 
 def check_request(agent: str, path: str, cas: int, fields: Sequence[IntakeField], description: str) -> None:
@@ -99,14 +150,16 @@ def check_request(agent: str, path: str, cas: int, fields: Sequence[IntakeField]
     names = [f.name for f in fields]
     if len(set(names)) != len(names):
         raise ValueError("a field is asked for twice")
-    for name in names:
-        check_field(name)
-        if len(name) > MAX_FIELD_NAME:
+    for spec in fields:
+        check_field(spec.name)
+        if len(spec.name) > MAX_FIELD_NAME:
             raise ValueError(f"a field name is longer than {MAX_FIELD_NAME} characters")
-    if len(description) > MAX_DESCRIPTION:
-        raise ValueError(f"the description is longer than {MAX_DESCRIPTION} characters")
-    if any((ord(ch) < 0x20 and ch != "\n") or 0x7F <= ord(ch) <= 0x9F for ch in description):
-        raise ValueError("the description has a control character")
+        _check_text("a field label", spec.label, MAX_LABEL)
+        _check_text("a field description", spec.description, MAX_FIELD_DESCRIPTION)
+    if sum(len(f.name) + len(f.label) + len(f.description) for f in fields) > MAX_FIELD_TEXT:
+        raise ValueError(f"the fields' names, labels and descriptions together are longer than {MAX_FIELD_TEXT} "
+                         "characters")
+    _check_text("the description", description, MAX_DESCRIPTION, newlines=True)
 
 
 class IntakeCodec:
@@ -136,6 +189,11 @@ class IntakeCodec:
     def _mac(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
 
+    def mac(self, purpose: str, body: str) -> str:
+        """A MAC of ``body`` for another use of the intake key (``purpose`` separates the uses, so that nothing
+        made for one passes for another, nor for a link)."""
+        return self._mac(f"{purpose}\0{body}")
+
     def issue(self, *, agent: str, path: str, cas: int, fields: Sequence[IntakeField],
               description: str = "") -> IntakeTicket:
         """A new link. Raises :class:`InvalidRequestError` (400) for a request outside the limits."""
@@ -146,9 +204,13 @@ class IntakeCodec:
             raise InvalidRequestError(f"Invalid input request: {exc}.") from None
         expires_at = int(self._clock() + self.ttl)
         nonce = _b64(secrets.token_bytes(16))
-        payload = {"a": agent, "p": path, "c": cas, "f": [[f.name, f.multiline] for f in fields],
+        payload = {"a": agent, "p": path, "c": cas, "f": [f.encode() for f in fields],
                    "d": description, "x": expires_at, "n": nonce}
-        body = "i1." + _b64(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        encoded = _b64(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        if len(encoded) > MAX_PAYLOAD:
+            raise InvalidRequestError("Invalid input request: the request does not fit into a link; shorten the "
+                                      "description, labels or field descriptions.")
+        body = "i1." + encoded
         token = f"{body}.{self._mac(body)}"
         return IntakeTicket(agent, path, cas, tuple(fields), description, expires_at, nonce, token)
 
@@ -163,7 +225,7 @@ class IntakeCodec:
             raise _invalid()
         try:
             data = json.loads(_unb64(match.group(1)))
-            fields = tuple(IntakeField(str(name), bool(multi)) for name, multi in data["f"])
+            fields = tuple(IntakeField.decode(entry) for entry in data["f"])
             ticket = IntakeTicket(data["a"], data["p"], data["c"], fields, data["d"], int(data["x"]),
                                   str(data["n"]), token)
             check_request(ticket.agent, ticket.path, ticket.cas, ticket.fields, ticket.description)
@@ -173,6 +235,25 @@ class IntakeCodec:
             raise IntakeError("This link has expired. Ask the agent for a new one.", code="intake_expired",
                               status=410)
         return ticket
+
+    def ref_id(self, ticket: IntakeTicket) -> str:
+        """The agent's reference to this link's request (see the module docstring)."""
+        body = f"{ticket.intake_id}.{_b64(ticket.path.encode())}"
+        return f"{body}.{self.mac('ref', ticket.agent + chr(0) + body)[:22]}"
+
+    def read_ref(self, value: str, agent: str) -> IntakeRef | None:
+        """The request a reference names, if it is one of ours and ``agent``'s; else ``None``."""
+        match = _REF.fullmatch(value)
+        if match is None:
+            return None
+        body = value.rsplit(".", 1)[0]
+        if not hmac.compare_digest(match.group(4), self.mac("ref", agent + chr(0) + body)[:22]):
+            return None
+        try:
+            path = validate_path(_unb64(match.group(3)).decode())
+        except (InvalidPathError, UnicodeDecodeError, binascii.Error, ValueError):
+            return None
+        return IntakeRef(agent, path, int(match.group(1)), match.group(2))
 
     def csrf_token(self, ticket: IntakeTicket, cookie: str) -> str:
         return self._mac(f"csrf\0{ticket.nonce}\0{cookie}")
@@ -188,4 +269,5 @@ def _invalid() -> IntakeError:
                        "a new one.", code="intake_invalid", status=404)
 
 
-__all__ = ["MAX_DESCRIPTION", "MAX_FIELDS", "IntakeCodec", "IntakeField", "IntakeTicket", "check_request"]
+__all__ = ["MAX_DESCRIPTION", "MAX_FIELDS", "IntakeCodec", "IntakeField", "IntakeRef", "IntakeTicket",
+           "check_request"]

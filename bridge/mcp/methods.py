@@ -44,6 +44,7 @@ from bridge.mcp.protocol import (
 from bridge.mcp.resources import McpResources
 from bridge.mcp.tools import McpTools, result_content
 from bridge.operations import Call, Executor
+from bridge.operations.pipeline import scope_error
 
 log = structlog.get_logger("bridge.mcp")
 
@@ -96,7 +97,7 @@ def finish(method: str, result: dict[str, Any]) -> dict[str, Any]:
     hints = CACHE_HINTS.get(method)
     if hints is not None:
         result["ttlMs"], result["cacheScope"] = hints
-    result["resultType"] = "complete"
+    result.setdefault("resultType", "complete")  # a tools/call may say input_required (URL-mode elicitation)
     result["_meta"] = {META_SERVER_INFO: SERVER_INFO}
     return result
 
@@ -188,6 +189,13 @@ class McpMethods:
         log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
         # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
         return result_content(out.model_dump(mode="json", exclude_none=True), is_error=False)
+
+    def check_scope(self, ctx: McpContext, name: Any) -> None:
+        """The scope check of a tool call that runs no operation (an elicitation's retry): the executor's
+        ``insufficient_scope`` refusal."""
+        op = self.tools.get(name) if isinstance(name, str) else None
+        if op is not None and not op.allowed(ctx.identity):
+            raise scope_error(op, Call(ctx.identity, "mcp"))
 
     # -- resources, prompts, completion -------------------------------------------------------------------
 

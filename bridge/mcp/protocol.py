@@ -67,10 +67,15 @@ HEADER_NAME = "Mcp-Name"
 SERVER_INFO: dict[str, str] = {"name": "vault-mcp-bridge", "title": "Vault MCP Bridge", "version": bridge.__version__}
 INSTRUCTIONS = (
     "Secrets of the calling agent in HashiCorp Vault / OpenBao. Paths are relative to the agent's own "
-    "namespace (you never see other agents' secrets). kv_* tools manage versioned key/value secrets; "
-    "transit_* tools encrypt and decrypt with keys that never leave Vault; whoami shows your identity and "
-    "scopes. A failed tool call returns isError with structuredContent.error.code (not_found, cas_mismatch, "
-    "invalid_path, invalid_request, forbidden, vault_unavailable, ...)."
+    "namespace (you never see other agents' secrets). kv_* tools manage versioned key/value secrets; without "
+    "the 'read' scope kv_read answers fingerprints and references (secret://<path>#<field>) instead of values: "
+    "use a reference in http_request ({{secret://...}} in the URL, headers or body) or in transit_* *_ref "
+    "arguments, so values never enter your context. To get a value from a human, call kv_request_input (never "
+    "ask for it in the chat). transit_* tools encrypt and decrypt with keys that never leave Vault; db_creds, "
+    "pki_issue, pki_sign and ssh_sign make short-lived credentials (lease_list, lease_renew, lease_revoke); "
+    "whoami shows your identity and scopes. A failed tool call returns isError with "
+    "structuredContent.error.code (not_found, cas_mismatch, invalid_path, invalid_request, forbidden, "
+    "vault_unavailable, ...)."
 )
 
 
@@ -188,6 +193,8 @@ class Message:
     method: str | None
     params: dict[str, Any]
     is_request: bool
+    body: dict[str, Any] | None = None
+    """A response's whole body (its ``result`` or ``error``): the client's answer to a request of ours."""
 
 
 def _invalid(message: str, code: int = INVALID_REQUEST, bridge_code: str | None = None) -> RpcError:
@@ -217,7 +224,7 @@ def parse_message(raw: bytes, *, max_depth: int) -> Message:
         params = {}
     if method is None:
         if has_id and (("result" in body) != ("error" in body)):
-            return Message(msg_id, None, {}, is_request=False)
+            return Message(msg_id, None, {}, is_request=False, body=body)
         raise _invalid("Invalid Request: a message needs 'method' (request or notification) or "
                        "'id' with 'result' or 'error' (response).")
     if not isinstance(method, str) or not method:

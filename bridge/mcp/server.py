@@ -43,6 +43,7 @@ from bridge.config import Settings
 from bridge.errors import BridgeError, RateLimitedError
 from bridge.mcp.changes import ChangeHub, Listener, ListenListener, SessionListener, session_key
 from bridge.mcp.context import McpContext
+from bridge.mcp.elicitation import URL_FLAG, Elicitations, session_flags, url_mode
 from bridge.mcp.metadata import MCP_PATH, Challenges
 from bridge.mcp.methods import (
     META_SUBSCRIPTION_ID,
@@ -80,7 +81,7 @@ from bridge.mcp.protocol import (
     rpc_response,
     rpc_result,
 )
-from bridge.mcp.session import SessionCodec
+from bridge.mcp.session import McpSession, SessionCodec
 from bridge.routing import ERROR_CODE, IDENTITY, INFLIGHT_SLOT, MCP_MESSAGE, RATE_DECISION, REQUEST_ID
 
 log = structlog.get_logger("bridge.mcp")
@@ -180,8 +181,10 @@ class McpEndpoint:
     """``/mcp``: the methods of ``methods``; sessions signed by ``sessions``; streams fed by ``hub``."""
 
     def __init__(self, settings: Settings, methods: McpMethods, sessions: SessionCodec, challenges: Challenges,
-                 hub: ChangeHub) -> None:
+                 hub: ChangeHub, *, elicitations: Elicitations | None = None) -> None:
         self._methods = methods
+        self._elicitations = elicitations
+        """URL-mode elicitation of ``kv_request_input`` (:mod:`bridge.mcp.elicitation`); ``None``: off."""
         self._sessions = sessions
         self._challenges = challenges
         self._hub = hub
@@ -276,39 +279,60 @@ class McpEndpoint:
                 raise _bad_request(f"Header mismatch: the {HEADER_NAME} header {what}.", HEADER_MISMATCH,
                                    "header_mismatch")
         assert msg.id is not None
+        elicitations = self._elicitations
         if msg.method == "server/discover":
             result = discover_result()
         elif msg.method == "subscriptions/listen":
             return await self._listen(request, msg.id, msg.params)
+        elif (msg.method == "tools/call" and elicitations is not None
+              and elicitations.handles(msg.params.get("name")) and url_mode(meta.get(META_CLIENT_CAPABILITIES))):
+            ctx = self._context(request, modern=True)
+            if msg.params.get("requestState") is not None:
+                self._methods.check_scope(ctx, msg.params.get("name"))  # a retry runs no operation
+            answer = await elicitations.modern_call(
+                request, msg.id, request[IDENTITY], msg.params,
+                lambda: self._call(request, ctx, "tools/call", msg.params), lambda r: finish("tools/call", r))
+            if isinstance(answer, web.StreamResponse):
+                return answer
+            result = answer
         else:
             result = await self._call(request, self._context(request, modern=True), msg.method, msg.params)
         return rpc_result(msg.id, finish(msg.method, result))
 
-    async def _legacy(self, request: web.Request, msg: Message) -> web.Response:
+    async def _legacy(self, request: web.Request, msg: Message) -> web.StreamResponse:
         """2025-03-26 … 2025-11-25: ``initialize`` first, then the signed session id on every POST."""
         identity = request[IDENTITY]
         if msg.method == "initialize":
             if msg.id is None:
                 raise _bad_request("Invalid Request: 'initialize' is a request and needs an 'id'.")
             version, result = initialize_result(msg.params)
-            log.info("mcp.session.started", agent=identity.subject, protocol_version=version)
-            return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: self._sessions.issue(identity.subject,
-                                                                                               version)})
-        session_id = self._session(request)
+            flags = session_flags(version, msg.params.get("capabilities"))
+            log.info("mcp.session.started", agent=identity.subject, protocol_version=version, flags=flags)
+            return rpc_result(msg.id, result, headers={HEADER_SESSION_ID: self._sessions.issue(
+                identity.subject, version, flags=flags)})
+        session_id, session = self._session(request)
+        elicitations = self._elicitations
+        if msg.method is None and msg.body is not None and elicitations is not None:
+            await elicitations.on_response(identity, msg.id, msg.body)  # the answer to an elicitation/create
         if not msg.is_request or msg.method is None:
             return web.Response(status=202)  # notifications (initialized, cancelled, ...) and responses
         assert msg.id is not None
         ctx = self._context(request, modern=False, session=session_id)
-        return rpc_result(msg.id, await self._call(request, ctx, msg.method, msg.params))
+        result = await self._call(request, ctx, msg.method, msg.params)
+        if (msg.method == "tools/call" and elicitations is not None and URL_FLAG in session.flags
+                and elicitations.handles(msg.params.get("name"))):
+            return await elicitations.legacy_call(request, msg.id, identity, result)
+        return rpc_result(msg.id, result)
 
-    def _session(self, request: web.Request) -> str:
+    def _session(self, request: web.Request) -> tuple[str, McpSession]:
         """The request's valid handshake-era session id (400 without one, 404 for one that is not valid for the
         caller), after the ``MCP-Protocol-Version`` check."""
         session_id = request.headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise _bad_request(f"Bad Request: the {HEADER_SESSION_ID} header is required; send 'initialize' first "
                                "(or use protocol 2026-07-28 with per-request _meta).")
-        if self._sessions.verify(session_id, request[IDENTITY].subject) is None:
+        session = self._sessions.verify(session_id, request[IDENTITY].subject)
+        if session is None:
             raise RpcError(INVALID_REQUEST, "Session not found: it expired, was issued to another identity, or is "
                                             "not one of ours. Send 'initialize' again.", http_status=404,
                            bridge_code="session_not_found")
@@ -318,7 +342,7 @@ class McpEndpoint:
                                             f"'{_short(header_version)}'.",
                            data={"supported": list(SUPPORTED_VERSIONS), "requested": header_version},
                            http_status=400, bridge_code="unsupported_protocol_version")
-        return session_id
+        return session_id, session
 
     # -- notification streams --------------------------------------------------------------------------------
 
@@ -335,7 +359,7 @@ class McpEndpoint:
                        for media, quality in _media_ranges(accept).items()):
                 raise RpcError(INVALID_REQUEST, "Not Acceptable: a GET stream needs 'Accept: text/event-stream'.",
                                http_status=406)
-            session_id = self._session(request)
+            session_id, _ = self._session(request)
         except RpcError as err:
             if err.bridge_code is not None:
                 request[ERROR_CODE] = err.bridge_code

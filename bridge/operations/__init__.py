@@ -7,7 +7,7 @@ operation".
 
 from __future__ import annotations
 
-from bridge.operations import broker, dynamic, identity, kv, resources, transit
+from bridge.operations import broker, dynamic, identity, intake, kv, resources, transit
 from bridge.operations.pipeline import Call, Executor
 from bridge.operations.spec import AnyOperation, Operation, Param, Registry, RestBinding, hints
 
@@ -17,5 +17,5 @@ __all__ = ["AnyOperation", "Call", "Executor", "Operation", "Param", "Registry",
 
 def default_registry() -> Registry:
     """The bridge's operations, in the order of ``tools/list`` and of the OpenAPI document."""
-    return Registry([*kv.OPERATIONS, *transit.OPERATIONS, *broker.OPERATIONS, *identity.OPERATIONS,
-                     *dynamic.OPERATIONS, *resources.OPERATIONS])
+    return Registry([*kv.OPERATIONS, *intake.OPERATIONS, *transit.OPERATIONS, *broker.OPERATIONS,
+                     *identity.OPERATIONS, *dynamic.OPERATIONS, *resources.OPERATIONS])

@@ -154,7 +154,7 @@ class Executor:
             if self._admit is not None:
                 self._admit(identity)
             if not op.allowed(identity):
-                raise _scope_error(op, call)
+                raise scope_error(op, call)
             if bound.available is not None and not await bound.available(identity):
                 raise ForbiddenError(f"The operation '{op.name}' is not available to this identity.")
             if not isinstance(arguments, Mapping):
@@ -259,7 +259,7 @@ async def _report_change(sink: ChangeSink, op: AnyOperation, changes: Changes, i
         log.exception("operation.change_not_reported", operation=op.name, agent=identity.subject)
 
 
-def _scope_error(op: AnyOperation, call: Call) -> ForbiddenError:
+def scope_error(op: AnyOperation, call: Call) -> ForbiddenError:
     """The refusal of an operation outside the caller's scopes; on MCP it is ``insufficient_scope`` (the
     transport adds the ``WWW-Authenticate`` challenge). ``required_scope`` is the least privileged scope that
     allows it (the first declared); ``accepted_scopes`` lists every one when any of several will do."""

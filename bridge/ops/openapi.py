@@ -28,6 +28,8 @@ from bridge.operations.spec import AUTH_ERRORS
 from bridge.routing import Handler
 
 REF = "#/components/schemas/{model}"
+INTAKE_TOKEN = Param("token", "path", {"type": "string", "pattern": r"^i1\.[A-Za-z0-9_-]{16,8000}\.[A-Za-z0-9_-]{43}$"},
+                     "The link's token (i1.<payload>.<mac>), as kv_request_input made it.")
 EXCLUDED_ROUTES = frozenset({"mcp", "mcp_get", "mcp_post", "mcp_delete", "mcp_options"})
 """Route names that are not REST (MCP's JSON-RPC endpoint)."""
 
@@ -104,6 +106,9 @@ class Op:
     extra_responses: dict[int, str] = field(default_factory=dict)
     scopes: tuple[str, ...] = ()
     """The scopes any one of which allows the route (an operation's ``scopes``); documented as ``x-scopes``."""
+    pages: tuple[int, ...] = ()
+    """Error statuses the route answers with an HTML page (the intake pages): documented as ``text/html`` besides
+    the JSON error the middlewares may answer with the same status."""
 
     @property
     def operation_id(self) -> str:
@@ -143,8 +148,25 @@ ROUTES: tuple[Op, ...] = (
     Op("POST", "/status/quarantine", "status_quarantine", "The status page's kill-switch buttons: an HTML form "
        "(agent, action = quarantine | release, reason, csrf) under the page's access rule; answers 303 to /status.",
        "operations", public=True, status=303, media="text/html", errors=(400, 403, 405, 413, 415, 502, 503, 504)),
+    Op("GET", "/intake/{token}", "intake_form", "The intake form of a one-time link (HTML, for the human the "
+       "agent asked for values; no credential: the link is the capability). Never consumes the link.", "intake",
+       public=True, media="text/html", params=(INTAKE_TOKEN,), errors=(404, 405, 410, 503), pages=(404, 410, 503)),
+    Op("POST", "/intake/{token}", "intake_submit", "Submit the intake form (application/x-www-form-urlencoded: "
+       "'csrf' and 'f0', 'f1', ... from the form page, with its cookie): the values are written to the agent's "
+       "secret once. HTML answers.", "intake", public=True, media="text/html", params=(INTAKE_TOKEN,),
+       errors=(400, 403, 404, 405, 409, 410, 503), pages=(400, 403, 404, 409, 410, 503)),
 )
 """The routes that are no operation."""
+
+
+PAGE_TEXT = {
+    400: "The form again: a field left empty, too long or with a forbidden character (HTML).",
+    403: "The form was not sent from the link's own page (HTML), or a foreign Origin (JSON).",
+    404: "The link is not valid (HTML), or no such route (JSON).",
+    409: "The secret changed since the agent asked; nothing stored (HTML).",
+    410: "The link expired, was used, or was withdrawn (HTML).",
+    503: "Vault could not store the values just now: submit again (HTML).",
+}
 
 
 def operation_row(op: AnyOperation) -> Op:
@@ -213,9 +235,12 @@ def build_openapi(registry: Registry, *, title: str = "Vault MCP Bridge") -> dic
             responses[str(op.status)] = {"description": "Success.",
                                          "content": {op.media: {"schema": {"type": "string"}}}}
         for code in sorted(set(op.errors) | set(EDGE_ERRORS)):
+            content: dict[str, Any] = {"application/json": {"schema": error_ref}}
+            if code in op.pages:
+                content["text/html"] = {"schema": {"type": "string"}}
             responses.setdefault(str(code), {
-                "description": ERROR_TEXT[code],
-                "content": {"application/json": {"schema": error_ref}},
+                "description": PAGE_TEXT[code] if code in op.pages else ERROR_TEXT[code],
+                "content": content,
             })
         operation: dict[str, Any] = {
             "operationId": op.operation_id,

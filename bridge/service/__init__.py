@@ -17,12 +17,13 @@ from bridge.service.access import VaultAccess
 from bridge.service.broker import BrokerService
 from bridge.service.dynamic import DynamicService
 from bridge.service.identity import IdentityService
+from bridge.service.intake import IntakeService
 from bridge.service.kv import KvService
 from bridge.service.resources import ResourceService
 from bridge.service.transit import TransitService
 
-__all__ = ["BrokerService", "DynamicService", "IdentityService", "KvService", "ResourceService", "TransitService",
-           "VaultAccess", "build_services"]
+__all__ = ["BrokerService", "DynamicService", "IdentityService", "IntakeService", "KvService", "ResourceService",
+           "TransitService", "VaultAccess", "build_services"]
 
 
 def build_services(classes: Iterable[type[Any]], access: VaultAccess,

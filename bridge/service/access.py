@@ -39,8 +39,13 @@ class VaultAccess:
 
     async def call(self, identity: Identity, what: str, fn: Callable[[str], Awaitable[T]]) -> T:
         """``fn(token)`` with the agent's token; a Vault error becomes a bridge error about ``what``."""
+        return await self.call_for(identity.subject, identity.auth_method, what, fn)
+
+    async def call_for(self, agent: str, auth_method: str, what: str, fn: Callable[[str], Awaitable[T]]) -> T:
+        """:meth:`call` for an agent that is not the caller of the request (an intake link's: the human who
+        submits it is no agent identity; ``auth_method`` only labels the child token)."""
         try:
-            return await with_token(self.agent_tokens, identity.subject, identity.auth_method, fn)
+            return await with_token(self.agent_tokens, agent, auth_method, fn)
         except VaultError as exc:
             raise from_vault_error(exc, what=what) from None
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.vault.api import LIST, Requester, quote_path
-from bridge.vault.errors import VaultNotFoundError, VaultServerError
+from bridge.vault.errors import VaultInvalidRequestError, VaultNotFoundError, VaultServerError
 from bridge.vault.models import KvMetadata, KvSecret, KvVersion, WrapInfo
+
+CAS_MISMATCH = "check-and-set parameter did not match the current version"
+"""Vault's 400 text when a ``cas`` write finds another version (for ``cas: 0``: the secret exists)."""
 
 
 class KvV2:
@@ -60,6 +63,16 @@ class KvV2:
                                              content_type="application/merge-patch+json")
         return KvVersion.parse(resp.data)
 
+    async def create(self, mount: str, path: str, data: dict[str, Any], *, token: str) -> KvVersion | None:
+        """Write version 1 only if the secret does not exist (``cas: 0``); ``None`` when it does. Of concurrent
+        creates exactly one gets a version (verified on OpenBao 2.7.2: of 8, one)."""
+        try:
+            return await self.write(mount, path, data, token=token, cas=0)
+        except VaultInvalidRequestError as exc:
+            if any(CAS_MISMATCH in error for error in exc.errors):
+                return None
+            raise
+
     async def delete_latest(self, mount: str, path: str, *, token: str) -> None:
         await self._requester.request("DELETE", f"{mount}/data/{quote_path(path)}", operation="kv.delete",
                                       token=token)
@@ -71,6 +84,12 @@ class KvV2:
     async def destroy(self, mount: str, path: str, versions: list[int], *, token: str) -> None:
         await self._requester.request("POST", f"{mount}/destroy/{quote_path(path)}", operation="kv.destroy",
                                       token=token, json_body={"versions": versions})
+
+    async def delete_metadata(self, mount: str, path: str, *, token: str) -> None:
+        """Delete the secret with every version and its metadata (``DELETE {mount}/metadata/{path}``); Vault
+        answers 204 also when there was nothing, so a later :meth:`create` succeeds again."""
+        await self._requester.request("DELETE", f"{mount}/metadata/{quote_path(path)}", operation="kv.metadata.delete",
+                                      token=token)
 
     async def list(self, mount: str, prefix: str, *, token: str) -> list[str]:
         """Keys below ``prefix``; an empty or missing prefix is ``[]``."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -16,6 +18,9 @@ from bridge.intake.routes import setup_intake_routes
 from bridge.keys import INTAKE, SETTINGS
 
 KEY = b"k" * 32
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -70,3 +75,18 @@ def make_harness() -> MakeHarness:
         return IntakeHarness(app, store, writer, clock)
 
     return make
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    """Debian's chromium, headless, JavaScript off, driven by playwright (a persistent context: one profile)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            java_script_enabled=False)
+        try:
+            yield context
+        finally:
+            await context.close()

@@ -7,7 +7,7 @@ used twice (also from a second tab), an expired link is refused, and a form on a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +16,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge.intake import IntakeField
-from tests.intake.conftest import IntakeHarness, MakeHarness
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.intake.conftest import CHROMIUM, IntakeHarness, MakeHarness
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make sysdeps)")
 
 USER = "svc-export"
 PASSWORD = "Tr0ub4dor&3 \"quoted\" <tag> é"
 PEM = "-----BEGIN TEST KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEA\n-----END TEST KEY-----"
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            java_script_enabled=False)
-        try:
-            yield context
-        finally:
-            await context.close()
 
 
 async def served(harness: IntakeHarness, aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:

@@ -229,7 +229,7 @@ async def test_writer_failures(harness: IntakeHarness, aiohttp_client: Callable[
         assert "Nothing was stored" in html or "nothing was stored" in html
         record = await harness.store.lookup(ticket)
         assert record is not None
-        assert record.state == "claimed"
+        assert (record.state, record.code) == ("failed", error.code)  # the agent's status says why
         harness.writer.fail = None
         assert (await submit(client, ticket.token, csrf, values))[0] == 410
 
@@ -241,3 +241,17 @@ async def test_purge_keeps_the_store_small(make_harness: MakeHarness) -> None:
     for t in tickets:
         assert await harness.store.claim(t, clock.now)
     assert await harness.store.purge(clock.now + 61) == 5
+
+
+async def test_field_labels_and_descriptions_on_the_form(harness: IntakeHarness,
+                                                         aiohttp_client: Callable[..., Any]) -> None:
+    """A field's label is shown instead of its name (the name beside it), its description under it; both are the
+    agent's words and are escaped."""
+    client: Client = await aiohttp_client(harness.app)
+    ticket = harness.link(fields=(IntakeField("pw", label="Database <password>", description="From the DBA & team"),
+                                  IntakeField("user")))
+    html, _ = await open_form(client, ticket.token)
+    assert 'for="f0">Database &lt;password&gt; <code class="muted">pw</code></label>' in html
+    assert '<div class="muted" id="d0">From the DBA &amp; team</div>' in html
+    assert 'for="f1">user</label>' in html
+    assert 'id="d1"' not in html

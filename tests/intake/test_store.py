@@ -1,82 +1,26 @@
 """The consumed-nonce record (bridge/intake/store.py): one contract, run against the in-memory store and against
-a real OpenBao through the KV v2 calls the module's docstring names (the Vault facts the wiring relies on: a
-``cas: 0`` write is create-only, ``cas: 1`` updates the claim, a metadata delete lets a claim succeed again, the
-records can be listed by name)."""
+the bridge's own :class:`~bridge.service.intake.VaultIntakeStore` on a real OpenBao (the KV v2 facts it relies on:
+a ``cas: 0`` write is create-only, ``cas: 1`` updates the claim, a metadata delete lets a claim succeed again, the
+records can be listed by name; tests/vault/test_kv.py checks them on the client itself)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
-import aiohttp
 import pytest
+from pydantic import SecretStr
 
+from bridge.config import Settings
 from bridge.intake import IntakeCodec, IntakeField, IntakeRecord, IntakeStore, IntakeTicket, MemoryIntakeStore
-from bridge.intake.store import RECORD_DIR, expired_record, record_path
+from bridge.intake.store import AgentVoid, expired_record, record_path
+from bridge.service.access import VaultAccess
+from bridge.service.intake import VaultIntakeStore
+from bridge.vault import TokenKeeper, VaultClient
+from bridge.vault.auth import StaticToken
 from devtools.devvault import DevVault
 from tests.intake.conftest import KEY, Clock
-
-
-class RawVaultIntakeStore:
-    """:class:`IntakeStore` over KV v2 with plain HTTP (the wiring will do the same with the bridge's client)."""
-
-    def __init__(self, session: aiohttp.ClientSession, addr: str, token: str, *, mount: str = "secret",
-                 prefix: str) -> None:
-        self._http = session
-        self._addr = addr
-        self._headers = {"X-Vault-Token": token}
-        self._mount = mount
-        self._prefix = prefix
-        self.last_error = ""
-
-    def _url(self, kind: str, ticket: IntakeTicket | None = None) -> str:
-        tail = record_path(self._prefix, ticket) if ticket else f"{self._prefix}/{RECORD_DIR}"
-        return f"{self._addr}/v1/{self._mount}/{kind}/{tail}"
-
-    async def _write(self, ticket: IntakeTicket, record: IntakeRecord, cas: int) -> tuple[int, Any]:
-        async with self._http.post(self._url("data", ticket), headers=self._headers,
-                                   json={"options": {"cas": cas}, "data": record.to_data()}) as resp:
-            return resp.status, await resp.json()
-
-    async def claim(self, ticket: IntakeTicket, now: float) -> bool:
-        status, body = await self._write(ticket, IntakeRecord("claimed", ticket.agent, ticket.path, now), 0)
-        if status == 400:
-            self.last_error = body["errors"][0]
-            return False
-        assert status == 200, body
-        assert body["data"]["version"] == 1
-        return True
-
-    async def finish(self, ticket: IntakeTicket, version: int) -> None:
-        record = await self.lookup(ticket)
-        assert record is not None
-        status, body = await self._write(ticket, IntakeRecord("stored", record.agent, record.path, record.claimed_at,
-                                                              version), 1)
-        assert status == 200, body
-
-    async def release(self, ticket: IntakeTicket) -> None:
-        async with self._http.delete(self._url("metadata", ticket), headers=self._headers) as resp:
-            assert resp.status == 204
-
-    async def lookup(self, ticket: IntakeTicket) -> IntakeRecord | None:
-        async with self._http.get(self._url("data", ticket), headers=self._headers) as resp:
-            if resp.status == 404:
-                return None
-            body = await resp.json()
-            return IntakeRecord.from_data(body["data"]["data"])
-
-    async def purge(self, now: float) -> int:
-        async with self._http.request("LIST", self._url("metadata"), headers=self._headers) as resp:
-            if resp.status == 404:
-                return 0
-            names = (await resp.json())["data"]["keys"]
-        gone = [n for n in names if expired_record(n, now)]
-        for name in gone:
-            async with self._http.delete(f"{self._url('metadata')}/{name}", headers=self._headers) as resp:
-                assert resp.status == 204
-        return len(gone)
 
 
 @pytest.fixture(params=["memory", "openbao"])
@@ -90,9 +34,12 @@ async def store(backend: DevVault | None) -> AsyncIterator[IntakeStore]:
     if backend is None:
         yield MemoryIntakeStore()
         return
-    async with aiohttp.ClientSession() as session:
-        # a prefix of its own per test, so that listing and purging see only this test's records
-        yield RawVaultIntakeStore(session, backend.addr, backend.root_token, prefix=f"t{secrets.token_hex(4)}")
+    # a prefix of its own per test, so that listing and purging see only this test's records
+    settings = Settings.from_env({}, vault_addr=backend.addr, vault_token=backend.root_token,
+                                 default_prefix=f"t{secrets.token_hex(4)}")
+    async with VaultClient(backend.addr) as vault:
+        keeper = TokenKeeper(vault, StaticToken(SecretStr(backend.root_token)))
+        yield VaultIntakeStore(VaultAccess(settings, vault, bridge_tokens=keeper))
 
 
 def _ticket(codec: IntakeCodec, path: str = "app/db") -> IntakeTicket:
@@ -106,8 +53,6 @@ async def test_claim_is_create_only_and_release_reopens(store: IntakeStore) -> N
     assert await store.lookup(ticket) is None
     assert await store.claim(ticket, clock.now) is True
     assert await store.claim(ticket, clock.now) is False
-    if isinstance(store, RawVaultIntakeStore):
-        assert store.last_error == "check-and-set parameter did not match the current version"
     record = await store.lookup(ticket)
     assert record == IntakeRecord("claimed", "alice", "app/db", clock.now)
     await store.release(ticket)
@@ -148,3 +93,37 @@ def test_record_names() -> None:
     assert expired_record(ticket.intake_id, ticket.expires_at + 1)
     assert not expired_record(ticket.intake_id, ticket.expires_at)
     assert not expired_record("something-else", 1e12)
+
+
+async def test_outcomes_are_recorded(store: IntakeStore) -> None:
+    """A stored record keeps the fingerprints (never a value); a failed write its code; a declined link is void
+    (created only when nobody submitted first), and settling a record that is not claimed changes nothing."""
+    clock = Clock()
+    codec = IntakeCodec(KEY, 600, clock=clock)
+    stored, failed, declined = _ticket(codec), _ticket(codec), _ticket(codec)
+    prints = {"v": "hmac-sha256:v1:" + "A" * 43 + "="}
+    assert await store.claim(stored, clock.now)
+    await store.finish(stored, 7, prints)
+    assert await store.lookup(stored) == IntakeRecord("stored", "alice", "app/db", clock.now, 7, prints)
+    assert await store.claim(failed, clock.now)
+    await store.fail(failed, "cas_mismatch")
+    assert await store.lookup(failed) == IntakeRecord("failed", "alice", "app/db", clock.now, code="cas_mismatch")
+    assert await store.void(declined, "declined", clock.now) is True
+    assert await store.claim(declined, clock.now) is False  # the human comes too late
+    await store.finish(declined, 3)  # not claimed: nothing changes
+    assert await store.lookup(declined) == IntakeRecord("void", "alice", "app/db", clock.now, code="declined")
+    assert await store.void(stored, "cancelled", clock.now) is False  # the human was first
+
+
+async def test_agent_void_and_its_purge(store: IntakeStore) -> None:
+    clock = Clock()
+    assert await store.agent_void("alice") is None
+    await store.void_agent("alice", clock.now, clock.now + 600)
+    void = await store.agent_void("alice")
+    assert void == AgentVoid(clock.now, clock.now + 600)
+    assert void.voids(clock.now + 600, 600)  # made at the void
+    assert not void.voids(clock.now + 601, 600)  # made a second later
+    assert await store.agent_void("bob") is None
+    assert await store.purge(clock.now + 600) == 0
+    assert await store.purge(clock.now + 601) == 1
+    assert await store.agent_void("alice") is None

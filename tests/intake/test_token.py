@@ -92,6 +92,12 @@ def test_a_session_id_is_no_link() -> None:
     ({"fields": (IntakeField(""),)}, "empty"),
     ({"fields": (IntakeField("x" * 129),)}, "longer than 128"),
     ({"fields": (IntakeField("a\nb"),)}, "control character"),
+    ({"fields": (IntakeField("a", label="x" * 65),)}, "label is longer than 64"),
+    ({"fields": (IntakeField("a", label="tab\there"),)}, "label has a control character"),
+    ({"fields": (IntakeField("a", description="x" * 201),)}, "description is longer than 200"),
+    ({"fields": (IntakeField("a", description="two\nlines"),)}, "description has a control character"),
+    ({"fields": tuple(IntakeField(f"f{i}", label="l" * 60, description="d" * 100) for i in range(16))},
+     "together are longer than 2048"),
     ({"description": "x" * 501}, "longer than 500"),
     ({"description": "a\x1b[31mred"}, "control character"),
 ])
@@ -131,3 +137,55 @@ def test_csrf_tokens_are_bound_to_link_and_cookie() -> None:
     assert not codec.csrf_ok(t1, None, token)
     assert not codec.csrf_ok(t1, "cookie-1", None)
     assert not codec.csrf_ok(t1, "cookie-1", "")
+
+
+def test_labels_and_descriptions_travel_in_the_link() -> None:
+    """A field's label and description are part of the signed link; a link without them has the original
+    payload (links made before them still verify)."""
+    codec = IntakeCodec(KEY, 600, clock=Clock())
+    fields = (IntakeField("pw", label="Database password", description="From the vault of the DBA team"),
+              IntakeField("key", True, "", "PEM, with its BEGIN line"), IntakeField("user", False, "User name"))
+    ticket = codec.issue(agent="alice", path="p", cas=0, fields=fields)
+    assert codec.verify(ticket.token).fields == fields
+    payload = ticket.token.split(".")[1]
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert data["f"] == [["pw", False, "Database password", "From the vault of the DBA team"],
+                         ["key", True, "", "PEM, with its BEGIN line"], ["user", False, "User name"]]
+    plain = codec.issue(agent="alice", path="p", cas=0, fields=FIELDS)
+    payload = plain.token.split(".")[1]
+    assert json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["f"] == [
+        ["username", False], ["private key", True]]
+
+
+def test_a_request_too_large_for_a_link_is_400() -> None:
+    """Within every single limit, but quotes and non-ASCII text escape into more than a link holds."""
+    codec = IntakeCodec(KEY, 600)
+    fields = tuple(IntakeField(f"f{i}", label='"' * 60, description="\\" * 65) for i in range(16))
+    path = "/".join(["q" * 120] * 4)
+    with pytest.raises(InvalidRequestError) as info:
+        codec.issue(agent="alice", path=path, cas=0, fields=fields, description="€" * 500)
+    assert "does not fit into a link" in info.value.message
+
+
+def test_references_name_the_request_not_the_link() -> None:
+    """``ref_id`` names the agent's request (record name, path, expiry); only the same key and agent read it back;
+    altered, foreign or malformed ones are ``None``; it carries nothing to submit values with."""
+    clock = Clock()
+    codec = IntakeCodec(KEY, 600, clock=clock)
+    ticket = codec.issue(agent="alice", path="app/db@prod", cas=2, fields=FIELDS)
+    ref_id = codec.ref_id(ticket)
+    ref = codec.read_ref(ref_id, "alice")
+    assert ref is not None
+    assert (ref.agent, ref.path, ref.expires_at, ref.nonce) == ("alice", "app/db@prod", ticket.expires_at,
+                                                                ticket.nonce)
+    assert ref.intake_id == ticket.intake_id
+    assert ticket.token.split(".")[2] not in ref_id  # not the link's MAC
+    assert codec.read_ref(ref_id, "bob") is None
+    assert IntakeCodec(b"o" * 32, 600).read_ref(ref_id, "alice") is None
+    first, nonce, path, mac = ref_id.split(".")
+    other_path = base64.urlsafe_b64encode(b"app/other").rstrip(b"=").decode()
+    for forged in (f"{int(first) + 1}.{nonce}.{path}.{mac}", f"{first}.{nonce}.{other_path}.{mac}", ref_id + "x",
+                   "", "1.2.3.4", ticket.token):
+        assert codec.read_ref(forged, "alice") is None
+    with pytest.raises(IntakeError):
+        codec.verify(ref_id)

@@ -20,7 +20,7 @@ from typing import Any
 import httpx2
 import mcp_types
 import pytest
-from aiohttp import ClientResponse, ClientSession, ClientTimeout
+from aiohttp import ClientResponse, ClientSession, ClientTimeout, CookieJar
 from aiohttp.test_utils import TestServer
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -372,3 +372,25 @@ async def test_direct_write_reaches_a_session(mcp_server: ServerFactory, bao: De
         await subscribe(client, "vault://kv/later")
         await direct_write(bao, agent, "later")
         await until(lambda: got == ["vault://kv/later"], "the direct write's notification")
+
+
+async def test_values_a_human_stores_through_intake_reach_subscribers(mcp_server: ServerFactory) -> None:
+    """A ``kv_request_input`` link filled in by a human is a write through the bridge: the agent's subscribers
+    hear of it at once (polling is off here, so only the bridge's own notification can bring it)."""
+    from tests.intake.conftest import CSRF_RE
+
+    agent, key = unique_agent("intake")
+    url = await mcp_server(api_keys_json=json.dumps({key: agent}), subscription_poll_interval=0)
+    got: list[str] = []
+    async with sdk(url, key, "legacy", got) as client:
+        await subscribe(client, "vault://kv/app/token")
+        result = await client.call_tool("kv_request_input", {"path": "app/token", "fields": ["token"]})
+        assert not result.is_error, result
+        link = result.structured_content["url"]
+        async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as human:  # the form cookie on 127.0.0.1
+            form = await (await human.get(link)).text()
+            match = CSRF_RE.search(form)
+            assert match is not None
+            resp = await human.post(link, data={"csrf": match.group(1), "f0": "typed-by-a-human"})
+            assert resp.status == 200, await resp.text()
+        await until(lambda: got == ["vault://kv/app/token"], "the intake write's notification")

@@ -48,6 +48,28 @@ def test_session_roundtrip_and_rejections() -> None:
     assert codec.issue("alice", "2025-11-25") != codec.issue("alice", "2025-11-25")  # nonce
 
 
+def test_session_flags_are_signed() -> None:
+    """What the client declared (``u``: URL-mode elicitation) travels in the signed id: ``v2`` with flags; the
+    flags cannot be added, changed or dropped without the key; a ``v1`` id has none."""
+    clock = Clock(1_000_000.0)
+    codec = SessionCodec(KEY, 3600, clock=clock)
+    sid = codec.issue("alice", "2025-11-25", flags="u")
+    assert sid.startswith("v2.alice.2025-11-25.1000000.u.")
+    session = codec.verify(sid, "alice")
+    assert session is not None
+    assert (session.flags, session.protocol_version) == ("u", "2025-11-25")
+    plain = codec.issue("alice", "2025-11-25")
+    assert plain.startswith("v1.")
+    plain_session = codec.verify(plain, "alice")
+    assert plain_session is not None
+    assert plain_session.flags == ""
+    assert codec.verify(sid.replace(".u.", ".x.", 1), "alice") is None
+    head, nonce, mac = plain.rsplit(".", 2)
+    assert codec.verify(f"v2{head[2:]}.u.{nonce}.{mac}", "alice") is None  # a flag added to a v1 id
+    with pytest.raises(ValueError, match="flags"):
+        codec.issue("alice", "2025-11-25", flags="U!")
+
+
 def test_session_issued_in_the_future_is_rejected() -> None:
     future = SessionCodec(KEY, 3600, clock=lambda: 2_000_000.0).issue("alice", "2025-11-25")
     assert SessionCodec(KEY, 3600, clock=lambda: 1_000_000.0).verify(future, "alice") is None

@@ -110,3 +110,26 @@ async def test_list_and_metadata(kv: Root) -> None:
     with pytest.raises(VaultNotFoundError):
         await kv.kv.metadata(MOUNT, path(), token=kv.root)
 
+
+
+async def test_create_only_and_metadata_delete(kv: Root) -> None:
+    """``create`` (cas 0) makes version 1 once: of 8 concurrent creates one wins, the others get ``None``.
+    ``delete_metadata`` removes every version (also when there is
+    nothing), so a later create succeeds again."""
+    import asyncio
+
+    p = path()
+    results = await asyncio.gather(*(kv.kv.create(MOUNT, p, {"n": n}, token=kv.root) for n in range(8)))
+    made = [r for r in results if r is not None]
+    assert len(made) == 1
+    assert made[0].version == 1
+    assert await kv.kv.create(MOUNT, p, {"n": 9}, token=kv.root) is None
+    await kv.kv.write(MOUNT, p, {"n": 10}, cas=1, token=kv.root)
+    assert (await kv.kv.read(MOUNT, p, token=kv.root)).metadata.version == 2
+    await kv.kv.delete_metadata(MOUNT, p, token=kv.root)
+    with pytest.raises(VaultNotFoundError):
+        await kv.kv.metadata(MOUNT, p, token=kv.root)
+    await kv.kv.delete_metadata(MOUNT, p, token=kv.root)  # nothing there: still fine
+    again = await kv.kv.create(MOUNT, p, {"n": 11}, token=kv.root)
+    assert again is not None
+    assert again.version == 1
