@@ -198,8 +198,12 @@ def inflight_middleware(inflight: InflightLimiter) -> Middleware:
         identity = request.get(IDENTITY)
         if identity is None:
             return await handler(request)
-        async with inflight.slot(identity.subject) as held:
+        key = identity.subject
+        held = await inflight.acquire(key)
+        try:
             request[INFLIGHT_SLOT] = held  # a notification stream releases it early
             return await handler(request)
+        finally:
+            inflight.done(key, held)
 
     return slot_middleware
