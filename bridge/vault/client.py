@@ -90,7 +90,9 @@ class VaultClient:
             session=session)
         self._retry_backoff = retry_backoff
         self._observer = observer
-        self._headers: dict[str, str] = {"User-Agent": "vault-mcp-bridge", "X-Vault-Request": "true"}
+        # Accept and Accept-Encoding as aiohttp would add them, minus compression (Vault's answers are small)
+        self._headers: dict[str, str] = {"User-Agent": "vault-mcp-bridge", "X-Vault-Request": "true",
+                                         "Accept": "*/*", "Accept-Encoding": "identity"}
         if namespace:
             self._headers["X-Vault-Namespace"] = namespace
 
