@@ -45,6 +45,8 @@ log = structlog.get_logger("bridge.edge")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+MAX_REMEMBERED_HOSTS = 256
+"""Allowed ``Host`` values remembered per app, so the policy is not parsed again on every request."""
 
 
 class InvalidHostError(BridgeError):
@@ -149,11 +151,21 @@ def edge_middleware(settings: Settings, *, origin_exempt: Collection[str] = ()) 
     exempt = frozenset(origin_exempt)
     policy = HostPolicy.from_settings(settings)
     origin_ok = origin_policy(settings)
+    allowed: set[str] = set()  # Host values seen allowed (clients send the same few on every request)
+
+    def host_ok(value: str) -> bool:
+        if value in allowed:
+            return True
+        if not policy.allows(value):
+            return False
+        if len(allowed) < MAX_REMEMBERED_HOSTS:
+            allowed.add(value)
+        return True
 
     @web.middleware
     async def host_origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         hosts = request.headers.getall(hdrs.HOST, [])
-        if len(hosts) > 1 or (hosts and not policy.allows(hosts[0])):
+        if len(hosts) > 1 or (hosts and not host_ok(hosts[0])):
             log.warning("http.host.rejected", method=request.method, hosts=len(hosts))  # the value is not logged
             raise InvalidHostError(
                 "This bridge does not answer for that Host (DNS-rebinding protection); an operator can add it "

@@ -61,34 +61,52 @@ class InflightLimiter:
             f"This agent already has {self.limit} requests in progress (AGENT_MAX_INFLIGHT); wait for some to "
             "finish, then retry.", code="too_many_concurrent_requests", headers={"Retry-After": "1"})
 
-    @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[Slot]:
+    async def acquire(self, key: str) -> Slot:
+        """A slot of ``key`` (waiting up to ``wait`` for one), or 429 ``too_many_concurrent_requests``. The caller
+        calls :meth:`done` once the request ends, whatever happened (:meth:`slot` does both). A free slot is taken
+        without suspending: the hot path of every request."""
         if self.limit <= 0:
-            yield Slot(None)
-            return
+            return Slot(None)
         entry = self._agents.get(key)
         if entry is None:
             entry = self._agents[key] = _Agent(asyncio.Semaphore(self.limit))
-        if entry.slots.locked() and (entry.waiting >= self.limit or self.wait <= 0):
+        if not entry.slots.locked():
+            entry.users += 1
+            await entry.slots.acquire()  # a free slot: returns at once
+            return Slot(entry.slots.release)
+        if entry.waiting >= self.limit or self.wait <= 0:
             raise self._busy()
         entry.users += 1
+        entry.waiting += 1
         try:
-            if entry.slots.locked():
-                entry.waiting += 1
-                try:
-                    await asyncio.wait_for(entry.slots.acquire(), self.wait)
-                except TimeoutError:
-                    raise self._busy() from None
-                finally:
-                    entry.waiting -= 1
-            else:
-                await entry.slots.acquire()  # a free slot: returns at once
-            held = Slot(entry.slots.release)
-            try:
-                yield held
-            finally:
-                held.release()
+            await asyncio.wait_for(entry.slots.acquire(), self.wait)
+        except TimeoutError:
+            self._left(key, entry)
+            raise self._busy() from None
+        except BaseException:  # cancelled while waiting
+            self._left(key, entry)
+            raise
         finally:
-            entry.users -= 1
-            if entry.users == 0 and self._agents.get(key) is entry:
-                del self._agents[key]
+            entry.waiting -= 1
+        return Slot(entry.slots.release)
+
+    def done(self, key: str, held: Slot) -> None:
+        """The request of ``held`` (from :meth:`acquire`) ended: its slot goes back, if not given back already."""
+        held.release()
+        if self.limit > 0:
+            entry = self._agents.get(key)
+            if entry is not None:
+                self._left(key, entry)
+
+    def _left(self, key: str, entry: _Agent) -> None:
+        entry.users -= 1
+        if entry.users == 0 and self._agents.get(key) is entry:
+            del self._agents[key]
+
+    @asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[Slot]:
+        held = await self.acquire(key)
+        try:
+            yield held
+        finally:
+            self.done(key, held)

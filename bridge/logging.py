@@ -8,18 +8,29 @@ of the process.
 - Free text (a library's message, an exception's text) cannot be redacted by key, so every string value is also
   scrubbed (``scrub_text``): bytes reprs (a parser quoting raw request bytes, e.g. a header value), the values of
   credential headers (``X-API-Key: …``), bearer tokens, Vault tokens and user info in URLs.
+
+The lines written on every request (the access line ``http.request``, ``mcp.tool.called``) go through
+:func:`info_line`: the same event dict (the call's fields, then the ``structlog.contextvars``, ``level``,
+``timestamp``), the same :func:`redact_processor`, the same JSON, written as one line; it only skips structlog's
+proxy and the processors that have nothing to do for such a line, which cost more than the rest of the request's
+logging together. Whenever the configuration in force is not :func:`configure_logging`'s JSON one (the console
+format, a test's ``capture_logs``), it hands the line to structlog instead.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from yarl import URL
 
@@ -111,25 +122,80 @@ def _log_uncaught_thread(args: threading.ExceptHookArgs) -> None:
             exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
+def json_line(event_dict: Mapping[str, Any], *, default: Callable[[Any], Any] = repr, **_kw: Any) -> str:
+    """An event as one compact JSON line (orjson; anything it cannot encode, such as an integer beyond 64 bits or
+    a non-string key, through the standard library); objects JSON does not know go through ``default`` (structlog's
+    renderer passes its own, which ends in ``repr``)."""
+    try:
+        return orjson.dumps(event_dict, default=default).decode()
+    except TypeError:
+        return json.dumps(event_dict, default=default, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _LineSink:
+    """Where :func:`info_line` writes while :func:`configure_logging`'s JSON configuration is in force."""
+
+    processors: list[Any]  # structlog's list, as configured (a test's ``capture_logs`` edits it in place)
+    renderer: Any
+    info: bool  # the level lets info lines through
+    stream: TextIO | None  # None: ``sys.stdout`` at the time of writing, as structlog's PrintLogger does
+
+
+_sink: _LineSink | None = None
+"""Set by :func:`configure_logging` (process-wide, as structlog's own configuration is)."""
+
+_fallback = structlog.get_logger("bridge.access")
+
+
+def info_line(event: str, fields: dict[str, Any]) -> None:
+    """``structlog.get_logger().info(event, **fields)``, written directly (see the module docstring). ``fields``
+    is consumed (it becomes the event dict)."""
+    sink = _sink
+    if sink is None or structlog.get_config()["processors"] is not sink.processors \
+            or sink.processors[-1] is not sink.renderer:
+        _fallback.info(event, **fields)
+        return
+    if not sink.info:
+        return
+    fields["event"] = event
+    for key, value in structlog.contextvars.get_contextvars().items():
+        fields.setdefault(key, value)
+    fields.setdefault("level", "info")
+    redact_processor(None, "info", fields)
+    fields["timestamp"] = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+    line = json_line(fields) + "\n"
+    stream = sink.stream if sink.stream is not None else sys.stdout
+    with _LINE_LOCK:
+        stream.write(line)  # one line, flushed at once (one write), as structlog's PrintLogger does
+        stream.flush()
+
+
+_LINE_LOCK = threading.Lock()
+
+
 def configure_logging(level: str = "info", fmt: str = "json", *, stream: TextIO | None = None) -> None:
     """Configure structlog and the standard ``logging`` module (process-wide, as logging is) for the service
     (stdout), or for a command whose stdout is its output (``stream=sys.stderr``)."""
-    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+    global _sink
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=json_line) if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
     numeric = getattr(logging, level.upper())
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.format_exc_info,
+        redact_processor,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.format_exc_info,
-            redact_processor,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+    _sink = _LineSink(processors, renderer, numeric <= logging.INFO, stream) if fmt == "json" else None
     # Everything logged through the standard library: the same processors, the same stream.
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level],

@@ -27,6 +27,7 @@ from bridge.auth import AuthChain
 from bridge.billing import bucket, rate_limited
 from bridge.errors import BridgeError, UnauthenticatedError, from_http_status
 from bridge.inflight import InflightLimiter
+from bridge.logging import info_line
 from bridge.mcp.metadata import MCP_PATH, Challenges
 from bridge.mcp.protocol import peek_message, rpc_error, rpc_error_for
 from bridge.quarantine import Quarantine
@@ -89,15 +90,14 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         return response
     finally:
         identity = request.get(IDENTITY)
-        log.info(
-            "http.request",
-            agent=identity.subject if identity else None,
-            auth_method=identity.auth_method if identity else None,
-            method=request.method,
-            route=route_template(request),
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        info_line("http.request", {
+            "agent": identity.subject if identity else None,
+            "auth_method": identity.auth_method if identity else None,
+            "method": request.method,
+            "route": route_template(request),
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        })
         structlog.contextvars.unbind_contextvars("request_id", "client_request_id")
 
 
@@ -216,8 +216,12 @@ def inflight_middleware(inflight: InflightLimiter) -> Middleware:
         identity = request.get(IDENTITY)
         if identity is None:
             return await handler(request)
-        async with inflight.slot(identity.subject) as held:
+        key = identity.subject
+        held = await inflight.acquire(key)
+        try:
             request[INFLIGHT_SLOT] = held  # a notification stream releases it early
             return await handler(request)
+        finally:
+            inflight.done(key, held)
 
     return slot_middleware

@@ -26,7 +26,7 @@ from bridge.errors import (
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
-from bridge.jsonbody import JsonBodyError, load_json
+from bridge.jsonbody import JsonBodyError, dumps, load_json
 from bridge.operations import AnyOperation, Call, Executor, Registry, RestBinding
 from bridge.paths import decode_raw
 from bridge.probe import VaultProbe
@@ -183,8 +183,8 @@ class RestApi:
                     request[RATE_DECISION] = call.decision
             if binding.status == 204:
                 return web.Response(status=204)
-            return web.json_response(out.model_dump(mode="json", exclude_none=binding.exclude_none),
-                                     status=binding.status)
+            return web.Response(body=dumps(out.model_dump(mode="json", exclude_none=binding.exclude_none)),
+                                status=binding.status, content_type="application/json", charset="utf-8")
 
         return handle
 

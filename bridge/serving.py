@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -74,6 +75,22 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+GC_THRESHOLDS = (50_000, 20, 20)
+"""The garbage collector's generation thresholds while serving (Python's default: 700, 10, 10)."""
+
+
+def tune_gc() -> None:
+    """Once the app has started: everything made so far (modules, the app, its state) lives as long as the process,
+    so it is collected once and moved out of the collector's sight (``gc.freeze``), and the young generation is
+    collected every 50,000 allocations instead of 700. With many requests in flight, each collection of 700 found
+    the live objects of the others, promoted them, and the full collections that followed walked the whole heap
+    again and again: the collector was the largest cost that grew with concurrency. Reference counting still frees
+    a request's objects when it ends; only cycles wait for a collection, and at most 50,000 young objects do."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def is_worker() -> bool:
@@ -449,6 +466,7 @@ def run_app(app: web.Application, settings: Settings, *, ssl_context: ssl.SSLCon
                                  reuse_port=settings.workers > 1 or None,
                                  handshake_timeout=limits.header_read_timeout)
             await site.start()
+            tune_gc()
             log.info("server.listening", host=settings.host, port=settings.port, tls=ssl_context is not None,
                      max_connections=limits.max_connections)
             await asyncio.Event().wait()  # until a signal (GracefulExit) or cancellation

@@ -34,6 +34,8 @@ from bridge.config import SCOPES
 from bridge.errors import UnauthenticatedError
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_VERIFIED = web.RequestKey("jwt_verified", tuple[str, Identity])
+"""The bearer token :meth:`JwtAuthenticator.prepare` found in the verified-token cache, and its identity."""
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -86,32 +88,41 @@ class JwtAuthenticator:
 
     async def prepare(self, request: web.Request) -> None:
         """Before :meth:`authenticate`: refresh the JWK Set when the token names an unknown ``kid`` or the
-        set is stale (rate-limited in :class:`JwksCache`). Never raises; a bad token fails afterwards."""
+        set is stale (rate-limited in :class:`JwksCache`). Never raises; a bad token fails afterwards. A token
+        found in the verified-token cache is remembered on the request, so that :meth:`authenticate` does not
+        hash it again."""
         token = bearer_token(request)
         if token is not None:
-            await self.prepare_token(token)
+            hit = await self.prepare_token(token)
+            if hit is not None:
+                request[_VERIFIED] = (token, hit)
 
-    async def prepare_token(self, token: str) -> None:
-        """:meth:`prepare` for a token (``vault-mcp-bridge stdio`` reads it from a file)."""
+    async def prepare_token(self, token: str) -> Identity | None:
+        """:meth:`prepare` for a token (``vault-mcp-bridge stdio`` reads it from a file); the token's identity when
+        the verified-token cache has it."""
         if self.jwks is None or len(token) > self._max_bytes:
-            return
-        if self.cache is not None and self.cache.get(token) is not None:
-            return
+            return None
+        if self.cache is not None and (cached := self.cache.get(token)) is not None:
+            return cached
         header = _header(token)
         if header is None or header.get("alg") not in self._algorithms or header.get("alg") in HMAC_ALGORITHMS:
-            return
+            return None
         kid = header.get("kid")
         if not isinstance(kid, str | None):
-            return
+            return None
         if not self.jwks.knows(kid):
             await self.jwks.refresh(reason="unknown_kid")
         elif self.jwks.stale:
             await self.jwks.refresh(reason="stale")
+        return None
 
     def authenticate(self, request: web.Request) -> Identity | None:
         token = bearer_token(request)
         if token is None:
             return None
+        prepared: tuple[str, Identity] | None = request.get(_VERIFIED)
+        if prepared is not None and prepared[0] == token:
+            return prepared[1]  # a cache hit of this request's prepare, a moment ago
         return self.identity_of(token)
 
     def identity_of(self, token: str) -> Identity:

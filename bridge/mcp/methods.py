@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from bridge.errors import BridgeError
+from bridge.logging import info_line
 from bridge.mcp.changes import ChangeHub, parse_uri, session_key
 from bridge.mcp.context import McpContext
 from bridge.mcp.prompts import Prompts, Tools
@@ -182,11 +183,11 @@ class McpMethods:
                 raise
             if err.code == "rate_limited":
                 raise
-            log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=True, code=err.code)
+            info_line("mcp.tool.called", {"agent": identity.subject, "tool": name, "is_error": True, "code": err.code})
             return result_content(err.to_dict(), is_error=True)
         finally:
             ctx.decision = call.decision
-        log.info("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
+        info_line("mcp.tool.called", {"agent": identity.subject, "tool": name, "is_error": False})
         # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
         return result_content(out.model_dump(mode="json", exclude_none=True), is_error=False)
 

@@ -28,7 +28,7 @@ from aiohttp import web
 
 import bridge
 from bridge.errors import BridgeError, code_for_status
-from bridge.jsonbody import JsonBodyError, JsonLimitError, load_json
+from bridge.jsonbody import JsonBodyError, JsonLimitError, dumps, load_json
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -167,8 +167,7 @@ async def peek_message(request: web.Request) -> RpcPeek:
 
 def rpc_response(payload: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
                  ) -> web.Response:
-    resp = web.Response(status=status, text=json.dumps(payload, separators=(",", ":")),
-                        content_type="application/json")
+    resp = web.Response(status=status, body=dumps(payload), content_type="application/json", charset="utf-8")
     for name, value in (headers or {}).items():
         resp.headers[name] = value
     return resp

@@ -7,12 +7,12 @@ and its annotations (:class:`McpTools`). ``tools/call`` hands the tool's ``argum
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel
 
 from bridge.auth.identity import Identity
+from bridge.jsonbody import dumps
 from bridge.operations import AnyOperation, Executor, Registry
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -123,7 +123,7 @@ class McpTools:
 def result_content(structured: dict[str, Any], *, is_error: bool) -> dict[str, Any]:
     """A ``CallToolResult``: the structured JSON plus the same JSON as a text block."""
     return {
-        "content": [{"type": "text", "text": json.dumps(structured, ensure_ascii=False)}],
+        "content": [{"type": "text", "text": dumps(structured).decode()}],
         "structuredContent": structured,
         "isError": is_error,
     }

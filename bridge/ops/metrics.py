@@ -109,21 +109,34 @@ class Metrics:
             ["operation", "how"], registry=reg)
         for event in sorted(_TOKEN_EVENTS):
             self.token_events.labels(event=event)
+        # each label set's children, looked up once: ``labels(**kw)`` validates and joins the values on every call.
+        # Bounded as the label values are (code-defined sets; agents only with METRICS_AGENT_LABELS, as in the
+        # collectors themselves).
+        self._request_children: dict[tuple[str, str, int, str, str], tuple[Counter, Histogram]] = {}
+        self._vault_children: dict[str, Histogram] = {}
 
     # -- hooks ---------------------------------------------------------------------------------------
 
     def observe_request(self, *, route: str, method: str, status: int, auth_method: str, agent: str,
                         duration: float) -> None:
-        method = method if method in _METHODS else "OTHER"
-        labels = {"route": route, "method": method, "status": str(status), "auth_method": auth_method}
-        if self.agent_labels:
-            labels["agent"] = agent
-        self.requests.labels(**labels).inc()
-        self.request_seconds.labels(route=route, method=method).observe(duration)
+        key = (route, method, status, auth_method, agent if self.agent_labels else "")
+        children = self._request_children.get(key)
+        if children is None:
+            method = method if method in _METHODS else "OTHER"
+            labels = {"route": route, "method": method, "status": str(status), "auth_method": auth_method}
+            if self.agent_labels:
+                labels["agent"] = agent
+            children = self._request_children[key] = (self.requests.labels(**labels),
+                                                       self.request_seconds.labels(route=route, method=method))
+        children[0].inc()
+        children[1].observe(duration)
 
     def observe_vault(self, stats: CallStats) -> None:
         """The ``VaultClient`` observer."""
-        self.vault_seconds.labels(operation=stats.operation).observe(stats.duration)
+        child = self._vault_children.get(stats.operation)
+        if child is None:
+            child = self._vault_children[stats.operation] = self.vault_seconds.labels(operation=stats.operation)
+        child.observe(stats.duration)
         if stats.outcome != "ok":
             self.vault_errors.labels(operation=stats.operation, kind=error_kind(stats.outcome)).inc()
 

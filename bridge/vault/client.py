@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 from yarl import URL
 
@@ -89,7 +91,9 @@ class VaultClient:
             session=session)
         self._retry_backoff = retry_backoff
         self._observer = observer
-        self._headers: dict[str, str] = {"User-Agent": "vault-mcp-bridge", "X-Vault-Request": "true"}
+        # Accept and Accept-Encoding as aiohttp would add them, minus compression (Vault's answers are small)
+        self._headers: dict[str, str] = {"User-Agent": "vault-mcp-bridge", "X-Vault-Request": "true",
+                                         "Accept": "*/*", "Accept-Encoding": "identity"}
         if namespace:
             self._headers["X-Vault-Namespace"] = namespace
 
@@ -136,7 +140,7 @@ class VaultClient:
             hdrs.update(headers)
         data: bytes | None = None
         if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":")).encode()
+            data = _dumps(json_body)
             hdrs["Content-Type"] = content_type or "application/json"
         # ``path`` is quoted already: build the URL once, without yarl re-quoting it on every call
         url = URL(f"{self.addr}/v1/{path}", encoded=True)
@@ -188,7 +192,7 @@ class VaultClient:
         body: dict[str, Any] | None = None
         if raw:
             try:
-                loaded = json.loads(raw)
+                loaded = _loads(raw)
             except ValueError:
                 loaded = None
             if isinstance(loaded, dict):
@@ -209,6 +213,29 @@ class VaultClient:
             except ValueError:
                 after = None
         raise error_for_status(status, errors, body=body, retry_after=after)
+
+
+def _dumps(value: Any) -> bytes:
+    """A request body: orjson, or the standard library for what orjson refuses (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{16}")
+
+
+def _loads(raw: bytes) -> Any:
+    """Vault's answer: orjson, unless the body has a run of 16 digits (orjson reads an integer beyond 64 bits as a
+    float, and the standard library keeps it exact) or orjson refuses it (the standard library is more lenient):
+    the same values as ``json.loads`` either way."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def _template(path: str) -> str:

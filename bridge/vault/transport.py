@@ -60,8 +60,8 @@ class AiohttpTransport:
             cookie_jar=aiohttp.DummyCookieJar(),  # Vault sets no cookies: skip the jar on every call
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             json_serialize=json.dumps,
-            # our headers go with each request (no per-call merge of session defaults)
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            # no skip_auto_headers: it sends every request down aiohttp's slow header path; the client's headers
+            # carry User-Agent, Accept and Accept-Encoding instead (see VaultClient)
         )
         return self._session
 
