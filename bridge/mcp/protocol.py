@@ -68,9 +68,12 @@ SERVER_INFO: dict[str, str] = {"name": "vault-mcp-bridge", "title": "Vault MCP B
 INSTRUCTIONS = (
     "Secrets of the calling agent in HashiCorp Vault / OpenBao. Paths are relative to the agent's own "
     "namespace (you never see other agents' secrets). kv_* tools manage versioned key/value secrets; "
-    "transit_* tools encrypt and decrypt with keys that never leave Vault; whoami shows your identity and "
-    "scopes. A failed tool call returns isError with structuredContent.error.code (not_found, cas_mismatch, "
-    "invalid_path, invalid_request, forbidden, vault_unavailable, ...)."
+    "transit_* tools encrypt and decrypt with keys that never leave Vault; db_creds, pki_issue, pki_sign, "
+    "ssh_sign make credentials on demand and lease_* manage them; whoami shows your identity and scopes. "
+    "Without the 'read' scope you get references instead of values (kv_read: secret://…, db_creds: "
+    "lease://…#password): use them as {{reference}} placeholders in http_request. A failed tool call returns "
+    "isError with structuredContent.error.code (not_found, cas_mismatch, invalid_path, invalid_request, "
+    "forbidden, vault_unavailable, ...)."
 )
 
 
