@@ -195,10 +195,12 @@ async def test_a_use_only_identity_gets_a_reference_that_the_broker_sends_to_all
 
 
 async def test_a_reference_resolves_for_read_only_and_dies_with_its_lease(
-        client: Client, ref_vault: DynamicVault, postgres: PostgresServer) -> None:
+        client: Client, ref_vault: DynamicVault, postgres: PostgresServer,
+        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
     creds = await ok(await client.post("/dynamic/database/ro", json={}, headers=USE))
     ref = creds["password_reference"]
-    resolved = await ok(await client.post("/leases:resolve", json={"reference": ref}, headers=READER))
+    replica = await aiohttp_client(create_app(bridge_settings(ref_vault, API_KEYS_JSON=json.dumps(KEYS))))
+    resolved = await ok(await replica.post("/leases:resolve", json={"reference": ref}, headers=READER))  # shared
     assert resolved["reference"] == ref
     assert resolved["lease_id"] == creds["lease_id"]
     assert resolved["field"] == "password"
