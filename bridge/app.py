@@ -90,6 +90,7 @@ from bridge.ratelimit_redis import redis_limiter
 from bridge.rest import RestApi, setup_routes
 from bridge.routing import MCP_MESSAGE
 from bridge.service import (
+    BrokerService,
     DynamicService,
     IdentityService,
     IntakeService,
@@ -165,8 +166,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     broker = app[BROKER] = Broker.from_settings(settings)  # its outbound session: broker_ctx
     access = VaultAccess(settings, vault, bridge_tokens=keeper, agent_tokens=children, canary=canary,
                          broker=broker)
+    dynamic = DynamicService(access, leases, quarantine.is_quarantined)
     services = build_services((op.service for op in registry), access,
-                              {DynamicService: DynamicService(access, leases, quarantine.is_quarantined)})
+                              {DynamicService: dynamic, BrokerService: BrokerService(access, dynamic.refs)})
     # change notifications (MCP streams): fed by the executor, by every replica (Redis) and by polling Vault
     hub = app[CHANGES] = build_hub(settings, ResourceService(access).state)
     executor = app[EXECUTOR] = Executor(registry, services, audit=audit,

@@ -5,9 +5,12 @@
     vault-mcp-bridge exec --url https://bridge:8089 --api-key-file ~/.config/agent.key \\
         --env DATABASE_PASSWORD=secret://app/db#password --env API_TOKEN=secret://app/api#token@3 -- ./job --flag
 
-1. Each ``--env NAME=<reference>`` is resolved through the bridge's REST API, ``GET /secrets/<path>[?version=N]``
-   with the key from ``--api-key-file`` (never from the command line): the key needs the ``read`` scope, because
-   this process does receive the values. A field that is no JSON string is passed as its compact JSON text.
+1. Each ``--env NAME=<reference>`` is resolved through the bridge's REST API with the key from
+   ``--api-key-file`` (never from the command line): a secret reference with ``GET /secrets/<path>[?version=N]``,
+   a lease reference (``lease://<lease_id>#password``, the password of a database login the bridge holds for the
+   agent, from ``db_creds`` of a ``use``-only identity) with ``POST /leases:resolve``. The key needs the ``read``
+   scope, because this process does receive the values, and must be the same agent's. A field that is no JSON
+   string is passed as its compact JSON text.
 2. The values go into the child's environment, never onto its command line. The child's stdin is inherited;
    its stdout and stderr are pipes read here and written to ours with every value, and its base64, URL-encoded,
    JSON- and HTML-escaped forms, replaced by ``[redacted:<NAME>]`` (:mod:`bridge.broker.redact`, as the broker
@@ -52,7 +55,7 @@ import aiohttp
 
 from bridge.broker.redact import Redactor, StreamRedactor
 from bridge.errors import InvalidReferenceError
-from bridge.references import Reference, parse_reference
+from bridge.references import AnyReference, LeaseReference, Reference, parse_any_reference
 
 EXIT_USAGE = 2
 EXIT_RESOLVE = 125
@@ -79,17 +82,18 @@ class ExecError(Exception):
 @dataclass(frozen=True, slots=True)
 class EnvBinding:
     name: str
-    reference: Reference
+    reference: AnyReference
 
 
 def parse_binding(text: str) -> EnvBinding:
-    """``NAME=secret://<path>#<field>[@<version>]``; :class:`ExecError` (exit 2) when malformed."""
+    """``NAME=secret://<path>#<field>[@<version>]`` or ``NAME=lease://<lease_id>#password``; :class:`ExecError`
+    (exit 2) when malformed."""
     name, sep, ref = text.partition("=")
     if not sep or not _ENV_NAME.fullmatch(name):
-        raise ExecError(f"--env {name[:64]!r}: expected NAME=secret://<path>#<field> with NAME of letters, digits "
-                        "and _ (not starting with a digit)", EXIT_USAGE)
+        raise ExecError(f"--env {name[:64]!r}: expected NAME=secret://<path>#<field> (or NAME=lease://<lease_id>"
+                        "#password) with NAME of letters, digits and _ (not starting with a digit)", EXIT_USAGE)
     try:
-        return EnvBinding(name, parse_reference(ref, where=f"--env {name}"))
+        return EnvBinding(name, parse_any_reference(ref, where=f"--env {name}"))
     except InvalidReferenceError as exc:
         raise ExecError(exc.message, EXIT_USAGE) from None
 
@@ -109,36 +113,55 @@ async def resolve_bindings(url: str, api_key: str, bindings: Sequence[EnvBinding
                                      connector=aiohttp.TCPConnector(ssl=context)) as session:
         for binding in bindings:
             ref = binding.reference
-            key = (ref.path, ref.version)
-            if key not in reads:
-                reads[key] = await _read(session, url, ref)
-            data = reads[key]
-            if ref.field not in data:
-                raise ExecError(f"exec: {ref}: the secret has no field {ref.field!r}")
-            value = _as_text(data[ref.field])
+            if isinstance(ref, LeaseReference):
+                value = await _resolve_lease(session, url, ref)
+            else:
+                key = (ref.path, ref.version)
+                if key not in reads:
+                    reads[key] = await _read(session, url, ref)
+                data = reads[key]
+                if ref.field not in data:
+                    raise ExecError(f"exec: {ref}: the secret has no field {ref.field!r}")
+                value = _as_text(data[ref.field])
             if "\0" in value:
                 raise ExecError(f"exec: {ref}: the value holds a NUL character and cannot go into the environment")
             values[binding.name] = value
     return values
 
 
-async def _read(session: aiohttp.ClientSession, url: str, ref: Reference) -> dict[str, Any]:
-    target = f"{url.rstrip('/')}/secrets/{quote(ref.path, safe='/')}"
-    if ref.version is not None:
-        target += f"?version={ref.version}"
+async def _call(session: aiohttp.ClientSession, method: str, url: str, target: str, ref: AnyReference,
+                body: dict[str, Any] | None = None) -> Any:
+    """One call to the bridge; its JSON answer. Any status but 200 is an :class:`ExecError` with the bridge's
+    error code and message."""
     try:
-        async with session.get(target, allow_redirects=False) as resp:
+        async with session.request(method, target, json=body, allow_redirects=False) as resp:
             try:
-                body = await resp.json(content_type=None)
+                answer = await resp.json(content_type=None)
             except (ValueError, aiohttp.ContentTypeError):
-                body = None
+                answer = None
             status = resp.status
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ExecError(f"exec: {ref}: the bridge at {url} cannot be reached ({type(exc).__name__})") from None
     if status != 200:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
+        error = answer.get("error", {}) if isinstance(answer, dict) else {}
         code, message = error.get("code", f"http_{status}"), error.get("message", "no error body")
         raise ExecError(f"exec: {ref}: the bridge answered {status} {code}: {message}")
+    return answer
+
+
+async def _resolve_lease(session: aiohttp.ClientSession, url: str, ref: LeaseReference) -> str:
+    answer = await _call(session, "POST", url, f"{url.rstrip('/')}/leases:resolve", ref, {"reference": str(ref)})
+    value = answer.get("value") if isinstance(answer, dict) else None
+    if not isinstance(value, str):
+        raise ExecError(f"exec: {ref}: the bridge's answer holds no value")
+    return value
+
+
+async def _read(session: aiohttp.ClientSession, url: str, ref: Reference) -> dict[str, Any]:
+    target = f"{url.rstrip('/')}/secrets/{quote(ref.path, safe='/')}"
+    if ref.version is not None:
+        target += f"?version={ref.version}"
+    body = await _call(session, "GET", url, target, ref)
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise ExecError(f"exec: {ref}: the bridge returned references instead of values: the API key needs the "
                         "read scope (a use-only key gets references and fingerprints), and the secret must not be "
@@ -253,7 +276,8 @@ def add_exec_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-file", required=True, metavar="FILE",
                         help="file holding the API key (needs the read scope); never give the key itself")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=secret://PATH#FIELD[@VERSION]",
-                        help="an environment variable for the command, from a secret field (repeatable)")
+                        help="an environment variable for the command, from a secret field or a database "
+                             "password the bridge holds (NAME=lease://LEASE_ID#password) (repeatable)")
     parser.add_argument("--cacert", default="", help="CA bundle (PEM) for an https bridge with a private CA")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to resolve all references (30)")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")

@@ -14,14 +14,19 @@ ownership check of every renew and revoke, is one read instead of a LIST plus on
 own concurrent obtains are the only writers that contend (docs/dynamic.md has the measurements).
 ``LEASE_MAX_PER_AGENT`` bounds the document.
 
-**Revocation** (:class:`LeaseKeeper`). :meth:`LeaseKeeper.revoke_all` revokes the agent's lease token (Vault
-revokes every lease obtained with it) and drops the records of everything but SSH certificates, which cannot be
-revoked and stay listed until they expire. The quarantine calls it; so does the idle watch when
-``LEASE_REVOKE_ON_IDLE`` is set: each replica notes the agents it serves (:meth:`LeaseKeeper.saw`, on every
-authenticated request) and writes ``last_seen`` into the lease documents of the agents that hold leases at most
-once per tick; every tick, each replica reads the lease documents and revokes everything of an agent whose latest
-``last_seen`` (over every replica) is older than the setting. A tick is a quarter of the setting (0.5 s to 30 s),
-so an idle agent loses its leases between the setting and the setting plus two ticks after its last request.
+**Held values.** When a ``use``-only identity obtains a database login, the bridge keeps its password in a
+document of its own (:mod:`bridge.lease_values`) and the record says so (``details["password_reference"]``).
+Whenever a change of the agent's lease document drops such a record (a revocation, a dead lease token, an expired
+record left out of the new document), the held value is deleted with it (:meth:`LeaseBook._change`).
+
+**Revocation** (:class:`LeaseKeeper`). :meth:`LeaseKeeper.revoke_all` revokes the agent's lease token (Vault revokes
+every lease obtained with it) and drops the records of everything but SSH certificates, which cannot be revoked and
+stay listed until they expire, and deletes every password held for the agent. The quarantine calls it; so does the
+idle watch when ``LEASE_REVOKE_ON_IDLE`` is set: each replica notes the agents it serves (:meth:`LeaseKeeper.saw`,
+on every authenticated request) and writes ``last_seen`` into the lease documents of the agents that hold leases at
+most once per tick; every tick, each replica reads the lease documents and revokes everything of an agent whose
+latest ``last_seen`` (over every replica) is older than the setting. A tick is a quarter of the setting (0.5 s to 30
+s), so an idle agent loses its leases between the setting and the setting plus two ticks after its last request.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import structlog
 from bridge.audit import AuditLog, AuditUnavailableError
 from bridge.audit import now as now_text
 from bridge.errors import ConflictError, VaultUnavailableBridgeError
+from bridge.lease_values import LeaseValues
 from bridge.vault.client import VaultClient
 from bridge.vault.errors import VaultError
 from bridge.vault.leasetokens import LeaseTokens
@@ -66,12 +72,17 @@ class LeaseRecord:
     token: str = ""
     """The accessor of the lease token it was obtained with."""
     details: dict[str, Any] = field(default_factory=dict)
-    """``username`` (database), ``serial_number`` and ``common_name`` (pki), ``serial_number`` and
-    ``valid_principals`` (ssh)."""
+    """``username`` (database; and ``password_reference`` when the bridge holds the password for a ``use``-only
+    identity), ``serial_number`` and ``common_name`` (pki), ``serial_number`` and ``valid_principals`` (ssh)."""
 
     @property
     def revocable(self) -> bool:
         return self.lease_id is not None
+
+    @property
+    def held(self) -> bool:
+        """Whether the bridge holds this database login's password (``details["password_reference"]``)."""
+        return bool(self.details.get("password_reference"))
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "role": self.role, "issued_at": round(self.issued_at, 3),
@@ -121,6 +132,11 @@ def _parse(data: dict[str, Any] | None, now: float) -> AgentLeases:
     return AgentLeases(records, seen)
 
 
+def _every_record(data: dict[str, Any] | None) -> tuple[LeaseRecord, ...]:
+    """Every record of a document, expired ones included."""
+    return _parse(data, float("-inf")).records
+
+
 def _document(records: Iterable[LeaseRecord], last_seen: float) -> dict[str, Any]:
     """The records as one JSON string: OpenBao refuses a request body with more than 1000 strings (keys
     included), which a list of objects would reach at about 60 leases."""
@@ -147,11 +163,15 @@ class LeaseBook:
     """The agents' lease documents in the bridge state (see the module docstring). Vault errors pass through
     (the caller translates them); a check-and-set lost too often is 503 ``lease_record_unavailable``."""
 
-    def __init__(self, state: BridgeState, *, limit: int = 100, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state: BridgeState, *, limit: int = 100, clock: Callable[[], float] = time.time,
+                 values: LeaseValues | None = None) -> None:
         self._state = state
         self.limit = limit
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        self.values = values if values is not None else LeaseValues(state)
+        """The passwords held for ``use``-only identities (:mod:`bridge.lease_values`): a record that goes takes
+        its held value with it (:meth:`_change`)."""
 
     @staticmethod
     def name(agent: str) -> str:
@@ -248,12 +268,25 @@ class LeaseBook:
         await self._change(agent, touch)
 
     async def _change(self, agent: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
+        """Apply ``change`` to the agent's document; then delete the held values of the records it dropped
+        (removed, or expired and left out of the new document)."""
+        before: tuple[LeaseRecord, ...] = ()
+
+        def tracked(data: dict[str, Any] | None) -> dict[str, Any] | None:
+            nonlocal before
+            before = _every_record(data)
+            return change(data)
+
         lock = self._locks.setdefault(agent, asyncio.Lock())  # this process's own writers take turns
         try:
             async with lock:
-                await self._state.update(self.name(agent), change)
+                stored = await self._state.update(self.name(agent), tracked)
         except StateConflictError as exc:
             raise _unavailable(exc) from None
+        kept = {r.lease_id for r in _every_record(stored)}
+        gone = [r.lease_id for r in before if r.held and r.lease_id is not None and r.lease_id not in kept]
+        if gone:
+            await self.values.forget(agent, gone)
 
 
 def _with_expiry(record: LeaseRecord, expires_at: float) -> LeaseRecord:
@@ -302,6 +335,7 @@ class LeaseKeeper:
         records held. SSH certificates stay listed until they expire."""
         accessor = await self.tokens.revoke(agent)
         dropped = await self.book.drop_revocable(agent)
+        await self.book.values.forget_all(agent)  # whatever a dropped record did not take with it
         log.info("leases.revoked_all", agent=agent, why=why, leases=dropped, token_was_alive=accessor is not None)
         return dropped
 

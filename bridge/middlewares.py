@@ -90,14 +90,20 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         return response
     finally:
         identity = request.get(IDENTITY)
-        info_line("http.request", {
+        line = {
             "agent": identity.subject if identity else None,
             "auth_method": identity.auth_method if identity else None,
             "method": request.method,
             "route": route_template(request),
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        })
+        }
+        peek = request.get(MCP_MESSAGE)
+        if peek is not None and peek.method is not None:  # /mcp: which JSON-RPC method, which tool
+            line["mcp_method"] = peek.method
+            if peek.tool is not None:
+                line["tool"] = peek.tool
+        info_line("http.request", line)
         structlog.contextvars.unbind_contextvars("request_id", "client_request_id")
 
 

@@ -160,8 +160,20 @@ class LeaseRenewBody(LeaseIdBody):
 # -- answers ------------------------------------------------------------------------------------------------
 
 class DbCredsOut(BaseModel):
+    """A database login. The password itself only for an identity that may see values (the ``read`` scope);
+    otherwise a reference to it and its fingerprint (docs/dynamic.md, "Database passwords by reference")."""
+
     username: str
-    password: str
+    password: str | None = Field(default=None, description="The password, for an identity with the 'read' scope "
+                                 "only; absent otherwise (see password_reference).")
+    password_reference: str | None = Field(
+        default=None, description="Without the 'read' scope, instead of the password: lease://<lease_id>#password, "
+        "to use in http_request placeholders ({{lease://…#password}}, sent only to the hosts the operator allowed "
+        "for the role) or with vault-mcp-bridge exec --env NAME=lease://…#password. It is yours only and dies "
+        "with the lease.")
+    password_fingerprint: str | None = Field(
+        default=None, description="With password_reference: the password's keyed fingerprint (what a brokered "
+        "answer shows in place of the value).")
     lease_id: str
     ttl: int = Field(description="Seconds the login lives unless renewed (lease_renew) or revoked.")
     renewable: bool
@@ -199,6 +211,8 @@ class LeaseOut(BaseModel):
     renewable: bool
     revocable: bool
     username: str | None = None
+    password_reference: str | None = Field(default=None, description="A database login whose password the bridge "
+                                           "holds for you: its lease://…#password reference.")
     serial_number: str | None = None
     common_name: str | None = None
     valid_principals: list[str] | None = None
@@ -218,6 +232,18 @@ class LeaseRenewOut(BaseModel):
 class LeaseRevokeOut(BaseModel):
     lease_id: str
     revoked: bool
+
+
+class LeaseResolveBody(_Strict):
+    reference: str = Field(min_length=1, max_length=8192, description="A lease reference, "
+                           "lease://<lease_id>#password, from db_creds or lease_list (yours only).")
+
+
+class LeaseResolveOut(BaseModel):
+    reference: str
+    lease_id: str
+    field: str
+    value: str = Field(description="The value the reference names (a database password).")
 
 
 # -- the kill switch (admin API, not an agent operation) -------------------------------------------------------

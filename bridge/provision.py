@@ -310,7 +310,7 @@ class Provisioner:
         await DynamicProvisioner(self._c, self._token, o.dynamic, prefix=o.prefix, scope=o.dynamic_scope,
                                  database_mount=o.database_mount, pki_mount=o.pki_mount, ssh_mount=o.ssh_mount,
                                  note=self._note, warn=self.result.warnings.append,
-                                 write_db_passwords=o.write_db_passwords, prune=o.prune).run()
+                                 write_db_passwords=o.write_db_passwords, prune=o.prune, kv_mount=o.mount).run()
 
     async def token_mount_cap(self) -> None:
         """Cap batch children on the server: a batch role cannot carry an explicit max TTL, but the token auth

@@ -15,6 +15,11 @@ does. Every step reads first and writes only what differs, so a second run repor
   own certificate by lease id, which Vault restricts by path (``pki/revoke`` takes any serial).
 - a CA is created only where the mount has none: ``pki.generate_root`` (an internal root) and an SSH CA key
   (``ssh.ca``, ed25519 by default). An existing CA is never replaced.
+- a database role's ``allowed_hosts`` (where the bridge may broker its passwords for a ``use``-only identity:
+  ``{{lease://<lease_id>#password}}`` placeholders) is written to the bridge state, ``{KV_MOUNT}/data/{prefix}/
+  _bridge/database-roles/<vault role>`` (:mod:`bridge.lease_values`), which the bridge reads with its own token;
+  a role without ``allowed_hosts``, or no longer in the file, has no such document (a stale one is deleted): its
+  passwords cannot be brokered.
 - ``--prune`` deletes the roles named ``{prefix}.<agent>.<name>`` that the file no longer declares; without it
   they are reported.
 """
@@ -40,11 +45,14 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.broker.hosts import parse_allowed_hosts
 from bridge.config import IDENT_RE, parse_duration
+from bridge.lease_values import ROLES_FOLDER, role_name
 from bridge.vault.api import quote_path
 from bridge.vault.client import VaultClient
-from bridge.vault.errors import VaultHTTPError, VaultInvalidRequestError
+from bridge.vault.errors import VaultHTTPError, VaultInvalidRequestError, VaultNotFoundError
 from bridge.vault.models import MountInfo
+from bridge.vault.state import STATE_DIR
 
 IDENT_DOC = "^[a-z0-9][a-z0-9_-]{0,63}$"
 DEFAULT_ROOT_TTL = 87600 * 3600  # ten years
@@ -143,12 +151,27 @@ class _TtlRole(_Role):
         return self
 
 
+def _allowed_hosts(value: list[str] | None) -> list[str] | None:
+    """``host[:port]`` entries as a secret's ``bridge.allowed_hosts`` takes them (:mod:`bridge.broker.hosts`)."""
+    if value is None:
+        return None
+    entries = [entry.strip() for entry in value]
+    if not entries or any(not entry or "," in entry for entry in entries):
+        raise ValueError("a list of host[:port] entries (*.example.com allowed), one per item; leave "
+                         "allowed_hosts out for a role whose passwords must not be brokered")
+    parse_allowed_hosts(",".join(entries))  # ValueError naming the bad entry
+    return entries
+
+
 class DatabaseRole(_Role):
     connection: Ident
     creation_statements: list[str] = Field(min_length=1)
     revocation_statements: list[str] = Field(default_factory=list)
     default_ttl: Duration | None = None
     max_ttl: Duration
+    allowed_hosts: Annotated[list[str] | None, AfterValidator(_allowed_hosts)] = None
+    """Where the bridge may send this role's passwords in brokered HTTP for a ``use``-only identity (absent:
+    nowhere)."""
 
     @model_validator(mode="after")
     def _ttl_within_max(self) -> DatabaseRole:
@@ -343,8 +366,10 @@ class DynamicProvisioner:
 
     def __init__(self, client: VaultClient, token: str, plan: DynamicPlan, *, prefix: str, scope: str,
                  database_mount: str, pki_mount: str, ssh_mount: str, note: Callable[[str, bool], None],
-                 warn: Callable[[str], None], write_db_passwords: bool = False, prune: bool = False) -> None:
+                 warn: Callable[[str], None], write_db_passwords: bool = False, prune: bool = False,
+                 kv_mount: str = "secret") -> None:
         self._client = client
+        self._kv = kv_mount
         self._token = token
         self._plan = plan
         self._prefix = prefix
@@ -402,7 +427,9 @@ class DynamicProvisioner:
                     "default_ttl": role.default_ttl or 0, "max_ttl": role.max_ttl}
             await self._role(f"{quote_path(self._db)}/roles/{quote_path(name)}", body,
                              f"database role {name} at {self._db}/")
+            await self._role_hosts(name, role.allowed_hosts)
         await self._stale(f"{quote_path(self._db)}/roles", set(names), "database role", self._db)
+        await self._stale_hosts(set(names))
 
     async def _connection(self, name: str, conn: Connection, allowed: list[str], password: SecretStr) -> None:
         path = f"{quote_path(self._db)}/config/{quote_path(name)}"
@@ -437,6 +464,43 @@ class DynamicProvisioner:
             await self._write(path, body)
         except VaultHTTPError as exc:
             raise DynamicStateError(f"{label}: {exc}") from exc
+
+    def _state_path(self, name: str) -> str:
+        """``name``'s path in the bridge state below the KV mount (:mod:`bridge.vault.state`)."""
+        return f"{self._prefix}/{STATE_DIR}/{name}"
+
+    async def _role_hosts(self, name: str, hosts: list[str] | None) -> None:
+        """The role's ``allowed_hosts`` document (deleted when the file lists none)."""
+        path = self._state_path(role_name(name))
+        label = f"allowed_hosts of database role {name}"
+        try:
+            current = (await self._client.kv.read(self._kv, path, token=self._token)).data
+        except VaultNotFoundError:
+            current = None
+        if hosts is None:
+            if current is not None:
+                await self._delete_state(path)
+                self._note(f"deleted the {label} (not brokerable)", True)
+            return
+        want = {"allowed_hosts": ",".join(hosts)}
+        if current == want:
+            self._note(label, False)
+            return
+        await self._client.kv.write(self._kv, path, want, token=self._token)
+        self._note(f"{'updated' if current is not None else 'set'} the {label} ({want['allowed_hosts']})", True)
+
+    async def _delete_state(self, path: str) -> None:
+        await self._client.logical.delete(f"{quote_path(self._kv)}/metadata/{quote_path(path)}", token=self._token,
+                                          operation="provision.delete")
+
+    async def _stale_hosts(self, wanted: set[str]) -> None:
+        """``allowed_hosts`` documents of database roles the file does not declare are deleted (with or without
+        ``--prune``: such a role is no allowed role of any connection any more, and the documents are the
+        bridge's own)."""
+        listed = await self._client.kv.list(self._kv, self._state_path(ROLES_FOLDER), token=self._token)
+        for name in sorted(n for n in listed if not n.endswith("/") and n not in wanted):
+            await self._delete_state(self._state_path(role_name(name)))
+            self._note(f"deleted the allowed_hosts of database role {name} (not in the file)", True)
 
     # -- PKI ---------------------------------------------------------------------------------------------------
 

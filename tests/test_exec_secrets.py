@@ -26,7 +26,7 @@ import pytest
 
 from bridge.cli import main
 from bridge.exec_secrets import ExecError, parse_binding
-from bridge.references import Reference
+from bridge.references import LeaseReference, Reference
 from devtools.devvault import DevVault, free_port, stop_process
 from tests.conftest import API_KEY_ALICE, API_KEYS
 
@@ -282,7 +282,10 @@ def test_ctrl_c_on_a_terminal_reaches_the_child_once(bridge: Bridge) -> None:
 
 def test_parse_binding() -> None:
     assert parse_binding("DB_PW=secret://app/db#password@2").reference == Reference("app/db", "password", 2)
-    for bad in ("=secret://a#b", "1X=secret://a#b", "X-Y=secret://a#b", "X", "X=secret://a", "X=http://a#b"):
+    assert parse_binding("PGPASSWORD=lease://database/creds/mcp.a.ro/x1#password").reference == LeaseReference(
+        "database/creds/mcp.a.ro/x1")
+    for bad in ("=secret://a#b", "1X=secret://a#b", "X-Y=secret://a#b", "X", "X=secret://a", "X=http://a#b",
+                "X=lease://a#username", "X=lease://a"):
         with pytest.raises(ExecError) as info:
             parse_binding(bad)
         assert info.value.exit_code == 2

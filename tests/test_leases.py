@@ -11,6 +11,7 @@ import time
 import pytest
 
 from bridge.errors import ConflictError
+from bridge.lease_values import HeldValue
 from bridge.leases import Kind, LeaseBook, LeaseRecord
 from bridge.vault.client import VaultClient
 from bridge.vault.state import BridgeState
@@ -89,3 +90,39 @@ async def test_an_agent_can_hold_hundreds_of_leases(bao: DevVault) -> None:
         book = LeaseBook(BridgeState(client, Fixed(bao.root_token), mount="secret", prefix=prefix), limit=1000)
         await asyncio.gather(*(book.add("alice", record(i)) for i in range(200)))
         assert len((await book.read("alice")).records) == 200
+
+
+async def test_a_held_password_goes_with_its_record(bao: DevVault) -> None:
+    """A password the bridge holds for a ``use``-only identity (bridge.lease_values) is deleted when its record
+    goes: removed, dropped with the agent's revocable leases, or expired and left out at the next write; a record
+    that stays keeps it."""
+    prefix = "t" + secrets.token_hex(5)
+    clock = [time.time()]
+    async with VaultClient(bao.addr) as client:
+        book = LeaseBook(BridgeState(client, Fixed(bao.root_token), mount="secret", prefix=prefix),
+                         clock=lambda: clock[0])
+
+        async def hold(n: int, ttl: float) -> str:
+            rec = record(n, ttl=ttl, now=clock[0])
+            assert rec.lease_id is not None
+            rec.details["password_reference"] = f"lease://{rec.lease_id}#password"
+            await book.values.put("alice", HeldValue(rec.lease_id, "ro", f"pw-{n}", f"fp-{n}"))
+            await book.add("alice", rec)
+            return rec.lease_id
+
+        removed, expires, stays, dropped = (await hold(1, 1000), await hold(2, 10), await hold(3, 1000),
+                                            await hold(4, 1000))
+        await book.add("alice", record(5, now=clock[0]))  # a plain record (the password was handed out)
+        await book.remove("alice", [removed])
+        assert await book.values.get("alice", removed) is None
+        clock[0] += 60  # one expired: still there until the document is written again
+        assert await book.values.get("alice", expires) is not None
+        await book.renewed("alice", stays, clock[0] + 600)
+        assert await book.values.get("alice", expires) is None
+        held = await book.values.get("alice", stays)
+        assert held is not None
+        assert (held.password, held.fingerprint) == ("pw-3", "fp-3")
+        assert await book.values.get("bob", stays) is None  # per agent
+        assert await book.drop_revocable("alice") == 3
+        assert await book.values.get("alice", dropped) is None
+        assert await book.values.get("alice", stays) is None

@@ -105,6 +105,30 @@ async def test_access_line(aiohttp_client: Callable[..., Any], make_settings: Ca
     assert line.get("request_id", "req-1") == "req-1"
 
 
+@pytest.mark.integration
+async def test_the_access_line_names_the_mcp_call(aiohttp_client: Callable[..., Any],
+                                                  make_settings: Callable[..., Settings]) -> None:
+    """On /mcp the access line carries the JSON-RPC method and the tool, so a successful call writes one info
+    line, not two (``mcp.tool.called`` is at debug then; a failed call still writes it at info, with its code)."""
+    api: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings()))
+    headers = {**ALICE, "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
+               "Mcp-Method": "tools/call", "Mcp-Name": "whoami"}
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {},
+                                                                         "_meta": meta}}
+    with capture_logs() as logs:
+        resp = await api.post("/mcp", json=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+        bad = {**body, "params": {"name": "kv_read", "arguments": {"path": "../x"}, "_meta": meta}}
+        resp = await api.post("/mcp", json=bad, headers={**headers, "Mcp-Name": "kv_read"})
+        assert resp.status == 200, await resp.text()
+    info = [e for e in logs if e["log_level"] == "info"]
+    access = [e for e in info if e["event"] == "http.request"]
+    assert [(e["mcp_method"], e["tool"]) for e in access] == [("tools/call", "whoami"), ("tools/call", "kv_read")]
+    called = [e for e in info if e["event"] == "mcp.tool.called"]
+    assert [(e["tool"], e["is_error"]) for e in called] == [("kv_read", True)]
+
+
 async def _canary_scenario(api: TestClient[Any, Any], canary: str, bad_key: str, jwt: str) -> dict[str, Any]:
     """Write, patch, read, list, delete, undelete, destroy, encrypt, decrypt with the canary, plus bad inputs
     and bad credentials carrying it. Returns the responses' texts and the ciphertext."""

@@ -76,6 +76,12 @@ def test_the_shipped_example_is_valid() -> None:
      "default_user 'root' is not in allowed_users"),
     (lambda d: d.update(ssh={"roles": [{"agent": "a", "name": "s", "allowed_users": ["a,b"], "max_ttl": "1h"}]}),
      "ssh.roles[0].allowed_users[0]"),
+    (lambda d: d["database"]["roles"][0].update(allowed_hosts=[]), "database.roles[0].allowed_hosts: a list of"),
+    (lambda d: d["database"]["roles"][0].update(allowed_hosts=["a.example,b.example"]), "one per item"),
+    (lambda d: d["database"]["roles"][0].update(allowed_hosts=["https://a.example"]),
+     "database.roles[0].allowed_hosts: entry 'https://a.example'"),
+    (lambda d: d["database"]["roles"][0].update(allowed_hosts=["a.example:99999"]), "entry 'a.example:99999'"),
+    (lambda d: d["database"]["roles"][0].update(allowed_hosts="a.example"), "database.roles[0].allowed_hosts"),
 ])
 def test_bad_files_get_one_line_that_names_the_field(mutate: Any, expected: str) -> None:
     data = _spec()
@@ -230,6 +236,43 @@ async def test_allowed_roles_follow_the_file_and_prune_deletes_what_left_it(
     again = await provision_dynamic(bao, fresh_namespace, postgres, admin=admin, spec=smaller, prune=True)
     assert again.result.changes == []
     assert not [w for w in again.result.warnings if "not in the file" in w]
+
+
+@pg
+async def test_allowed_hosts_of_database_roles_are_kept_in_the_bridge_state(
+        bao: DevVault, fresh_namespace: str, postgres: PostgresServer) -> None:
+    """A database role's ``allowed_hosts`` go to ``_bridge/database-roles/<vault role>`` (what the bridge reads to
+    broker a use-only identity's password), idempotently; changed, dropped and removed with the role."""
+    admin = await make_login_role(postgres, createrole=True)
+    data = spec_dict(postgres, admin[0])
+    data["database"]["roles"][0]["allowed_hosts"] = ["db-api.example.com:8443", " *.example.org "]
+    first = await provision_dynamic(bao, fresh_namespace, postgres, admin=admin, spec=copy.deepcopy(data))
+    assert ("set the allowed_hosts of database role mcp.alice.ro (db-api.example.com:8443,*.example.org)"
+            in first.result.changes)
+    doc = "secret/data/mcp/_bridge/database-roles/mcp.alice.ro"
+    stored = (await _read(bao, fresh_namespace, doc))["data"]
+    assert stored == {"allowed_hosts": "db-api.example.com:8443,*.example.org"}
+    with pytest.raises(VaultError):  # bob's role lists none: no document
+        await _read(bao, fresh_namespace, "secret/data/mcp/_bridge/database-roles/mcp.bob.ro")
+    again = await provision_dynamic(bao, fresh_namespace, postgres, admin=admin, spec=copy.deepcopy(data))
+    assert again.result.changes == []
+    assert "allowed_hosts of database role mcp.alice.ro" in again.result.unchanged
+    data["database"]["roles"][0]["allowed_hosts"] = ["db-api.example.com:8443"]
+    data["database"]["roles"][1]["allowed_hosts"] = ["10.0.0.5:5000"]
+    changed = await provision_dynamic(bao, fresh_namespace, postgres, admin=admin, spec=copy.deepcopy(data))
+    assert changed.result.changes == [
+        "updated the allowed_hosts of database role mcp.alice.ro (db-api.example.com:8443)",
+        "set the allowed_hosts of database role mcp.bob.ro (10.0.0.5:5000)"]
+    del data["database"]["roles"][0]["allowed_hosts"]  # alice's passwords: no longer brokerable
+    data["database"]["roles"] = data["database"]["roles"][:1]  # bob's role leaves the file
+    dropped = await provision_dynamic(bao, fresh_namespace, postgres, admin=admin, spec=copy.deepcopy(data))
+    assert "deleted the allowed_hosts of database role mcp.alice.ro (not brokerable)" in dropped.result.changes
+    assert "deleted the allowed_hosts of database role mcp.bob.ro (not in the file)" in dropped.result.changes
+    for name in ("mcp.alice.ro", "mcp.bob.ro"):
+        with pytest.raises(VaultError):
+            await _read(bao, fresh_namespace, f"secret/data/mcp/_bridge/database-roles/{name}")
+    assert not [c for c in (await provision_dynamic(bao, fresh_namespace, postgres, admin=admin,
+                                                    spec=copy.deepcopy(data))).result.changes if "allowed_hosts" in c]
 
 
 @pg

@@ -1,4 +1,5 @@
-"""``secret://<path>#<field>[@<version>]`` references and ``{{…}}`` placeholders (bridge/references.py)."""
+"""``secret://<path>#<field>[@<version>]`` and ``lease://<lease_id>#password`` references and ``{{…}}`` placeholders
+(bridge/references.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import pytest
 from bridge.errors import InvalidReferenceError
 from bridge.references import (
     MAX_FIELD_LENGTH,
+    AnyReference,
+    LeaseReference,
     Reference,
     collect_references,
     find_placeholders,
     format_reference,
+    parse_any_reference,
     parse_reference,
     substitute,
 )
@@ -127,10 +131,77 @@ def test_too_many_placeholders() -> None:
 
 def test_substitute_and_collect() -> None:
     a, b = Reference("a", "x"), Reference("b", "y", 1)
-    values = {a: "va/&", b: "vb"}
+    values: dict[AnyReference, str] = {a: "va/&", b: "vb"}
     assert substitute("[{{secret://a#x}}|{{ secret://b#y@1 }}]", values) == "[va/&|vb]"
     assert substitute("?q={{secret://a#x}}", values, encode=lambda v: v.upper()) == "?q=VA/&"
     assert collect_references([("url", "{{secret://b#y@1}}"), ("body", "{{secret://a#x}} {{secret://b#y@1}}")]) \
         == [b, a]
     with pytest.raises(KeyError):
         substitute("{{secret://c#z}}", values)
+
+
+# -- lease references ------------------------------------------------------------------------------------------
+
+LEASE_GOOD = [
+    ("lease://database/creds/mcp.alice.ro/AbC123xyz#password",
+     LeaseReference("database/creds/mcp.alice.ro/AbC123xyz")),
+    ("lease://database/creds/mcp.alice.ro/AbC123xyz.nsid9#password",  # a lease in a namespace
+     LeaseReference("database/creds/mcp.alice.ro/AbC123xyz.nsid9")),
+    ("lease://db%20x/creds/r/1#password", LeaseReference("db x/creds/r/1")),
+    ("lease://a%23b%40c#password", LeaseReference("a#b@c")),
+]
+
+LEASE_BAD = [
+    ("lease://#password", "the lease id is empty"),
+    ("lease://database/creds/r/1", "no #password"),
+    ("lease://database/creds/r/1#", "the field must be one of: password"),
+    ("lease://database/creds/r/1#username", "the field must be one of: password"),
+    ("lease://database/creds/r/1#password@2", "the field must be one of: password"),
+    ("lease://a b#password", "percent-encoded"),
+    ("lease://a%zz#password", "percent-encoded"),
+    ("lease://a%FF#password", "not UTF-8"),
+    ("lease://a%0A#password", "control character"),
+    ("lease://" + "a" * 513 + "#password", "longer than 512"),
+    ("lease://" + "%41" * 5000 + "#password", "too long"),
+]
+
+
+@pytest.mark.parametrize(("text", "ref"), LEASE_GOOD)
+def test_lease_references_parse_and_format_back(text: str, ref: LeaseReference) -> None:
+    assert parse_any_reference(text) == ref
+    assert parse_any_reference(str(ref)) == ref
+    assert str(ref) == text
+    assert parse_any_reference("secret://a#b@2") == Reference("a", "b", 2)
+
+
+@pytest.mark.parametrize(("text", "reason"), LEASE_BAD)
+def test_bad_lease_references_are_400_invalid_reference(text: str, reason: str) -> None:
+    with pytest.raises(InvalidReferenceError) as info:
+        parse_any_reference(text, where="--env PGPASSWORD")
+    assert info.value.code == "invalid_reference"
+    assert reason in info.value.message
+    assert info.value.message.startswith("Invalid lease reference in --env PGPASSWORD:")
+    with pytest.raises(InvalidReferenceError, match="secret:// or lease://"):
+        parse_any_reference("LEASE://a#password")
+
+
+def test_only_secret_references_where_a_secret_is_expected() -> None:
+    """Transit's plaintext_ref / input_ref take secret references: a lease reference is refused, saying where
+    it is accepted."""
+    with pytest.raises(InvalidReferenceError) as info:
+        parse_reference("lease://database/creds/r/1#password", where="plaintext_ref")
+    assert "http_request placeholders and by vault-mcp-bridge exec" in info.value.message
+    assert info.value.extra == {"where": "plaintext_ref"}
+
+
+def test_lease_placeholders() -> None:
+    lease, secret = LeaseReference("database/creds/mcp.alice.ro/x1"), Reference("app", "user")
+    text = "{{secret://app#user}}:{{ lease://database/creds/mcp.alice.ro/x1#password }}"
+    assert [p.reference for p in find_placeholders(text)] == [secret, lease]
+    assert collect_references([("headers.Authorization", text)]) == [secret, lease]
+    assert substitute(text, {secret: "u", lease: "p"}) == "u:p"
+    for bad in ("{{lease://a#username}}", "{{lease://a}}", "{{ Lease:a#password }}", "{{lease://a b#password}}"):
+        with pytest.raises(InvalidReferenceError) as info:
+            find_placeholders("x " + bad, where="body")
+        assert info.value.extra["position"] == 2
+    assert find_placeholders("{{leases}} {{ leaseholder }}") == []

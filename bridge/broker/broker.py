@@ -1,9 +1,10 @@
 """Brokered HTTP: send a request that uses secrets, answer without them.
 
 :meth:`Broker.send` takes the caller's request (``method``, ``url``, ``headers``, ``body``; any header value, the
-URL's path and query, and the body may hold ``{{secret://<path>#<field>}}`` placeholders) and a resolver callback
-that turns a :class:`~bridge.references.Reference` into a :class:`ResolvedSecret` (its value, fingerprint and
-``bridge.allowed_hosts``) with the caller's own identity; the broker knows nothing of Vault or of scopes. In order:
+URL's path and query, and the body may hold ``{{secret://<path>#<field>}}`` and ``{{lease://<lease_id>#password}}``
+placeholders) and a resolver callback that turns a reference (:data:`~bridge.references.AnyReference`) into a
+:class:`ResolvedSecret` (its value, fingerprint and allowed hosts) with the caller's own identity; the broker
+knows nothing of Vault or of scopes. In order:
 
 1. The request is checked (method, URL, header names, placeholders): 400 ``invalid_request`` /
    ``invalid_reference``. At least one reference is required (the bridge is no open proxy). References may not
@@ -11,8 +12,9 @@ that turns a :class:`~bridge.references.Reference` into a :class:`ResolvedSecret
 2. A cloud-metadata host name or a refused IP literal is refused (403 ``broker_address_refused``) before any
    secret is resolved.
 3. Each distinct reference is resolved through the callback (its errors pass through unchanged).
-4. Every secret must be brokerable (403 ``broker_not_brokerable``: no or a malformed ``bridge.allowed_hosts``) and
-   list the destination (403 ``broker_host_not_allowed``), see :mod:`bridge.broker.hosts`.
+4. Every secret must be brokerable (403 ``broker_not_brokerable``: no or a malformed ``bridge.allowed_hosts``; for
+   a lease reference, ``{{lease://<lease_id>#password}}``, its database role's ``allowed_hosts`` from ``provision
+   --dynamic``) and list the destination (403 ``broker_host_not_allowed``), see :mod:`bridge.broker.hosts`.
 5. Values are substituted: as they are in header values; percent-encoded (every character but
    ``A-Z a-z 0-9 - . _ ~``) in the URL; in the body JSON-string-escaped when the request's ``Content-Type`` is
    JSON (``application/json``, ``…+json``: placeholders belong inside JSON strings), ``quote_plus``-encoded for
@@ -82,7 +84,7 @@ from bridge.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
 )
-from bridge.references import Reference, collect_references, find_placeholders, substitute
+from bridge.references import AnyReference, LeaseReference, collect_references, find_placeholders, substitute
 
 log = structlog.get_logger("bridge.broker")
 
@@ -117,17 +119,18 @@ class ResolvedSecret:
 
     ``value``: the field's value (a non-string JSON value as its compact JSON text); ``fingerprint``: what the
     answer shows instead of it (the Transit HMAC of the value with ``FINGERPRINT_KEY``; letters, digits and
-    ``_ . : + / = -``); ``allowed_hosts``: the secret's ``bridge.allowed_hosts`` custom metadata as stored, or
-    ``None`` when absent (the secret cannot be brokered)."""
+    ``_ . : + / = -``); ``allowed_hosts``: the secret's ``bridge.allowed_hosts`` custom metadata as stored (for a
+    lease reference: its database role's ``allowed_hosts``), or ``None`` when absent (it cannot be brokered)."""
 
     value: str
     fingerprint: str
     allowed_hosts: str | None
 
 
-SecretResolver = Callable[[Reference], Awaitable[ResolvedSecret]]
-"""``async def resolve(ref) -> ResolvedSecret``: reads the secret with the caller's own identity and checks its
-right to use it (``use`` or ``read``); raises the bridge's own errors (403, 404 ...), which pass through."""
+SecretResolver = Callable[[AnyReference], Awaitable[ResolvedSecret]]
+"""``async def resolve(ref) -> ResolvedSecret``: reads the secret (or the database password a lease reference
+names) with the caller's own identity and checks its right to use it (``use`` or ``read``); raises the bridge's own
+errors (403, 404 ...), which pass through."""
 
 
 class BrokerHttpBody(BaseModel):
@@ -347,23 +350,29 @@ class Broker:
         raise BrokerRefusedError(message, code=code, extra={"host": dest.host, "port": dest.port, **extra})
 
     def _check_hosts(self, dest: _Destination,
-                     secrets: Mapping[Reference, ResolvedSecret]) -> list[tuple[AllowedHost, ...]]:
+                     secrets: Mapping[AnyReference, ResolvedSecret]) -> list[tuple[AllowedHost, ...]]:
         per_secret: list[tuple[AllowedHost, ...]] = []
         for ref, secret in secrets.items():
+            lease = isinstance(ref, LeaseReference)
             try:
                 entries = parse_allowed_hosts(secret.allowed_hosts)
             except ValueError as exc:
                 log.warning("broker.request.refused", code="broker_not_brokerable", reference=str(ref),
-                            reason="malformed bridge.allowed_hosts")
-                raise BrokerRefusedError(
-                    f"{ref} cannot be brokered: its bridge.allowed_hosts is malformed ({exc}); an operator must "
-                    "fix it (vault-mcp-bridge secret-policy).", code="broker_not_brokerable",
-                    extra={"reference": str(ref)}) from None
+                            reason="malformed allowed_hosts" if lease else "malformed bridge.allowed_hosts")
+                fix = ("the database role's allowed_hosts are malformed ({exc}); an operator must fix them "
+                       "(vault-mcp-bridge provision --dynamic)" if lease else
+                       "its bridge.allowed_hosts is malformed ({exc}); an operator must fix it (vault-mcp-bridge "
+                       "secret-policy)").format(exc=exc)
+                raise BrokerRefusedError(f"{ref} cannot be brokered: {fix}.", code="broker_not_brokerable",
+                                         extra={"reference": str(ref)}) from None
             if entries is None:
                 log.warning("broker.request.refused", code="broker_not_brokerable", reference=str(ref))
-                raise BrokerRefusedError(
-                    f"{ref} cannot be brokered: the secret has no bridge.allowed_hosts (an operator sets it with "
-                    "vault-mcp-bridge secret-policy).", code="broker_not_brokerable", extra={"reference": str(ref)})
+                why = ("its database role has no allowed_hosts (an operator lists them for the role in the "
+                       "provision --dynamic file)" if lease else
+                       "the secret has no bridge.allowed_hosts (an operator sets it with vault-mcp-bridge "
+                       "secret-policy)")
+                raise BrokerRefusedError(f"{ref} cannot be brokered: {why}.", code="broker_not_brokerable",
+                                         extra={"reference": str(ref)})
             if not any(entry.matches(dest.host, dest.port, dest.scheme) for entry in entries):
                 self._refused(dest, "broker_host_not_allowed",
                               f"{dest.shown} is not in the allowed hosts of {ref} (every secret a request uses "
@@ -372,7 +381,7 @@ class Broker:
         return per_secret
 
     def _substitute(self, dest: _Destination, request: BrokerHttpBody,
-                    secrets: Mapping[Reference, ResolvedSecret]) -> tuple[URL, dict[str, str], bytes | None]:
+                    secrets: Mapping[AnyReference, ResolvedSecret]) -> tuple[URL, dict[str, str], bytes | None]:
         values = {ref: secret.value for ref, secret in secrets.items()}
         rest = substitute(dest.rest, values, where="url", encode=lambda v: quote(v, safe=""))  # no fragment
         full = f"{dest.scheme}://{dest.authority}{rest}"

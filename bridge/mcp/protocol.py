@@ -67,15 +67,15 @@ HEADER_NAME = "Mcp-Name"
 SERVER_INFO: dict[str, str] = {"name": "vault-mcp-bridge", "title": "Vault MCP Bridge", "version": bridge.__version__}
 INSTRUCTIONS = (
     "Secrets of the calling agent in HashiCorp Vault / OpenBao. Paths are relative to the agent's own "
-    "namespace (you never see other agents' secrets). kv_* tools manage versioned key/value secrets; without "
-    "the 'read' scope kv_read answers fingerprints and references (secret://<path>#<field>) instead of values: "
-    "use a reference in http_request ({{secret://...}} in the URL, headers or body) or in transit_* *_ref "
-    "arguments, so values never enter your context. To get a value from a human, call kv_request_input (never "
-    "ask for it in the chat). transit_* tools encrypt and decrypt with keys that never leave Vault; db_creds, "
-    "pki_issue, pki_sign and ssh_sign make short-lived credentials (lease_list, lease_renew, lease_revoke); "
-    "whoami shows your identity and scopes. A failed tool call returns isError with "
-    "structuredContent.error.code (not_found, cas_mismatch, invalid_path, invalid_request, forbidden, "
-    "vault_unavailable, ...)."
+    "namespace (you never see other agents' secrets). kv_* tools manage versioned key/value secrets; "
+    "transit_* tools encrypt and decrypt with keys that never leave Vault; db_creds, pki_issue, pki_sign, "
+    "ssh_sign make credentials on demand and lease_* manage them; whoami shows your identity and scopes. "
+    "Without the 'read' scope you get references and fingerprints instead of values (kv_read: "
+    "secret://<path>#<field>, db_creds: lease://…#password): use them as {{reference}} placeholders in "
+    "http_request (URL, headers, body) or as transit_* *_ref arguments, so values never enter your context. To "
+    "get a value from a human, call kv_request_input; never ask for secret values in the chat. A failed tool "
+    "call returns isError with structuredContent.error.code (not_found, cas_mismatch, invalid_path, "
+    "invalid_request, forbidden, vault_unavailable, ...)."
 )
 
 

@@ -222,7 +222,7 @@ class McpEndpoint:
     def _context(self, request: web.Request, *, modern: bool, session: str | None = None) -> McpContext:
         decision = request.get(RATE_DECISION)
         return McpContext(request[IDENTITY], modern, prepaid=1 if decision is not None else 0, decision=decision,
-                          session=session)
+                          session=session, access_logged=True)
 
     async def _call(self, request: web.Request, ctx: McpContext, method: str, params: dict[str, Any]
                     ) -> dict[str, Any]:

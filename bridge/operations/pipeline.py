@@ -268,7 +268,9 @@ def scope_error(op: AnyOperation, call: Call) -> ForbiddenError:
     extra: dict[str, Any] = {"required_scope": scopes[0]}
     if len(scopes) > 1:
         extra["accepted_scopes"] = list(scopes)
+    hint = f" {op.scope_hint}" if op.scope_hint else ""
     if call.transport == "mcp":
-        return ForbiddenError(f"The tool '{op.name}' needs {scope_phrase(scopes)}; this identity has: {have}.",
+        return ForbiddenError(f"The tool '{op.name}' needs {scope_phrase(scopes)}; this identity has: {have}.{hint}",
                               code="insufficient_scope", extra=extra)
-    return ForbiddenError(f"This operation needs {scope_phrase(scopes)}; this identity has: {have}.", extra=extra)
+    return ForbiddenError(f"This operation needs {scope_phrase(scopes)}; this identity has: {have}.{hint}",
+                          extra=extra)

@@ -142,7 +142,8 @@ class Operation(Generic[S, In, Out]):
     them, never a value. ``rest``/``mcp``: whether (and how) it is served over REST and as an MCP tool.
     ``needs``: what the agent's Vault policy must grant on its own paths for the operation to be listed
     (``tools/list``, ``GET /whoami``; :mod:`bridge.service.capabilities`); ``changes``: the resource a successful
-    call changes (:class:`Changes`), for change notifications.
+    call changes (:class:`Changes`), for change notifications. ``scope_hint`` ends the message of a refusal for
+    want of scope (what to do instead, e.g. ``pki_sign`` for a ``use``-only identity asking ``pki_issue``).
     """
 
     name: str
@@ -163,6 +164,7 @@ class Operation(Generic[S, In, Out]):
     mcp: bool = True
     needs: tuple[VaultNeed, ...] = ()
     changes: Changes | None = None
+    scope_hint: str = ""
 
     @property
     def scopes(self) -> tuple[Scope, ...]:

@@ -10,6 +10,13 @@ period is shorter than ``LEASE_MAX_TTL``); the role's ``max_ttl`` caps it in Vau
 when the login is made: when the role's ``default_ttl`` is not the TTL wanted, the new lease is renewed to it at
 once (Vault shortens a lease renewed with a smaller increment).
 
+**Who sees a database password.** An identity with the ``read`` scope gets the password, as Vault made it. Any
+other (``use`` without ``read``) gets ``password_reference`` (``lease://<lease_id>#password``) and
+``password_fingerprint`` instead: the bridge keeps the password in its own state (:mod:`bridge.lease_values`),
+written before the answer, and resolves the reference for the same agent only (:mod:`bridge.service.lease_refs`:
+brokered HTTP to the role's ``allowed_hosts``, ``lease_resolve`` for ``exec``). ``pki_issue`` answers a private
+key and therefore needs ``read``; ``pki_sign`` and ``ssh_sign`` answer public material only and take ``use``.
+
 Each credential is recorded in the agent's lease document (:class:`bridge.leases.LeaseBook`) before it is
 handed out; when that fails, or the agent was quarantined meanwhile, the lease is revoked and the call fails.
 ``lease_list``, ``lease_renew`` and ``lease_revoke`` act on those records only, so another agent's lease id is
@@ -35,6 +42,7 @@ from bridge.errors import (
     NotFoundError,
     from_vault_error,
 )
+from bridge.lease_values import HeldValue
 from bridge.leases import LeaseKeeper, LeaseRecord, build_leases
 from bridge.models import NoArgs
 from bridge.models_dynamic import (
@@ -46,13 +54,18 @@ from bridge.models_dynamic import (
     LeaseOut,
     LeaseRenewBody,
     LeaseRenewOut,
+    LeaseResolveBody,
+    LeaseResolveOut,
     LeaseRevokeOut,
     PkiIssueArgs,
     PkiSignArgs,
     SshCertificateOut,
     SshSignArgs,
 )
+from bridge.references import LeaseReference, parse_any_reference
 from bridge.service.access import VaultAccess
+from bridge.service.lease_refs import LeaseRefs, lease_not_found
+from bridge.service.secrets import SecretValues
 from bridge.vault.errors import VaultError, VaultInvalidRequestError
 from bridge.vault.leasetokens import LeaseToken
 from bridge.vault.models import Certificate, Lease
@@ -95,10 +108,12 @@ class DynamicService:
             limit=settings.lease_max_per_agent, revoke_on_idle=settings.lease_revoke_on_idle)
         self._tokens = self.leases.tokens
         self._book = self.leases.book
+        self.refs = LeaseRefs(self._book, prefix=settings.default_prefix,
+                              shared=settings.dynamic_role_scope == "shared")
+        """Lease references resolved for this app's services (brokered HTTP shares it)."""
+        self._values = SecretValues(access)
         self._blocked = blocked or (lambda agent: False)
         self._clock = clock
-        self._prefix = settings.default_prefix
-        self._shared = settings.dynamic_role_scope == "shared"
         self._db = settings.database_mount
         self._pki = settings.pki_mount
         self._ssh = settings.ssh_mount
@@ -107,7 +122,7 @@ class DynamicService:
 
     def vault_role(self, identity: Identity, role: str) -> str:
         """The Vault role: ``{prefix}.{agent}.{role}`` (DYNAMIC_ROLE_SCOPE=agent) or ``role`` (shared)."""
-        return role if self._shared else f"{self._prefix}.{identity.subject}.{role}"
+        return self.refs.vault_role(identity, role)
 
     def target(self, ttl: int | None) -> int:
         """The TTL to ask for: the agent's, else ``LEASE_DEFAULT_TTL``; at most ``LEASE_MAX_TTL``."""
@@ -139,12 +154,38 @@ class DynamicService:
                     await self._revoke_quietly(lease.lease_id, handle)
                     raise from_vault_error(exc, what="the database credentials") from None
         now = self._clock()
-        await self._keep(identity, handle, LeaseRecord(
+        record = LeaseRecord(
             kind="database", role=args.role, issued_at=now, expires_at=now + lease.lease_duration,
             lease_id=lease.lease_id, renewable=lease.renewable, token=handle.accessor,
-            details={"username": username}))
-        return DbCredsOut(username=username, password=password, lease_id=lease.lease_id,
-                          ttl=lease.lease_duration, renewable=lease.renewable)
+            details={"username": username})
+        if "read" in identity.scopes:  # may see values (as kv_read: use alone never does)
+            await self._keep(identity, handle, record)
+            return DbCredsOut(username=username, password=password, lease_id=lease.lease_id,
+                              ttl=lease.lease_duration, renewable=lease.renewable)
+        reference = str(LeaseReference(lease.lease_id))
+        fingerprint = await self._hold(identity, handle, lease.lease_id, args.role, password)
+        record.details["password_reference"] = reference
+        try:
+            await self._keep(identity, handle, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.refs.values.delete(agent, lease.lease_id)
+            raise
+        return DbCredsOut(username=username, password_reference=reference, password_fingerprint=fingerprint,
+                          lease_id=lease.lease_id, ttl=lease.lease_duration, renewable=lease.renewable)
+
+    async def _hold(self, identity: Identity, handle: LeaseToken, lease_id: str, role: str, password: str) -> str:
+        """Keep a password for an identity that may not see it, with its fingerprint, before the answer; the
+        fingerprint. When that fails, the lease is revoked and the call fails."""
+        try:
+            (fingerprint,) = await self._values.fingerprints([password])
+            await self.refs.values.put(identity.subject, HeldValue(lease_id, role, password, fingerprint))
+        except BaseException as exc:
+            await self._revoke_quietly(lease_id, handle)
+            if isinstance(exc, VaultError):
+                raise from_vault_error(exc, what="the lease records") from None
+            raise
+        return fingerprint
 
     async def pki_issue(self, identity: Identity, args: PkiIssueArgs) -> CertificateOut:
         body: dict[str, object] = {"common_name": args.common_name}
@@ -237,6 +278,18 @@ class DynamicService:
         await self._recorded(self._book.renewed(agent, args.lease_id, expires))
         return LeaseRenewOut(lease_id=args.lease_id, ttl=lease.lease_duration, expire_time=rfc3339(expires),
                              renewable=lease.renewable)
+
+    async def lease_resolve(self, identity: Identity, args: LeaseResolveBody) -> LeaseResolveOut:
+        """The value a lease reference names, for an identity that may see it (``read``; ``vault-mcp-bridge exec``
+        calls it). Secret references are read with ``GET /secrets/<path>``."""
+        ref = parse_any_reference(args.reference, where="reference")
+        if not isinstance(ref, LeaseReference):
+            raise InvalidRequestError("This resolves lease references (lease://<lease_id>#password) only; read a "
+                                      "secret:// reference's secret with GET /secrets/<path> (kv_read).",
+                                      code="invalid_reference")
+        held, _record = await self.refs.held(identity, ref)
+        log.info("dynamic.reference_resolved", agent=identity.subject, lease_id=ref.lease_id)
+        return LeaseResolveOut(reference=str(ref), lease_id=ref.lease_id, field=ref.field, value=held.password)
 
     async def lease_revoke(self, identity: Identity, args: LeaseIdBody) -> LeaseRevokeOut:
         agent = identity.subject
@@ -331,8 +384,7 @@ _KIND = {"database": "database login", "pki": "certificate", "ssh": "SSH certifi
 
 
 def _lease_not_found() -> NotFoundError:
-    return NotFoundError("You hold no live lease with that id (it expired, was revoked, or is not yours); "
-                         "lease_list (GET /leases) shows yours.", code="lease_not_found")
+    return lease_not_found()
 
 
 def _quarantined() -> AgentQuarantinedError:
@@ -346,6 +398,7 @@ def _lease_out(record: LeaseRecord, now: float) -> LeaseOut:
                     issue_time=rfc3339(record.issued_at), expire_time=rfc3339(record.expires_at),
                     ttl=max(0, int(record.expires_at - now)), renewable=record.renewable,
                     revocable=record.revocable, username=details.get("username") or None,
+                    password_reference=details.get("password_reference") or None,
                     serial_number=details.get("serial_number") or None,
                     common_name=details.get("common_name") or None,
                     valid_principals=[str(p) for p in principals] if isinstance(principals, list) else None)

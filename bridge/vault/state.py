@@ -7,7 +7,9 @@ document with check-and-set (:meth:`BridgeState.update`): read it with its versi
 write it with ``cas`` = that version, and on a mismatch (another replica wrote first) read again and retry.
 
 What lives here (issue 13): ``quarantine`` (the quarantined agents), ``lease-tokens/<agent>`` (each agent's lease
-token), ``leases/<agent>`` (the leases the bridge obtained for the agent, and when it was last seen).
+token), ``leases/<agent>`` (the leases the bridge obtained for the agent, and when it was last seen),
+``lease-values/<agent>/<hash>`` (database passwords held for ``use``-only identities) and ``database-roles/<role>``
+(a database role's ``allowed_hosts``, written by ``provision --dynamic``): see :mod:`bridge.lease_values`.
 """
 
 from __future__ import annotations

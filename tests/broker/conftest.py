@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from bridge.broker import Broker, ResolvedSecret
 from bridge.broker.hosts import IPAddress
 from bridge.errors import NotFoundError
-from bridge.references import Reference
+from bridge.references import AnyReference, Reference
 
 
 @dataclass
@@ -185,11 +185,12 @@ class FakeDNS:
 
 
 class SecretTable:
-    """Stands in for the wiring's resolver: ``(path, field) -> ResolvedSecret``; unknown ones are 404."""
+    """Stands in for the wiring's resolver: ``(path, field) -> ResolvedSecret`` (a lease reference: ``(lease id,
+    field)``); unknown ones are 404."""
 
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], ResolvedSecret] = {}
-        self.asked: list[Reference] = []
+        self.asked: list[AnyReference] = []
 
     def add(self, path: str, field_name: str, value: str, allowed_hosts: str | None,
             fingerprint: str | None = None) -> str:
@@ -197,12 +198,13 @@ class SecretTable:
         self.secrets[(path, field_name)] = ResolvedSecret(value, fp, allowed_hosts)
         return fp
 
-    async def resolve(self, ref: Reference) -> ResolvedSecret:
+    async def resolve(self, ref: AnyReference) -> ResolvedSecret:
         self.asked.append(ref)
+        where = ref.path if isinstance(ref, Reference) else ref.lease_id
         try:
-            return self.secrets[(ref.path, ref.field)]
+            return self.secrets[(where, ref.field)]
         except KeyError:
-            raise NotFoundError(f"Nothing found for {ref.path}.") from None
+            raise NotFoundError(f"Nothing found for {where}.") from None
 
 
 @pytest.fixture

@@ -475,3 +475,30 @@ async def test_body_encoding_follows_the_content_type(broker: Broker, make_upstr
                                    secrets_table.resolve)
         assert api.received[-1].body.decode() == expected
         assert_clean(answer, value)
+
+
+async def test_lease_placeholders_are_brokered_by_their_roles_allowed_hosts(
+        broker: Broker, make_upstream: MakeUpstream, secrets_table: SecretTable) -> None:
+    """``{{lease://<lease_id>#password}}`` (a database password the bridge holds for the agent) is substituted like
+    a secret; the resolver answers its database role's ``allowed_hosts``, and a refusal says where to fix them."""
+    api = await make_upstream()
+    lease = "database/creds/mcp.alice.ro/AbC123"
+    fp = secrets_table.add(lease, "password", CANARIES[1], f"api.test:{api.port}")
+    secrets_table.add("database/creds/mcp.alice.ro/Other", "password", "pw-x", None)
+    secrets_table.add("app/db", "user", "v-alice", f"api.test:{api.port}")
+    answer = await broker.send(req(f"http://api.test:{api.port}/echo", headers={
+        "X-Token": f"{{{{lease://{lease}#password}}}}", "X-User": "{{secret://app/db#user}}"}), secrets_table.resolve)
+    assert api.received[0].headers["X-Token"] == CANARIES[1]
+    assert api.received[0].headers["X-User"] == "v-alice"
+    assert_clean(answer, CANARIES[1])
+    assert json.loads(answer.body)["headers"]["X-Token"] == f"[redacted:{fp}]"
+    with pytest.raises(BrokerRefusedError) as info:
+        await broker.send(req(f"http://api.test:{api.port}/echo", headers={
+            "X-Token": "{{lease://database/creds/mcp.alice.ro/Other#password}}"}), secrets_table.resolve)
+    assert info.value.code == "broker_not_brokerable"
+    assert "database role has no allowed_hosts" in info.value.message
+    assert "provision --dynamic" in info.value.message
+    with pytest.raises(InvalidReferenceError):  # a lease reference names the password only
+        await broker.send(req(f"http://api.test:{api.port}/echo", headers={"X-Token": f"{{{{lease://{lease}#user}}}}"}),
+                          secrets_table.resolve)
+    assert len(api.received) == 1

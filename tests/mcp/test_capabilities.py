@@ -65,7 +65,8 @@ async def test_tools_follow_the_agents_policy(aiohttp_client: Callable[..., Any]
             assert hidden not in tools, hidden
         assert "whoami" in tools  # needs nothing of Vault
     whoami = await (await client.get("/whoami", headers={"X-API-Key": key})).json()
-    assert whoami["capabilities"] == ["kv_read", "kv_list", "kv_metadata", "http_request", "whoami", "lease_list"]
+    assert whoami["capabilities"] == ["kv_read", "kv_list", "kv_metadata", "http_request", "whoami", "lease_list",
+                                      "lease_resolve"]
 
     # hidden, called anyway: refused exactly as before, by Vault's own 403
     rpc = Rpc(client, key, modern=True)

@@ -132,7 +132,8 @@ def test_visible_tools_follow_scopes() -> None:
         "db_creds", "pki_issue", "pki_sign", "ssh_sign", "lease_list", "lease_renew"}
     user = Identity("alice", "api_key", frozenset({"use"}))  # any-of scopes: use opens what reads references
     assert {op.name for op in REGISTRY.tools() if op.allowed(user)} == {
-        "kv_read", "kv_metadata", "http_request", "whoami"}
+        "kv_read", "kv_metadata", "http_request", "whoami",
+        "db_creds", "pki_sign", "ssh_sign", "lease_list", "lease_renew"}  # answered with references, or public
 
 
 @pytest.mark.parametrize(("origin", "allowed"), [

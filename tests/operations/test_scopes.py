@@ -94,7 +94,8 @@ async def test_refusals_name_the_scopes_on_both_transports(reveal_client: Reveal
     tools = [t["name"] for t in (await resp.json())["result"]["tools"]]
     assert tools == ["kv_read", "kv_write", "kv_patch", "kv_list", "kv_undelete", "kv_metadata", "kv_request_input",
                      "kv_request_input_status", "transit_encrypt", "transit_rewrap", "transit_sign", "transit_hmac",
-                     "transit_create_key", "http_request", "whoami"]
+                     "transit_create_key", "http_request", "whoami", "db_creds", "pki_sign", "ssh_sign", "lease_list",
+                     "lease_renew"]
     resp = await client.post("/mcp", json=modern_body("tools/list"),
                              headers=modern_headers(WRITE_ONLY_KEY, "tools/list"))
     tools = [t["name"] for t in (await resp.json())["result"]["tools"]]
