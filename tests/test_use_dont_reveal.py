@@ -4,7 +4,10 @@ base64 standard and URL-safe with and without padding, URL-encoded, JSON-escaped
 REST answer the bridge sent, any line it logged (a real ``vault-mcp-bridge serve`` process at ``LOG_LEVEL=debug``,
 child-token mode), any audit record (``AUDIT_LOG``) or the ``/metrics`` scrape. Brokered requests reach only the
 allowed host (a recording server on 127.0.0.1, listed explicitly); a server no secret lists receives nothing;
-wrapped values unwrap exactly once (``hvac``).
+wrapped values unwrap exactly once (``hvac``). MCP resources answer what ``kv_read`` answers; values a human types
+into intake links (``kv_request_input``) come back to the agent as the same fingerprints ``kv_read`` gives; every
+tool ``tools/list`` offers this identity is called (but those of the dynamic engines, proven with PostgreSQL in
+``tests/service/test_lease_references.py``).
 
 Why it cannot flake: every value is distinctive (random suffixes, or characters that occur nowhere else); known
 random tokens of the answers (ciphertexts, HMACs, signatures, fingerprints, wrapping tokens and accessors) are
@@ -170,6 +173,7 @@ class Agent:
         self.url = url
         self.transcript = transcript
         self.mcp_id = 0
+        self.tools_called: set[str] = set()
 
     async def rest(self, method: str, path: str, *, json_body: Any = None, params: dict[str, str] | None = None,
                    expect: int | None = 200) -> Any:
@@ -181,19 +185,26 @@ class Agent:
                 assert resp.status == expect, (method, path, resp.status, text[:500])
             return json.loads(text) if text else None
 
-    async def tool(self, name: str, arguments: dict[str, Any], *, error: str | None = None) -> dict[str, Any]:
+    async def rpc(self, method: str, params: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
+        """One 2026-07-28 request (``name``: the ``Mcp-Name`` header of tools/call and resources/read)."""
         self.mcp_id += 1
-        body = {"jsonrpc": "2.0", "id": self.mcp_id, "method": "tools/call", "params": {
-            "name": name, "arguments": arguments,
-            "_meta": {"io.modelcontextprotocol/protocolVersion": MCP_VERSION,
-                      "io.modelcontextprotocol/clientCapabilities": {},
-                      "io.modelcontextprotocol/clientInfo": {"name": "corpus", "version": "0"}}}}
+        body = {"jsonrpc": "2.0", "id": self.mcp_id, "method": method, "params": {
+            **params, "_meta": {"io.modelcontextprotocol/protocolVersion": MCP_VERSION,
+                                "io.modelcontextprotocol/clientCapabilities": {},
+                                "io.modelcontextprotocol/clientInfo": {"name": "corpus", "version": "0"}}}}
         headers = {"X-API-Key": USE_KEY, "Accept": "application/json, text/event-stream",
-                   "MCP-Protocol-Version": MCP_VERSION, "Mcp-Method": "tools/call", "Mcp-Name": name}
+                   "MCP-Protocol-Version": MCP_VERSION, "Mcp-Method": method}
+        if name is not None:
+            headers["Mcp-Name"] = name
         async with self.session.post(self.url + "/mcp", json=body, headers=headers) as resp:
             text = await resp.text()
             self.transcript.mcp.append(f"{resp.status} {dict(resp.headers)}\n{text}")
-        message = json.loads(text)
+        message: dict[str, Any] = json.loads(text)
+        return message
+
+    async def tool(self, name: str, arguments: dict[str, Any], *, error: str | None = None) -> dict[str, Any]:
+        self.tools_called.add(name)
+        message = await self.rpc("tools/call", {"name": name, "arguments": arguments}, name=name)
         if "error" in message:  # an HTTP-level refusal (insufficient_scope)
             assert error is not None, message
             assert message["error"]["data"]["code"] == error, message
@@ -316,6 +327,53 @@ async def test_a_use_only_identity_never_receives_a_value(
         await agent.tool("transit_verify", {"key": "signer", "input": "eA==", "signature": "vault:v1:AA=="},
                          error="insufficient_scope")
         await agent.tool("transit_rewrap", {"key": "k", "ciphertext": enc["ciphertext"]})
+
+        # MCP resources: the list names secrets, a read answers exactly what kv_read answers this identity
+        listed_uris: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = (await agent.rpc("resources/list", {"cursor": cursor} if cursor else {}))["result"]
+            listed_uris += [r["uri"] for r in page["resources"]]
+            cursor = page.get("nextCursor")
+            if cursor is None:
+                break
+        assert {f"vault://kv/{p}" for p in paths} <= set(listed_uris)
+        for path in paths:
+            uri = f"vault://kv/{path}"
+            read = (await agent.rpc("resources/read", {"uri": uri}, name=uri))["result"]
+            content = json.loads(read["contents"][0]["text"])
+            assert content["fields"] == (await agent.tool("kv_read", {"path": path}))["fields"]
+
+        # intake: a human types each value into a one-time form; the agent (REST and MCP) learns its fingerprint,
+        # which is the fingerprint kv_read gives for the same value
+        typed = [v for v in values if not re.search(r"[\x00-\x1f\x7f]", v)]  # a form field holds no control character
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as human:
+            for i, value in enumerate(typed):
+                target = f"{folder}/intake{i:02d}"
+                ask = {"path": target, "fields": ["value"], "description": "the corpus"}
+                asked = (await agent.tool("kv_request_input", ask) if i % 2 else
+                         await agent.rest("POST", f"/secrets/{target}:request-input",
+                                          json_body={"fields": ["value"]}))
+                form = await (await human.get(asked["url"])).text()
+                csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+                assert csrf is not None
+                async with human.post(asked["url"], data={"csrf": csrf.group(1), "f0": value}) as resp:
+                    assert resp.status == 200, await resp.text()
+                status = (await agent.tool("kv_request_input_status", {"path": target, "id": asked["elicitation_id"]})
+                          if i % 2 == 0 else
+                          await agent.rest("GET", f"/secrets/{target}:request-input",
+                                           params={"id": asked["elicitation_id"]}))
+                assert (status["status"], status["stored"]) == ("stored", True)
+                again = await agent.rest("GET", f"/secrets/{target}")
+                assert again["fields"]["value"]["fingerprint"] == status["fingerprints"]["value"]
+                original = await agent.rest("GET", f"/secrets/{paths[values.index(value)]}")
+                assert original["fields"]["value"]["fingerprint"] == status["fingerprints"]["value"]  # same value
+        await agent.tool("lease_list", {})
+
+        # every tool this identity may call was called (those of dynamic engines, which this Vault has not
+        # mounted, are proven the same way with PostgreSQL in tests/service/test_lease_references.py)
+        offered = {t["name"] for t in (await agent.rpc("tools/list", {}))["result"]["tools"]}
+        assert offered - agent.tools_called == {"db_creds", "pki_sign", "ssh_sign", "lease_renew"}
         async with session.get(bridge.url + "/metrics") as resp:
             metrics = await resp.text()
     bridge.stop()  # flush and close: the log is complete
