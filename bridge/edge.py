@@ -179,3 +179,21 @@ def edge_middleware(settings: Settings, *, origin_exempt: Collection[str] = ()) 
         return await handler(request)
 
     return host_origin_middleware
+
+
+def same_origin_post(request: web.Request, *, also: Collection[str] = ()) -> bool:
+    """A form POST of one of the bridge's own pages (the status page, intake links): the browser's
+    ``Sec-Fetch-Site`` and ``Origin``, when it sends them, must name the page's own origin (``request.host``) or
+    one of ``also`` (``host[:port]`` authorities, e.g. ``INTAKE_PUBLIC_URL``'s). A client that sends neither still
+    needs the page's CSRF pair."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        netloc = URL(origin).raw_authority.lower()
+    except ValueError:
+        return False
+    return bool(netloc) and (netloc == request.host.lower() or netloc in {a.lower() for a in also})

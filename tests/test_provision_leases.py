@@ -18,15 +18,20 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
 
 from bridge.policy import render_agent_policy
 from bridge.vault.errors import VaultInvalidRequestError, VaultPermissionDeniedError
 from bridge.vault.models import VaultResponse
 from devtools.devvault import DevVault
-from tests.support.dynamic import DynamicVault, provision_dynamic, spec_dict
+from tests.support.dynamic import (
+    DynamicVault,
+    crl_serials,
+    csr_for,
+    provision_dynamic,
+    serial_int,
+    spec_dict,
+    ssh_public_key,
+)
 from tests.support.postgres import PostgresServer, can_login, make_login_role
 
 pytestmark = pytest.mark.integration
@@ -86,29 +91,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 60.0)
             return True
         await asyncio.sleep(0.5)
     return False
-
-
-async def crl_serials(dv: DynamicVault) -> set[int]:
-    """The serials on the PKI mount's CRL (``GET pki/cert/crl``: the PEM CRL, rebuilt on each revocation)."""
-    async with dv.root() as root:
-        pem = str(((await root.request("GET", "pki/cert/crl", operation="test")).data or {})["certificate"])
-    return {entry.serial_number for entry in x509.load_pem_x509_crl(pem.encode())}
-
-
-def serial_int(serial: str) -> int:
-    return int(serial.replace(":", ""), 16)
-
-
-def csr_for(name: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def ssh_public_key() -> str:
-    return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 async def test_the_lease_token_is_an_orphan_periodic_token_with_only_the_agents_policy(dyn: DynamicVault) -> None:

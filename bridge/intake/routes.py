@@ -29,6 +29,7 @@ from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from bridge.config import Settings
+from bridge.edge import same_origin_post
 from bridge.errors import BridgeError, IntakeError, IntakeFormError
 from bridge.intake.flow import LINK_BASE, IntakeFlow, IntakeWriter, used_error
 from bridge.intake.store import IntakeStore
@@ -101,22 +102,8 @@ def _form(request: web.Request, ticket: IntakeTicket, *, status: int = 200, erro
 
 
 def _same_origin(request: web.Request, flow: IntakeFlow) -> bool:
-    """The browser's word on where the POST comes from: ``Sec-Fetch-Site`` and ``Origin`` must name this page's
-    origin when sent (browsers send both; a client without them still needs the CSRF pair)."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    try:
-        netloc = URL(origin).raw_authority.lower()
-    except ValueError:
-        return False
-    allowed = {request.host.lower()}
-    if flow.public_url:
-        allowed.add(URL(flow.public_url).raw_authority.lower())
-    return bool(netloc) and netloc in allowed
+    """The page's own origin, or ``INTAKE_PUBLIC_URL``'s (:func:`bridge.edge.same_origin_post`)."""
+    return same_origin_post(request, also=(URL(flow.public_url).raw_authority,) if flow.public_url else ())
 
 
 async def intake_form(request: web.Request) -> web.Response:

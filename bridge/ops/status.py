@@ -34,10 +34,10 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from yarl import URL
 
 from bridge.auth.mtls import PROXY_SECRET_HEADER
 from bridge.config import IDENT_RE, Settings
+from bridge.edge import same_origin_post
 from bridge.errors import ForbiddenError, InvalidRequestError, UnsupportedMediaError, from_vault_error
 from bridge.keys import AUTH, KEEPER, METRICS, OPS_STATS, PROBE, QUARANTINE, SETTINGS, STATUS_CSRF_KEY
 from bridge.logging import safe_url
@@ -139,21 +139,6 @@ def _csrf_cookie(request: web.Request) -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-def _same_origin(request: web.Request) -> bool:
-    """``Sec-Fetch-Site`` and ``Origin``, when the browser sends them, must name the page's own origin."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    try:
-        netloc = URL(origin).raw_authority.lower()
-    except ValueError:
-        return False
-    return bool(netloc) and netloc == request.host.lower()
-
-
 async def status_quarantine_handler(request: web.Request) -> web.Response:
     """``POST /status/quarantine`` (form: ``agent``, ``action`` = quarantine | release, ``reason``, ``csrf``): the
     status page's buttons; answers 303 back to the page."""
@@ -169,7 +154,7 @@ async def status_quarantine_handler(request: web.Request) -> web.Response:
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     cookie = request.cookies.get(CSRF_COOKIE) or ""
     expected = csrf_token(request.app[STATUS_CSRF_KEY], cookie)
-    if not _same_origin(request) or not cookie or not hmac.compare_digest(fields.get("csrf", ""), expected):
+    if not same_origin_post(request) or not cookie or not hmac.compare_digest(fields.get("csrf", ""), expected):
         raise ForbiddenError("The form was not sent from the status page (a missing or stale form token): reload "
                              "the page and use its buttons.", code="status_csrf_failed")
     agent = fields.get("agent", "").strip().lower()
