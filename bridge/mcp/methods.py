@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from bridge.errors import BridgeError
-from bridge.logging import debug_enabled, info_line
+from bridge.logging import info_line
 from bridge.mcp.changes import ChangeHub, parse_uri, session_key
 from bridge.mcp.context import McpContext
 from bridge.mcp.prompts import Prompts, Tools
@@ -188,8 +188,7 @@ class McpMethods:
         finally:
             ctx.decision = call.decision
         if ctx.access_logged:  # the access line names the tool; this one only at debug (it costs ~10 % of a call)
-            if debug_enabled():
-                log.debug("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
+            log.debug("mcp.tool.called", agent=identity.subject, tool=name, is_error=False)
         else:
             info_line("mcp.tool.called", {"agent": identity.subject, "tool": name, "is_error": False})
         # no null fields: optional fields that do not apply are left out, as in REST (the outputSchema says so)
