@@ -126,21 +126,3 @@ async def test_nothing_reaches_vault(aiohttp_client: Callable[..., Any], fake_va
     resp = await api.post("/mcp", data=body, headers=modern_headers(API_KEY_ALICE, "tools/call", "kv_write"))
     assert resp.status == 400
     assert len(fake_vault.calls("secret/")) == before
-
-
-@pytest.mark.parametrize(("raw", "refused"), [
-    (json.dumps(nested(32)).encode(), False),  # 32 levels: the limit
-    (json.dumps(nested(33)).encode(), True),
-    (json.dumps([[[["x"]]]] * 40).encode(), False),  # many brackets, shallow: the walk decides
-    (json.dumps({"s": "{[" * 50, "v": nested(5)}).encode(), False),  # brackets in strings
-    (b"[" * 33 + b"]" * 33, True),
-])
-def test_depth_limit_with_and_without_the_bracket_count(raw: bytes, refused: bool) -> None:
-    """A body with at most 32 ``{``/``[`` cannot nest deeper than 32 and skips the walk; any other is walked."""
-    from bridge.jsonbody import JsonLimitError, load_json
-
-    if refused:
-        with pytest.raises(JsonLimitError):
-            load_json(raw, max_depth=32)
-    else:
-        assert load_json(raw, max_depth=32) == json.loads(raw)
