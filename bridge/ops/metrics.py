@@ -39,8 +39,6 @@ _TOKEN_EVENTS = frozenset({"renewal", "login"})
 _CHILD_EVENTS = (("mint", "mints"), ("cache_hit", "reuses"), ("renewal", "renewals"), ("revoke", "revocations"),
                  ("rejected", "rejected"))
 _MCP_TOOL_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-_OUTCOME_RE = re.compile(r"[a-z_]{1,40}")
-_MAX_CACHED_CHILDREN = 4096
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CANARY_HOWS = frozenset({"read", "reference", "wrap", "broker", "transit"})
 
@@ -116,7 +114,6 @@ class Metrics:
         # collectors themselves).
         self._request_children: dict[tuple[str, str, int, str, str], tuple[Counter, Histogram]] = {}
         self._vault_children: dict[str, Histogram] = {}
-        self._mcp_children: dict[tuple[str, str], Counter] = {}
 
     # -- hooks ---------------------------------------------------------------------------------------
 
@@ -162,13 +159,8 @@ class Metrics:
         (REST requests are counted per route by ``bridge_http_requests``); unknown-looking names are folded."""
         if transport != "mcp":
             return
-        child = self._mcp_children.get((name, outcome))
-        if child is None:
-            child = self.mcp_calls.labels(tool=name if _MCP_TOOL_RE.match(name) else "other",
-                                          outcome=outcome if _OUTCOME_RE.fullmatch(outcome) else "other")
-            if len(self._mcp_children) < _MAX_CACHED_CHILDREN:  # (tools and codes are few; a bound all the same)
-                self._mcp_children[(name, outcome)] = child
-        child.inc()
+        self.mcp_calls.labels(tool=name if _MCP_TOOL_RE.match(name) else "other",
+                              outcome=outcome if re.fullmatch(r"[a-z_]{1,40}", outcome) else "other").inc()
 
     def canary_tripped(self, operation: str, how: str) -> None:
         """The canary watch's counter hook (``bridge.canary.CanaryWatch``); names outside the known sets fold."""
