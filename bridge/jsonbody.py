@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import orjson
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _MAX_SAFE_DIGITS = len(str(MAX_SAFE_INTEGER))
-_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % _MAX_SAFE_DIGITS)
+_LONG_DIGITS = b"0" * _MAX_SAFE_DIGITS
 """A run of digits as long as the largest safe integer: the body may hold an unsafe one (or a float whose
-digits orjson and the standard library might round apart): the careful parser decides."""
+digits orjson and the standard library might round apart): the careful parser decides. Looked for in the body
+translated by :data:`_DIGITS_AS_ZERO` (a substring search: ~8x cheaper than ``re.search(rb"[0-9]{16}")``)."""
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x78 for byte in range(256))
 
 
 class JsonBodyError(ValueError):
@@ -81,7 +82,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
 def load_json(raw: bytes | str, *, max_depth: int) -> Any:
     """The decoded body, or :class:`JsonBodyError` / :class:`JsonLimitError`."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data) is None:
+    if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:

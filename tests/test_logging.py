@@ -246,3 +246,19 @@ def test_scrub_text(text: str, kept: str) -> None:
     assert "p4ss" not in out
     assert safe_url("https://u:p4ss@vault:8200") == "https://vault:8200"
     assert safe_url("https://vault:8200") == "https://vault:8200"
+
+
+@pytest.mark.parametrize("text", [
+    "http.request", "tools/call", "kv_read", "", "b'raw'", 'b"raw"', "X-Api-Key: k3y", "SET-COOKIE=abc",
+    "Bearer abcdefgh1234", "https://u:p@vault:8200", "hvs." + "A" * 24, "s." + "b" * 20, "s." + "b" * 19,
+    "author\u0131zation: k3y", "Bearer\u00a0abcdefgh1234", "proxy-authorization: x", "cookie",
+])
+def test_scrub_text_shortcut_changes_nothing(text: str) -> None:
+    """The substring pre-check only skips texts that no scrubber matches: the result is that of every scrubber
+    applied in turn (non-ASCII text always takes the regular expressions: their case folding knows the dotless i)."""
+    from bridge.logging import _SCRUBBERS, scrub_text
+
+    expected = text
+    for pattern, replacement in _SCRUBBERS:
+        expected = pattern.sub(replacement, expected)
+    assert scrub_text(text) == expected

@@ -217,3 +217,26 @@ async def test_an_in_memory_transport_drives_the_whole_client() -> None:
         with pytest.raises(VaultTimeoutError):
             await client.sys.health()
     assert transport.closed
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"data": {"n": 123456789012345678901234567890, "f": 1.5}}',  # a 30-digit integer: exact (stdlib)
+    b'{"data": {"n": 1234567890123456, "v": "s"}}',  # exactly 16 digits
+    b'{"data": {"n": 123456789012345, "t": "2026-12-01T19:37:09.123456789Z"}}',  # 15 digits: orjson
+    b'{"data": {"v": "\xc3\xa9", "id": "0123456789abcdef0123456789"}}',
+    b'{"data": {"x": NaN}}',  # orjson refuses it, the standard library reads it
+    b'[1, 2, 3]',
+])
+def test_loads_reads_what_json_loads_reads(raw: bytes) -> None:
+    """Vault's answers are parsed to the values ``json.loads`` gives, whichever parser the digit check picks."""
+    import json
+    import math
+
+    from bridge.vault.client import _loads
+
+    got, want = _loads(raw), json.loads(raw)
+    if raw == b'{"data": {"x": NaN}}':
+        assert math.isnan(got["data"]["x"])
+    else:
+        assert got == want
+        assert json.dumps(got) == json.dumps(want)  # the same types too (an int stays an int)
