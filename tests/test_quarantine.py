@@ -54,6 +54,8 @@ ALICE = {"X-API-Key": API_KEY_ALICE}
 BOB = {"X-API-Key": API_KEY_BOB}
 ADMIN = {"X-API-Key": ADMIN_KEY}
 Client = TestClient[Any, Any]
+REDIS_BOUND = 10.0
+"""Seconds within which Redis must carry a change when polling (60 s) cannot have."""
 
 
 def alice_jwt() -> dict[str, str]:
@@ -187,14 +189,16 @@ async def test_redis_carries_a_quarantine_to_every_replica_without_polling(
         resp = await first.post("/admin/agents/alice:quarantine", headers=ADMIN, json={})
         assert resp.status == 200
         answered = time.monotonic()
+        # polling is every 60 s here, so anything well under that is Redis (it takes milliseconds; the bound is
+        # generous for a loaded machine: the 1-second guarantee with polling alone is the test above)
         while (await second.get("/whoami", headers=ALICE)).status != 403:
-            assert time.monotonic() - answered <= 1.0, "Redis should have carried it within a second"
+            assert time.monotonic() - answered <= REDIS_BOUND, "Redis should have carried it at once"
             await asyncio.sleep(0.05)
         resp = await second.post("/admin/agents/alice:release", headers=ADMIN)
         assert resp.status == 200
         released = time.monotonic()
         while (await first.get("/whoami", headers=ALICE)).status != 200:
-            assert time.monotonic() - released <= 1.0
+            assert time.monotonic() - released <= REDIS_BOUND
             await asyncio.sleep(0.05)
     finally:
         for client in clients:
