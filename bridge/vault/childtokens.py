@@ -41,11 +41,8 @@ from bridge.vault.client import VaultClient
 from bridge.vault.errors import (
     VaultError,
     VaultHTTPError,
-    VaultInvalidRequestError,
-    VaultPermissionDeniedError,
 )
-from bridge.vault.models import VaultResponse
-from bridge.vault.tokens import TokenSource, with_token
+from bridge.vault.tokens import TokenSource, mint_with_role
 
 log = structlog.get_logger("bridge.vault.child")
 
@@ -221,20 +218,8 @@ class ChildTokenBroker:
         }
         started = self._clock()
 
-        async def mint(parent: str) -> VaultResponse:
-            return await self._client.auth_token.create_with_role(self.role, body, token=parent)
-
-        try:
-            resp = await with_token(self._parent, agent, auth_method, mint)
-        except VaultPermissionDeniedError as exc:
-            log.error("vault.child.mint_denied", agent=agent, role=self.role)
-            raise ChildTokenError(
-                f"the bridge token may not mint child tokens through token role '{self.role}' "
-                "(it needs update on auth/token/create/<role>)") from exc
-        except VaultInvalidRequestError as exc:
-            log.error("vault.child.mint_refused", agent=agent, role=self.role, vault_error=exc.detail)
-            raise ChildTokenError(f"Vault refused to mint a child token through role '{self.role}': "
-                                  f"{exc.detail}") from exc
+        resp = await mint_with_role(self._client, self._parent, self.role, body, agent=agent,
+                                    auth_method=auth_method, kind="child", error=ChildTokenError)
         auth = resp.auth
         token = auth.client_token.get_secret_value() if auth is not None else ""
         token_type = auth.token_type if auth is not None else ""

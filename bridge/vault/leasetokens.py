@@ -40,10 +40,9 @@ from typing import Any
 import structlog
 
 from bridge.vault.client import VaultClient
-from bridge.vault.errors import VaultError, VaultInvalidRequestError, VaultPermissionDeniedError
-from bridge.vault.models import VaultResponse
+from bridge.vault.errors import VaultError, VaultPermissionDeniedError
 from bridge.vault.state import BridgeState, StateConflictError
-from bridge.vault.tokens import TokenSource, token_rejected, with_token
+from bridge.vault.tokens import TokenSource, mint_with_role, token_rejected
 
 log = structlog.get_logger("bridge.vault.lease_token")
 
@@ -233,19 +232,8 @@ class LeaseTokens:
                 "meta": {"agent": agent, "issuer": "vault-mcp-bridge"}}
         started = self._clock()
 
-        async def mint(parent: str) -> VaultResponse:
-            return await self._client.auth_token.create_with_role(self.role, body, token=parent)
-
-        try:
-            resp = await with_token(self._parent, agent, "", mint)
-        except VaultPermissionDeniedError as exc:
-            log.error("vault.lease_token.mint_denied", agent=agent, role=self.role)
-            raise LeaseTokenError(f"the bridge token may not mint lease tokens through token role '{self.role}' "
-                                  "(it needs update on auth/token/create/<role>)") from exc
-        except VaultInvalidRequestError as exc:
-            log.error("vault.lease_token.mint_refused", agent=agent, role=self.role, vault_error=exc.detail)
-            raise LeaseTokenError(f"Vault refused to mint a lease token through role '{self.role}': "
-                                  f"{exc.detail}") from exc
+        resp = await mint_with_role(self._client, self._parent, self.role, body, agent=agent, auth_method="",
+                                    kind="lease_token", error=LeaseTokenError)
         auth = resp.auth
         if auth is None:
             raise LeaseTokenError("Vault returned no lease token")

@@ -13,9 +13,21 @@ revoked); a policy denial says more (``1 error occurred: * permission denied``) 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from bridge.vault.errors import VaultPermissionDeniedError
+import structlog
+
+from bridge.vault.errors import VaultError, VaultInvalidRequestError, VaultPermissionDeniedError
+from bridge.vault.models import VaultResponse
+
+if TYPE_CHECKING:
+    from bridge.vault.client import VaultClient
+
+log = structlog.get_logger("bridge.vault")
+
+_MINT_EVENTS = {"child": ("vault.child.mint_denied", "vault.child.mint_refused"),
+                "lease_token": ("vault.lease_token.mint_denied", "vault.lease_token.mint_refused")}
+"""The log events of a denied and a refused :func:`mint_with_role`, by kind."""
 
 T = TypeVar("T")
 
@@ -62,3 +74,26 @@ async def with_token(source: TokenSource[H], agent: str, auth_method: str, call:
         return await call(handle.token)
     finally:
         source.release(handle)
+
+
+async def mint_with_role(client: VaultClient, parent: TokenSource[H], role: str, body: dict[str, Any], *,
+                         agent: str, auth_method: str, kind: str, error: type[VaultError]) -> VaultResponse:
+    """A token minted through the token role ``role`` under a token of ``parent`` (the bridge's), for ``agent``:
+    a child token or a lease token (``kind``: ``child`` or ``lease_token``, in the messages and log events).
+    Vault's denial or refusal becomes ``error`` with what the operator must fix; the token is in the answer's
+    ``auth`` (``None`` when Vault returned none), a missing policy in its ``warnings``."""
+    what = kind.replace("_", " ")
+    denied, refused = _MINT_EVENTS[kind]
+
+    async def mint(token: str) -> VaultResponse:
+        return await client.auth_token.create_with_role(role, body, token=token)
+
+    try:
+        return await with_token(parent, agent, auth_method, mint)
+    except VaultPermissionDeniedError as exc:
+        log.error(denied, agent=agent, role=role)
+        raise error(f"the bridge token may not mint {what}s through token role '{role}' "
+                    "(it needs update on auth/token/create/<role>)") from exc
+    except VaultInvalidRequestError as exc:
+        log.error(refused, agent=agent, role=role, vault_error=exc.detail)
+        raise error(f"Vault refused to mint a {what} through role '{role}': {exc.detail}") from exc
