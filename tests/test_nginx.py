@@ -5,8 +5,8 @@ proxy. Skipped only when nginx is not installed (``make sysdeps`` installs it)."
 
 from __future__ import annotations
 
-import asyncio
-import shutil
+import contextlib
+import itertools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import free_port
+from tests.support.nginx import NGINX, running_nginx
 from tests.support.pki import (
     CRAFTED,
     CRAFTED_SPIFFE,
@@ -35,7 +36,6 @@ from tests.support.pki import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "deploy" / "nginx" / "vault-mcp-bridge.conf"
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make sysdeps)")]
@@ -94,64 +94,28 @@ async def start_proxy(tmp_path: Path, aiohttp_server: Callable[..., Awaitable[Te
                       make_settings: Callable[..., Settings], nginx_pki: dict[str, Any]) -> AsyncIterator[StartProxy]:
     """``await start_proxy(**env)``: a bridge (header identity on, trusting 127.0.0.1/32 with the proxy secret,
     plus ``env``) behind nginx running the deployed site file."""
-    procs: list[asyncio.subprocess.Process] = []
+    stack = contextlib.AsyncExitStack()
+    numbers = itertools.count()
 
     async def start(**env: str) -> Proxy:
         settings = make_settings(env={"AUTH_MTLS_ENABLED": "true", "MTLS_TRUSTED_PROXIES": "127.0.0.1/32",
                                       "MTLS_PROXY_SECRET": PROXY_SECRET, **env})
         bridge = await aiohttp_server(create_app(settings))
         listen = free_port()
-        work = tmp_path / f"nginx-{len(procs)}"
+        work = tmp_path / f"nginx-{next(numbers)}"
         work.mkdir()
         secret_conf = work / "proxy-secret.conf"
         secret_conf.write_text(f'proxy_set_header X-Proxy-Secret "{PROXY_SECRET}";\n')
         site = work / "site.conf"
         site.write_text(render_site(bridge.port or 0, listen, nginx_pki["server"], nginx_pki["ca"], secret_conf))
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (work / sub).mkdir()
-            (work / sub).chmod(0o777)
-        main = work / "nginx.conf"
-        main.write_text(f"""
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    include {site};
-}}
-""")
-        assert NGINX is not None
-        proc = await asyncio.create_subprocess_exec(
-            NGINX, "-p", str(work), "-e", str(work / "error.log"), "-c", str(main), "-g", "daemon off;",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        procs.append(proc)
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", listen)
-                writer.close()
-                await writer.wait_closed()
-                break
-            except OSError:
-                if proc.returncode is not None:
-                    err = await proc.stderr.read() if proc.stderr else b""
-                    raise AssertionError(f"nginx exited: {err.decode()}") from None
-                await asyncio.sleep(0.05)
+        await stack.enter_async_context(running_nginx(work, f"    include {site};", listen))
         return Proxy(f"https://127.0.0.1:{listen}", nginx_pki["ca"], nginx_pki["agent"], nginx_pki["alice"],
                      nginx_pki["foreign"], nginx_pki["crafted"], nginx_pki["spiffe"])
 
     try:
         yield start
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-            await asyncio.wait_for(proc.communicate(), timeout=15)
+        await stack.aclose()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -32,9 +31,9 @@ from mcp_types import ResourceTemplateReference
 
 from devtools.devvault import DevVault, free_port
 from tests.mcp.conftest import unique_agent
+from tests.support.nginx import NGINX, running_nginx
 from tests.support.servers import BridgeProcess, RedisServer
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make sysdeps)")]
 
@@ -64,24 +63,8 @@ async def round_robin(tmp_path: Path, bao: DevVault, redis_server: RedisServer,
            "LOG_LEVEL": "warning"}
     bridges = [spawn_bridge(env) for _ in range(REPLICAS)]
     listen = free_port()
-    work = tmp_path / "nginx"
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (work / sub).mkdir(parents=True)
     upstreams = "\n".join(f"        server 127.0.0.1:{b.port};" for b in bridges)
-    conf = work / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    upstream bridges {{
+    http = f"""    upstream bridges {{
 {upstreams}
         keepalive 32;
     }}
@@ -95,27 +78,11 @@ http {{
             proxy_buffering off;
             proxy_read_timeout 60s;
         }}
-    }}
-}}
-""")
-    assert NGINX is not None
-    proc = await asyncio.create_subprocess_exec(NGINX, "-p", str(work), "-e", str(work / "error.log"), "-c",
-                                                str(conf), "-g", "daemon off;", stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
+    }}"""
     try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", listen)
-                writer.close()
-                await writer.wait_closed()
-                break
-            except OSError:
-                assert proc.returncode is None, "nginx exited"
-                await asyncio.sleep(0.05)
-        yield RoundRobin(f"http://127.0.0.1:{listen}/mcp", keys, bridges)
+        async with running_nginx(tmp_path / "nginx", http, listen, worker_connections=512):
+            yield RoundRobin(f"http://127.0.0.1:{listen}/mcp", keys, bridges)
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.communicate(), 15)
         for bridge in bridges:
             assert bridge.process.poll() is None, bridge.log_path.read_text()[-2000:]
 

@@ -6,8 +6,6 @@ X-Forwarded-Proto / X-Real-IP / Via, or (with mTLS header identity on) its direc
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +18,11 @@ from bridge.app import create_app
 from bridge.config import Settings
 from devtools.devvault import free_port
 from tests.conftest import OpsClient
+from tests.support.nginx import NGINX, running_nginx
 
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "admin-key-" + "p" * 24
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 
 @pytest.mark.parametrize("header", [("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
@@ -63,50 +61,16 @@ async def nginx_in_front(tmp_path: Path, aiohttp_server: Callable[..., Awaitable
         pytest.skip("nginx is not installed (make sysdeps)")
     bridge = await aiohttp_server(create_app(make_settings(admin_api_keys=ADMIN_KEY)))
     listen = free_port()
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp_path / sub).mkdir()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
-    server {{
+    http = f"""    server {{
         listen 127.0.0.1:{listen};
         location / {{
             proxy_pass http://127.0.0.1:{bridge.port};
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}
-    }}
-}}
-""")
-    proc = await asyncio.create_subprocess_exec(
-        NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf), "-g", "daemon off;",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", listen)
-                writer.close()
-                await writer.wait_closed()
-                break
-            except OSError:
-                if proc.returncode is not None:
-                    raise AssertionError("nginx exited") from None
-                await asyncio.sleep(0.05)
+    }}"""
+    async with running_nginx(tmp_path / "nginx", http, listen):
         yield f"http://127.0.0.1:{listen}"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.communicate(), timeout=15)
 
 
 async def test_status_through_nginx_needs_the_admin_key(nginx_in_front: str) -> None:
